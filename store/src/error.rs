@@ -1,0 +1,46 @@
+//! The store's one error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong inside the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// LMDB reported an error (I/O, map full, corrupted page…).
+    #[error("lmdb: {0}")]
+    Lmdb(#[from] heed::Error),
+    /// The vector index reported an error.
+    #[error("vector index: {0}")]
+    Vector(#[from] arroy::Error),
+    /// A stored value could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// An embedding of the wrong length was given.
+    #[error("embedding has {received} dimensions, the store expects {expected}")]
+    Dimensions {
+        /// Dimensions of the store.
+        expected: usize,
+        /// Dimensions received.
+        received: usize,
+    },
+    /// A filter did not follow the grammar.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    /// A request argument was out of range or malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The memory id is unknown.
+    #[error("memory {0} not found")]
+    NotFound(String),
+    /// Filesystem error while opening the data directory.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<postcard::Error> for StoreError {
+    fn from(e: postcard::Error) -> Self {
+        StoreError::Codec(e.to_string())
+    }
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,232 @@
+//! A BM25 index kept in LMDB.
+//!
+//! Postings are stored per (cube, term) in blocks: key = `cube 0x00 term 0x00 first_doc(u32 BE)`,
+//! value = packed `(doc u32 LE, tf u16 LE, doc_len u16 LE)` entries sorted by doc. Keeping the
+//! document length inside the posting lets a query score a term with one sequential read and
+//! no per-document lookups. Per-cube statistics (document count, total length) live in `stats`.
+
+use std::collections::HashMap;
+
+use heed::types::Bytes;
+use heed::{Database, RoTxn, RwTxn};
+use roaring::RoaringBitmap;
+
+use crate::error::Result;
+use crate::text::tokenize;
+
+/// Maximum postings per block before a block is split.
+const BLOCK: usize = 512;
+const ENTRY: usize = 8;
+
+/// BM25 parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Bm25Params {
+    /// Term-frequency saturation.
+    pub k1: f32,
+    /// Length normalisation.
+    pub b: f32,
+}
+
+impl Default for Bm25Params {
+    fn default() -> Self {
+        Bm25Params { k1: 1.5, b: 0.75 }
+    }
+}
+
+/// Handle to the lexical databases.
+#[derive(Clone, Copy)]
+pub struct LexicalIndex {
+    pub(crate) postings: Database<'static, Bytes, Bytes>,
+    pub(crate) stats: Database<'static, Bytes, Bytes>,
+}
+
+fn term_prefix(cube: &str, term: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(cube.len() + term.len() + 6);
+    k.extend_from_slice(cube.as_bytes());
+    k.push(0);
+    k.extend_from_slice(term.as_bytes());
+    k.push(0);
+    k
+}
+
+fn block_key(prefix: &[u8], doc: u32) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&doc.to_be_bytes());
+    k
+}
+
+fn decode(block: &[u8]) -> impl Iterator<Item = (u32, u16, u16)> + '_ {
+    block.chunks_exact(ENTRY).map(|e| {
+        (
+            u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+            u16::from_le_bytes([e[4], e[5]]),
+            u16::from_le_bytes([e[6], e[7]]),
+        )
+    })
+}
+
+fn encode(entries: &[(u32, u16, u16)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * ENTRY);
+    for (d, tf, len) in entries {
+        v.extend_from_slice(&d.to_le_bytes());
+        v.extend_from_slice(&tf.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+    }
+    v
+}
+
+fn term_counts(text: &str) -> (HashMap<String, u16>, u16) {
+    let toks = tokenize(text);
+    let len = toks.len().min(u16::MAX as usize) as u16;
+    let mut tf: HashMap<String, u16> = HashMap::new();
+    for t in toks {
+        let e = tf.entry(t).or_default();
+        *e = e.saturating_add(1);
+    }
+    (tf, len)
+}
+
+impl LexicalIndex {
+    fn stats(&self, txn: &RoTxn, cube: &str) -> Result<(u64, u64)> {
+        Ok(match self.stats.get(txn, cube.as_bytes())? {
+            Some(b) if b.len() == 16 => (
+                u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
+            ),
+            _ => (0, 0),
+        })
+    }
+
+    fn put_stats(&self, wtxn: &mut RwTxn, cube: &str, docs: u64, total: u64) -> Result<()> {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&docs.to_le_bytes());
+        v[8..].copy_from_slice(&total.to_le_bytes());
+        self.stats.put(wtxn, cube.as_bytes(), &v)?;
+        Ok(())
+    }
+
+    /// Finds the block that should hold `doc`: the last block whose key is ≤ doc.
+    fn find_block(&self, txn: &RoTxn, prefix: &[u8], doc: u32) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let key = block_key(prefix, doc);
+        Ok(match self.postings.get_lower_than_or_equal_to(txn, &key)? {
+            Some((k, v)) if k.len() == prefix.len() + 4 && k.starts_with(prefix) => {
+                Some((k.to_vec(), v.to_vec()))
+            }
+            _ => None,
+        })
+    }
+
+    /// Adds a document's terms. Returns the number of terms indexed.
+    pub fn add(&self, wtxn: &mut RwTxn, cube: &str, doc: u32, text: &str) -> Result<usize> {
+        let (tf, len) = term_counts(text);
+        for (term, n) in &tf {
+            let prefix = term_prefix(cube, term);
+            match self.find_block(wtxn, &prefix, doc)? {
+                Some((k, v)) => {
+                    let mut entries: Vec<_> = decode(&v).filter(|e| e.0 != doc).collect();
+                    let pos = entries.partition_point(|e| e.0 < doc);
+                    entries.insert(pos, (doc, *n, len));
+                    if entries.len() > BLOCK * 2 {
+                        let tail = entries.split_off(BLOCK);
+                        self.postings.put(wtxn, &block_key(&prefix, tail[0].0), &encode(&tail))?;
+                    }
+                    self.postings.put(wtxn, &k, &encode(&entries))?;
+                }
+                None => {
+                    self.postings.put(wtxn, &block_key(&prefix, doc), &encode(&[(doc, *n, len)]))?;
+                }
+            }
+        }
+        let (docs, total) = self.stats(wtxn, cube)?;
+        self.put_stats(wtxn, cube, docs + 1, total + len as u64)?;
+        Ok(tf.len())
+    }
+
+    /// Removes a document previously added with `text`. Returns the number of postings removed.
+    pub fn remove(&self, wtxn: &mut RwTxn, cube: &str, doc: u32, text: &str) -> Result<usize> {
+        let (tf, len) = term_counts(text);
+        let mut removed = 0;
+        for term in tf.keys() {
+            let prefix = term_prefix(cube, term);
+            if let Some((k, v)) = self.find_block(wtxn, &prefix, doc)? {
+                let entries: Vec<_> = decode(&v).filter(|e| e.0 != doc).collect();
+                if entries.len() * ENTRY != v.len() {
+                    removed += 1;
+                    if entries.is_empty() {
+                        self.postings.delete(wtxn, &k)?;
+                    } else {
+                        self.postings.put(wtxn, &k, &encode(&entries))?;
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            let (docs, total) = self.stats(wtxn, cube)?;
+            self.put_stats(wtxn, cube, docs.saturating_sub(1), total.saturating_sub(len as u64))?;
+        }
+        Ok(removed)
+    }
+
+    /// Scores `query` against the cube with BM25, keeping only documents in `candidates`.
+    /// Returns up to `k` (doc, score) pairs, best first.
+    pub fn search(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        query: &str,
+        k: usize,
+        candidates: &RoaringBitmap,
+        p: Bm25Params,
+    ) -> Result<Vec<(u32, f32)>> {
+        let (docs, total) = self.stats(txn, cube)?;
+        if docs == 0 || k == 0 || candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let avgdl = (total as f32 / docs as f32).max(1.0);
+        let mut terms = tokenize(query);
+        terms.sort();
+        terms.dedup();
+        let mut scores: HashMap<u32, f32> = HashMap::new();
+        for term in terms {
+            let prefix = term_prefix(cube, &term);
+            let mut blocks = Vec::new();
+            let mut df = 0usize;
+            for item in self.postings.prefix_iter(txn, &prefix)? {
+                let (key, v) = item?;
+                if key.len() != prefix.len() + 4 {
+                    continue;
+                }
+                df += v.len() / ENTRY;
+                blocks.push(v);
+            }
+            if df == 0 {
+                continue;
+            }
+            let n = docs as f32;
+            let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+            for v in blocks {
+                for (doc, tf, len) in decode(v) {
+                    if !candidates.contains(doc) {
+                        continue;
+                    }
+                    let tf = tf as f32;
+                    let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
+                    *scores.entry(doc).or_default() += idf * tf * (p.k1 + 1.0) / (tf + norm);
+                }
+            }
+        }
+        Ok(top_k(scores.into_iter().collect(), k))
+    }
+}
+
+/// Keeps the `k` highest scores, sorted best first (ties broken by id for determinism).
+pub fn top_k(mut v: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if v.len() > k && k > 0 {
+        v.select_nth_unstable_by(k - 1, cmp);
+        v.truncate(k);
+    }
+    v.sort_by(cmp);
+    v.truncate(k);
+    v
+}

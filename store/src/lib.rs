@@ -1,0 +1,732 @@
+//! memos store: one LMDB environment per data directory holding memory records, per-cube
+//! bitmaps, an arroy vector index, a BM25 lexical index, version history and the ids of
+//! processed events. No async: every write API takes the caller's [`RwTxn`], so a whole batch
+//! (records + vectors + postings + history + event ids + source offsets) commits at once or
+//! not at all.
+//!
+//! ```no_run
+//! # fn main() -> store::Result<()> {
+//! let store = store::Store::open("./data", store::StoreOptions::default())?;
+//! let mut wtxn = store.write_txn()?;
+//! // store.insert(&mut wtxn, &record, &embedding)?; …
+//! store.commit(wtxn)?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod filter;
+pub mod lexical;
+pub mod model;
+pub mod search;
+pub mod text;
+pub mod time;
+pub mod vector;
+
+use std::path::{Path, PathBuf};
+
+use arroy::distances::Cosine;
+use heed::types::{Bytes, Str};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+pub use error::{Result, StoreError};
+pub use filter::Filter;
+pub use lexical::Bm25Params;
+pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
+use vector::{ArroyIndex, VectorIndex, bytes_to_vec, dot, vec_to_bytes};
+
+/// Store options.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Embedding dimensions.
+    pub dimensions: usize,
+    /// LMDB map size in bytes (virtual; grows the file only as needed).
+    pub map_size: usize,
+    /// Vectors staged outside the arroy trees before a commit folds them in.
+    pub vector_delta_max: usize,
+    /// BM25 parameters.
+    pub bm25: Bm25Params,
+    /// arroy oversampling factor (search_k multiplier).
+    pub ann_oversampling: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            dimensions: 384,
+            map_size: 64 << 30,
+            vector_delta_max: 2000,
+            bm25: Bm25Params::default(),
+            ann_oversampling: 4,
+        }
+    }
+}
+
+/// A processed event: recorded in the same transaction as the memories it produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Memory ids it produced (or touched).
+    pub memory_ids: Vec<String>,
+    /// Processing time, unix micros.
+    pub processed_at: i64,
+    /// Source name (http, embedded, kafka, nats…).
+    pub source: String,
+    /// Source position (partition/offset, stream sequence), when there is one.
+    pub position: Option<String>,
+}
+
+/// A cube (MemOS MemCube): a partition of memories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CubeInfo {
+    /// Cube id.
+    pub cube_id: String,
+    /// Display name.
+    pub name: String,
+    /// Owner user id.
+    pub owner_id: String,
+    /// Creation time, unix micros.
+    pub created_at: i64,
+}
+
+/// What a delete removed, per index.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeleteReceipt {
+    /// Memory ids removed.
+    pub ids: Vec<String>,
+    /// Records removed.
+    pub records: usize,
+    /// Vectors removed (trees or delta).
+    pub vectors: usize,
+    /// Lexical postings removed.
+    pub postings: usize,
+    /// History versions removed.
+    pub history: usize,
+}
+
+/// Counts for `memos status` and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStats {
+    /// Records of any status.
+    pub memories: u64,
+    /// Cubes.
+    pub cubes: u64,
+    /// Processed events.
+    pub events: u64,
+    /// Vectors in the arroy trees.
+    pub vectors_indexed: u64,
+    /// Vectors waiting in the delta.
+    pub vectors_pending: u64,
+    /// Bytes used on disk.
+    pub disk_bytes: u64,
+}
+
+const META_NEXT_ID: &str = "next_id";
+const META_PENDING: &str = "vector_pending";
+const META_DIMS: &str = "dimensions";
+
+/// The store. Cheap to share behind an `Arc`; LMDB allows one writer and many readers.
+pub struct Store {
+    env: Env<WithoutTls>,
+    path: PathBuf,
+    opts: StoreOptions,
+    meta: Database<'static, Str, Bytes>,
+    records: Database<'static, Bytes, Bytes>,
+    ids: Database<'static, Str, Bytes>,
+    vectors: Database<'static, Bytes, Bytes>,
+    hashes: Database<'static, Bytes, Bytes>,
+    events: Database<'static, Bytes, Bytes>,
+    history: Database<'static, Bytes, Bytes>,
+    fields: Database<'static, Bytes, Bytes>,
+    cubes: Database<'static, Str, Bytes>,
+    lexical: lexical::LexicalIndex,
+    vindex: ArroyIndex,
+}
+
+fn k32(id: u32) -> [u8; 4] {
+    id.to_be_bytes()
+}
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            v.push(0);
+        }
+        v.extend_from_slice(p);
+    }
+    v
+}
+
+fn field_key(cube: &str, field: &str, value: &str) -> Vec<u8> {
+    join(&[cube.as_bytes(), field.as_bytes(), value.as_bytes()])
+}
+
+fn bitmap_from(bytes: Option<&[u8]>) -> Result<RoaringBitmap> {
+    match bytes {
+        Some(b) => RoaringBitmap::deserialize_from(b).map_err(|e| StoreError::Codec(e.to_string())),
+        None => Ok(RoaringBitmap::new()),
+    }
+}
+
+fn bitmap_bytes(b: &RoaringBitmap) -> Vec<u8> {
+    let mut v = Vec::with_capacity(b.serialized_size());
+    b.serialize_into(&mut v).expect("writing to a Vec cannot fail");
+    v
+}
+
+/// Checks an id used as a key component (cube, user, session): non-empty, no NUL, bounded.
+pub fn validate_key_part(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > 256 || s.contains('\0') {
+        return Err(StoreError::InvalidArgument(format!(
+            "{what} must be 1-256 bytes without NUL characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let path = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)?;
+        // SAFETY: the data directory is owned by this process; LMDB's documented caveat is
+        // about opening the same environment twice in one process, which `memos` never does.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(opts.map_size)
+                .max_dbs(32)
+                .max_readers(1024)
+                .open(&path)?
+        };
+        let wtxn = env.write_txn()?;
+        type B = Database<'static, Bytes, Bytes>;
+        #[allow(clippy::type_complexity)]
+        let (meta, records, ids, vectors, postings, stats, hashes, events, history, fields, cubes, arroy_db): (
+            Database<'static, Str, Bytes>, B, Database<'static, Str, Bytes>, B, B, B, B, B, B, B,
+            Database<'static, Str, Bytes>, arroy::Database<'static, Cosine>,
+        ) = env
+            .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    dbo.create_database(wtxn, Some("meta"))?,
+                    dbo.create_database(wtxn, Some("records"))?,
+                    dbo.create_database(wtxn, Some("ids"))?,
+                    dbo.create_database(wtxn, Some("vectors"))?,
+                    dbo.create_database(wtxn, Some("postings"))?,
+                    dbo.create_database(wtxn, Some("lexical_stats"))?,
+                    dbo.create_database(wtxn, Some("hashes"))?,
+                    dbo.create_database(wtxn, Some("events"))?,
+                    dbo.create_database(wtxn, Some("history"))?,
+                    dbo.create_database(wtxn, Some("fields"))?,
+                    dbo.create_database(wtxn, Some("cubes"))?,
+                    dbo.create_database(wtxn, Some("arroy"))?,
+                )))
+            })?
+            .unwrap_commit();
+        let mut vindex = ArroyIndex::new(arroy_db, opts.dimensions);
+        vindex.oversampling = opts.ann_oversampling.max(1);
+        let store = Store {
+            env,
+            path,
+            meta,
+            records,
+            ids,
+            vectors,
+            hashes,
+            events,
+            history,
+            fields,
+            cubes,
+            lexical: lexical::LexicalIndex { postings, stats },
+            vindex,
+            opts,
+        };
+        store.check_dimensions()?;
+        Ok(store)
+    }
+
+    fn check_dimensions(&self) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        match self.meta.get(&wtxn, META_DIMS)? {
+            Some(b) => {
+                let d = u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("dims".into()))?) as usize;
+                if d != self.opts.dimensions {
+                    return Err(StoreError::Dimensions { expected: d, received: self.opts.dimensions });
+                }
+            }
+            None => {
+                self.meta.put(&mut wtxn, META_DIMS, &(self.opts.dimensions as u32).to_le_bytes())?;
+            }
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// The vector backend.
+    pub fn vector_index(&self) -> &dyn VectorIndex {
+        &self.vindex
+    }
+
+    /// Begins the (single) write transaction.
+    pub fn write_txn(&self) -> Result<RwTxn<'_>> {
+        Ok(self.env.write_txn()?)
+    }
+
+    /// Begins a read transaction: a consistent snapshot.
+    pub fn read_txn(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        Ok(self.env.read_txn()?)
+    }
+
+    /// Folds the vector delta into the arroy trees when it is over `vector_delta_max`, then
+    /// commits. Use this (or [`Store::finish`] + `commit`) for every write transaction.
+    pub fn commit(&self, mut wtxn: RwTxn<'_>) -> Result<()> {
+        self.finish(&mut wtxn, false)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Prepares a write transaction for commit: builds the vector trees when the delta is large
+    /// (or always with `force_index`).
+    pub fn finish(&self, wtxn: &mut RwTxn<'_>, force_index: bool) -> Result<()> {
+        let pending = self.pending(wtxn)?;
+        if !pending.is_empty() && (force_index || pending.len() as usize >= self.opts.vector_delta_max) {
+            for id in &pending {
+                if let Some(b) = self.vectors.get(wtxn, &k32(id))? {
+                    let v = bytes_to_vec(b);
+                    self.vindex.add(wtxn, id, &v)?;
+                }
+            }
+            self.vindex.build(wtxn)?;
+            self.meta.delete(wtxn, META_PENDING)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the vector trees for everything pending, in its own transaction.
+    pub fn index_pending(&self) -> Result<u64> {
+        let mut wtxn = self.write_txn()?;
+        let n = self.pending(&wtxn)?.len();
+        self.finish(&mut wtxn, true)?;
+        wtxn.commit()?;
+        Ok(n)
+    }
+
+    fn pending(&self, txn: &RoTxn) -> Result<RoaringBitmap> {
+        bitmap_from(self.meta.get(txn, META_PENDING)?)
+    }
+
+    fn next_id(&self, wtxn: &mut RwTxn) -> Result<u32> {
+        let id = match self.meta.get(wtxn, META_NEXT_ID)? {
+            Some(b) => u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("next_id".into()))?),
+            None => 0,
+        };
+        let next = id.checked_add(1).ok_or_else(|| StoreError::InvalidArgument("id space exhausted".into()))?;
+        self.meta.put(wtxn, META_NEXT_ID, &next.to_le_bytes())?;
+        Ok(id)
+    }
+
+    /// Upper bound (exclusive) of internal ids handed out so far.
+    pub fn id_bound(&self, txn: &RoTxn) -> Result<u32> {
+        Ok(match self.meta.get(txn, META_NEXT_ID)? {
+            Some(b) => u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("next_id".into()))?),
+            None => 0,
+        })
+    }
+
+    fn bitmap(&self, txn: &RoTxn, key: &[u8]) -> Result<RoaringBitmap> {
+        bitmap_from(self.fields.get(txn, key)?)
+    }
+
+    fn bitmap_update(&self, wtxn: &mut RwTxn, key: &[u8], id: u32, add: bool) -> Result<()> {
+        let mut b = self.bitmap(wtxn, key)?;
+        let changed = if add { b.insert(id) } else { b.remove(id) };
+        if changed {
+            if b.is_empty() {
+                self.fields.delete(wtxn, key)?;
+            } else {
+                self.fields.put(wtxn, key, &bitmap_bytes(&b))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn index_fields(&self, wtxn: &mut RwTxn, r: &MemoryRecord, id: u32, add: bool) -> Result<()> {
+        let cube = r.cube_id.as_str();
+        let mut keys = vec![
+            field_key(cube, "", ""),
+            field_key(cube, "user_id", &r.user_id),
+            field_key(cube, "session_id", &r.session_id),
+            field_key(cube, "memory_type", r.memory_type.as_str()),
+            field_key(cube, "status", r.status.as_str()),
+        ];
+        if let Some(a) = &r.agent_id {
+            keys.push(field_key(cube, "agent_id", a));
+        }
+        if let Some(a) = &r.app_id {
+            keys.push(field_key(cube, "app_id", a));
+        }
+        for k in keys {
+            self.bitmap_update(wtxn, &k, id, add)?;
+        }
+        let hk = join(&[cube.as_bytes(), &model::content_hash(&r.memory)]);
+        if add {
+            if r.status == Status::Activated {
+                self.hashes.put(wtxn, &hk, &k32(id))?;
+            }
+        } else if self.hashes.get(wtxn, &hk)? == Some(&k32(id)[..]) {
+            self.hashes.delete(wtxn, &hk)?;
+        }
+        Ok(())
+    }
+
+    /// Internal id of a memory uuid.
+    pub fn internal_id(&self, txn: &RoTxn, uuid: &str) -> Result<Option<u32>> {
+        Ok(self.ids.get(txn, uuid)?.map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
+    }
+
+    /// Loads a record by internal id (without its embedding).
+    pub fn record(&self, txn: &RoTxn, id: u32) -> Result<Option<MemoryRecord>> {
+        self.records.get(txn, &k32(id))?.map(MemoryRecord::decode).transpose()
+    }
+
+    /// Loads a record by uuid (without its embedding).
+    pub fn get(&self, txn: &RoTxn, uuid: &str) -> Result<Option<MemoryRecord>> {
+        match self.internal_id(txn, uuid)? {
+            Some(id) => self.record(txn, id),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads a record by uuid with its embedding.
+    pub fn get_with_embedding(&self, txn: &RoTxn, uuid: &str) -> Result<Option<MemoryRecord>> {
+        let Some(id) = self.internal_id(txn, uuid)? else { return Ok(None) };
+        let Some(mut r) = self.record(txn, id)? else { return Ok(None) };
+        r.embedding = self.embedding(txn, id)?.unwrap_or_default();
+        Ok(Some(r))
+    }
+
+    /// The stored embedding of an internal id.
+    pub fn embedding(&self, txn: &RoTxn, id: u32) -> Result<Option<Vec<f32>>> {
+        Ok(self.vectors.get(txn, &k32(id))?.map(bytes_to_vec))
+    }
+
+    /// Inserts a new memory with its embedding. Returns its internal id.
+    /// Fails if the uuid already exists (use [`Store::update`]).
+    pub fn insert(&self, wtxn: &mut RwTxn, r: &MemoryRecord, embedding: &[f32]) -> Result<u32> {
+        model::check_dims(self.opts.dimensions, embedding)?;
+        validate_key_part("cube_id", &r.cube_id)?;
+        if self.ids.get(wtxn, &r.id)?.is_some() {
+            return Err(StoreError::InvalidArgument(format!("memory {} already exists", r.id)));
+        }
+        let id = self.next_id(wtxn)?;
+        self.ids.put(wtxn, &r.id, &k32(id))?;
+        self.records.put(wtxn, &k32(id), &r.encode()?)?;
+        self.vectors.put(wtxn, &k32(id), &vec_to_bytes(embedding))?;
+        let mut pending = self.pending(wtxn)?;
+        pending.insert(id);
+        self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
+        self.index_fields(wtxn, r, id, true)?;
+        if r.status == Status::Activated {
+            self.lexical.add(wtxn, &r.cube_id, id, &r.memory)?;
+        }
+        if self.cubes.get(wtxn, &r.cube_id)?.is_none() {
+            let info = CubeInfo {
+                cube_id: r.cube_id.clone(),
+                name: r.cube_id.clone(),
+                owner_id: r.user_id.clone(),
+                created_at: r.created_at,
+            };
+            self.put_cube(wtxn, &info)?;
+        }
+        Ok(id)
+    }
+
+    /// Replaces a memory with a new version. The previous version is appended to `history`
+    /// (and its full snapshot kept in the history database); `version` is bumped.
+    /// `embedding` None keeps the existing vector.
+    pub fn update(
+        &self,
+        wtxn: &mut RwTxn,
+        new: &MemoryRecord,
+        embedding: Option<&[f32]>,
+        update_type: &str,
+        merged_from: Option<String>,
+    ) -> Result<MemoryRecord> {
+        let id = self.internal_id(wtxn, &new.id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
+        let old = self.record(wtxn, id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
+        let mut hk = new.id.as_bytes().to_vec();
+        hk.push(0);
+        hk.extend_from_slice(&old.version.to_be_bytes());
+        self.history.put(wtxn, &hk, &old.encode()?)?;
+        let mut rec = new.clone();
+        rec.cube_id = old.cube_id.clone();
+        rec.version = old.version + 1;
+        rec.history = old.history.clone();
+        rec.history.push(HistoryEntry {
+            version: old.version,
+            memory: old.memory.clone(),
+            update_type: update_type.to_string(),
+            archived_at: time::now_micros(),
+            merged_from,
+        });
+        rec.updated_at = time::now_micros();
+        self.index_fields(wtxn, &old, id, false)?;
+        if old.status == Status::Activated {
+            self.lexical.remove(wtxn, &old.cube_id, id, &old.memory)?;
+        }
+        self.records.put(wtxn, &k32(id), &rec.encode()?)?;
+        self.index_fields(wtxn, &rec, id, true)?;
+        if rec.status == Status::Activated {
+            self.lexical.add(wtxn, &rec.cube_id, id, &rec.memory)?;
+        }
+        if let Some(v) = embedding {
+            model::check_dims(self.opts.dimensions, v)?;
+            self.vectors.put(wtxn, &k32(id), &vec_to_bytes(v))?;
+            let mut pending = self.pending(wtxn)?;
+            pending.insert(id);
+            self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
+        }
+        Ok(rec)
+    }
+
+    /// Previous full versions of a memory, oldest first.
+    pub fn versions(&self, txn: &RoTxn, uuid: &str) -> Result<Vec<MemoryRecord>> {
+        let mut prefix = uuid.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.history.prefix_iter(txn, &prefix)? {
+            let (_, v) = item?;
+            out.push(MemoryRecord::decode(v)?);
+        }
+        Ok(out)
+    }
+
+    /// Hard-deletes memories by uuid: record, vector (trees and delta), postings, field
+    /// bitmaps, content hash and history, all in the caller's transaction.
+    pub fn delete(&self, wtxn: &mut RwTxn, uuids: &[String]) -> Result<DeleteReceipt> {
+        let mut receipt = DeleteReceipt::default();
+        let mut pending = self.pending(wtxn)?;
+        let indexed = self.vindex.indexed(wtxn)?;
+        let mut tree_changed = false;
+        for uuid in uuids {
+            let Some(id) = self.internal_id(wtxn, uuid)? else { continue };
+            let Some(r) = self.record(wtxn, id)? else { continue };
+            self.index_fields(wtxn, &r, id, false)?;
+            if r.status == Status::Activated {
+                receipt.postings += self.lexical.remove(wtxn, &r.cube_id, id, &r.memory)?;
+            }
+            self.records.delete(wtxn, &k32(id))?;
+            self.ids.delete(wtxn, uuid)?;
+            if self.vectors.delete(wtxn, &k32(id))? {
+                receipt.vectors += 1;
+            }
+            pending.remove(id);
+            if indexed.contains(id) {
+                self.vindex.remove(wtxn, id)?;
+                tree_changed = true;
+            }
+            let mut prefix = uuid.as_bytes().to_vec();
+            prefix.push(0);
+            let keys: Vec<Vec<u8>> = self
+                .history
+                .prefix_iter(wtxn, &prefix)?
+                .map(|i| i.map(|(k, _)| k.to_vec()))
+                .collect::<std::result::Result<_, _>>()?;
+            for k in keys {
+                self.history.delete(wtxn, &k)?;
+                receipt.history += 1;
+            }
+            receipt.records += 1;
+            receipt.ids.push(uuid.clone());
+        }
+        self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
+        if tree_changed {
+            self.vindex.build(wtxn)?;
+        }
+        Ok(receipt)
+    }
+
+    /// Changes the status of a memory (e.g. archive, soft-delete, recover), keeping history.
+    pub fn set_status(&self, wtxn: &mut RwTxn, uuid: &str, status: Status, why: &str) -> Result<MemoryRecord> {
+        let mut r = self.get(wtxn, uuid)?.ok_or_else(|| StoreError::NotFound(uuid.to_string()))?;
+        r.status = status;
+        self.update(wtxn, &r, None, why, None)
+    }
+
+    /// Whether an event was already processed for this cube.
+    pub fn event(&self, txn: &RoTxn, cube: &str, event_id: &str) -> Result<Option<EventRecord>> {
+        let k = join(&[cube.as_bytes(), event_id.as_bytes()]);
+        Ok(match self.events.get(txn, &k)? {
+            Some(b) => Some(postcard::from_bytes(b)?),
+            None => None,
+        })
+    }
+
+    /// Records that an event was processed (in the same transaction as its memories).
+    pub fn mark_event(&self, wtxn: &mut RwTxn, cube: &str, event_id: &str, rec: &EventRecord) -> Result<()> {
+        let k = join(&[cube.as_bytes(), event_id.as_bytes()]);
+        self.events.put(wtxn, &k, &postcard::to_stdvec(rec)?)?;
+        Ok(())
+    }
+
+    /// The activated memory of a cube with exactly this (normalised) text, if any.
+    pub fn find_by_content(&self, txn: &RoTxn, cube: &str, text: &str) -> Result<Option<u32>> {
+        let hk = join(&[cube.as_bytes(), &model::content_hash(text)]);
+        Ok(self.hashes.get(txn, &hk)?.map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
+    }
+
+    /// Creates or replaces a cube's info.
+    pub fn put_cube(&self, wtxn: &mut RwTxn, c: &CubeInfo) -> Result<()> {
+        validate_key_part("cube_id", &c.cube_id)?;
+        self.cubes.put(wtxn, &c.cube_id, &postcard::to_stdvec(c)?)?;
+        Ok(())
+    }
+
+    /// A cube's info.
+    pub fn cube(&self, txn: &RoTxn, cube: &str) -> Result<Option<CubeInfo>> {
+        self.cubes.get(txn, cube)?.map(|b| Ok(postcard::from_bytes(b)?)).transpose()
+    }
+
+    /// All cubes.
+    pub fn cubes(&self, txn: &RoTxn) -> Result<Vec<CubeInfo>> {
+        let mut out = Vec::new();
+        for item in self.cubes.iter(txn)? {
+            let (_, b) = item?;
+            out.push(postcard::from_bytes(b)?);
+        }
+        Ok(out)
+    }
+
+    /// Every internal id of a cube (any status).
+    pub fn cube_ids(&self, txn: &RoTxn, cube: &str) -> Result<RoaringBitmap> {
+        self.bitmap(txn, &field_key(cube, "", ""))
+    }
+
+    /// Ids of a cube whose indexed `field` equals `value`.
+    pub fn field_ids(&self, txn: &RoTxn, cube: &str, field: &str, value: &str) -> Result<RoaringBitmap> {
+        self.bitmap(txn, &field_key(cube, field, value))
+    }
+
+    /// Ids of a cube that satisfy `filter`, among `base`. Equality/`in` on indexed fields are
+    /// answered from bitmaps; other conditions are checked on the records of the narrowed set.
+    pub fn filter_ids(&self, txn: &RoTxn, cube: &str, filter: &Filter, base: &RoaringBitmap) -> Result<RoaringBitmap> {
+        if filter.is_true() {
+            return Ok(base.clone());
+        }
+        if filter.fully_indexed() {
+            return Ok(self.bitmap_eval(txn, cube, filter, base)? & base);
+        }
+        let (narrowed, rest): (RoaringBitmap, Vec<&Filter>) = match filter {
+            Filter::And(parts) => {
+                let mut b = base.clone();
+                let mut rest = Vec::new();
+                for p in parts {
+                    if p.fully_indexed() {
+                        b &= self.bitmap_eval(txn, cube, p, base)?;
+                    } else {
+                        rest.push(p);
+                    }
+                }
+                (b, rest)
+            }
+            f => (base.clone(), vec![f]),
+        };
+        let mut out = RoaringBitmap::new();
+        for id in &narrowed {
+            if let Some(r) = self.record(txn, id)?
+                && rest.iter().all(|f| f.matches(&r))
+            {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn bitmap_eval(&self, txn: &RoTxn, cube: &str, f: &Filter, base: &RoaringBitmap) -> Result<RoaringBitmap> {
+        Ok(match f {
+            Filter::True => base.clone(),
+            Filter::And(v) => {
+                let mut b = base.clone();
+                for p in v {
+                    b &= self.bitmap_eval(txn, cube, p, base)?;
+                }
+                b
+            }
+            Filter::Or(v) => {
+                let mut b = RoaringBitmap::new();
+                for p in v {
+                    b |= self.bitmap_eval(txn, cube, p, base)?;
+                }
+                b
+            }
+            Filter::Not(p) => base - self.bitmap_eval(txn, cube, p, base)?,
+            Filter::Cond { .. } => {
+                let (field, values) = f.indexed_values().ok_or_else(|| StoreError::InvalidFilter("not indexed".into()))?;
+                let mut b = RoaringBitmap::new();
+                for v in values {
+                    b |= self.bitmap(txn, &field_key(cube, field, &v))?;
+                }
+                b
+            }
+        })
+    }
+
+    /// Activated ids of a cube, optionally of some memory types, that satisfy `filter`.
+    pub fn candidates(&self, txn: &RoTxn, cube: &str, types: Option<&[MemoryType]>, filter: &Filter) -> Result<RoaringBitmap> {
+        let mut base = self.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+        if let Some(types) = types {
+            let mut t = RoaringBitmap::new();
+            for ty in types {
+                t |= self.field_ids(txn, cube, "memory_type", ty.as_str())?;
+            }
+            base &= t;
+        }
+        self.filter_ids(txn, cube, filter, &base)
+    }
+
+    /// Nearest neighbours among `candidates`: arroy trees for indexed items plus an exact scan
+    /// of the delta not yet in the trees. Returns (id, cosine), best first.
+    pub fn vector_search(&self, txn: &RoTxn, query: &[f32], k: usize, candidates: &RoaringBitmap) -> Result<Vec<(u32, f32)>> {
+        model::check_dims(self.opts.dimensions, query)?;
+        let pending = self.pending(txn)?;
+        let in_delta = candidates & &pending;
+        let in_trees = candidates - &pending;
+        let mut hits = self.vindex.search(txn, query, k, &in_trees)?;
+        for id in &in_delta {
+            if let Some(b) = self.vectors.get(txn, &k32(id))? {
+                hits.push((id, dot(query, &bytes_to_vec(b))));
+            }
+        }
+        Ok(lexical::top_k(hits, k))
+    }
+
+    /// BM25 over the cube among `candidates`. Returns (id, score), best first.
+    pub fn bm25_search(&self, txn: &RoTxn, cube: &str, query: &str, k: usize, candidates: &RoaringBitmap) -> Result<Vec<(u32, f32)>> {
+        self.lexical.search(txn, cube, query, k, candidates, self.opts.bm25)
+    }
+
+    /// Store-wide counts.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let txn = self.read_txn()?;
+        Ok(StoreStats {
+            memories: self.records.len(&txn)?,
+            cubes: self.cubes.len(&txn)?,
+            events: self.events.len(&txn)?,
+            vectors_indexed: self.vindex.indexed(&txn)?.len(),
+            vectors_pending: self.pending(&txn)?.len(),
+            disk_bytes: self.env.real_disk_size().unwrap_or(0),
+        })
+    }
+}

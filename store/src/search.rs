@@ -1,0 +1,253 @@
+//! Hybrid search: ANN over the cube's candidates + BM25, fused, then relativity threshold,
+//! session soft priority and MMR/similarity dedup (memos-spec §4.1, §4.3).
+//!
+//! ## Scores
+//! Every hit carries `score` ∈ [0, 1], the fused relevance:
+//! - `Fusion::Convex { alpha }` (default): `alpha · max(cos, 0) + (1 − alpha) · bm25 / bm25_max`,
+//!   where `bm25_max` is the best BM25 score of the query in the cube's candidates. A result that is
+//!   both the lexical best match and a perfect semantic match scores 1.
+//! - `Fusion::Rrf { k }`: reciprocal rank fusion `Σ 1/(k + rank)`, divided by its maximum
+//!   (rank 1 in every retriever), so again 1 is the best possible.
+//!
+//! Hits in the request's session are boosted by `session_boost` (multiplicative, capped at 1).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::filter::Filter;
+use crate::model::{MemoryRecord, MemoryType};
+use crate::vector::dot;
+use crate::{Store, lexical};
+use heed::RoTxn;
+
+/// How vector and lexical results are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Fusion {
+    /// Reciprocal rank fusion with constant `k`.
+    Rrf {
+        /// RRF constant (60 in the literature).
+        k: f32,
+    },
+    /// Convex combination of the cosine and the max-normalised BM25 score.
+    Convex {
+        /// Weight of the vector score.
+        alpha: f32,
+    },
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::Convex { alpha: 0.5 }
+    }
+}
+
+/// Result dedup (MemOS `dedup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dedup {
+    /// Keep everything.
+    No,
+    /// Drop a hit whose cosine to a better one is above 0.92.
+    Sim,
+    /// Maximal marginal relevance (0.8 relevance − 0.2 redundancy).
+    #[default]
+    Mmr,
+}
+
+/// One search over one cube.
+#[derive(Debug, Clone)]
+pub struct SearchRequest<'a> {
+    /// Cube to search.
+    pub cube_id: &'a str,
+    /// Query text (for BM25).
+    pub query: &'a str,
+    /// Query embedding (for ANN); None = lexical only.
+    pub query_vec: Option<&'a [f32]>,
+    /// Results wanted.
+    pub top_k: usize,
+    /// Filter.
+    pub filter: &'a Filter,
+    /// Restrict to these memory types.
+    pub types: Option<&'a [MemoryType]>,
+    /// Session to prioritise.
+    pub session_id: Option<&'a str>,
+    /// Minimum score kept (0 disables).
+    pub relativity: f32,
+    /// Dedup method.
+    pub dedup: Dedup,
+    /// Fusion method.
+    pub fusion: Fusion,
+    /// Multiplicative boost for hits of `session_id`.
+    pub session_boost: f32,
+    /// Candidates fetched from each retriever before fusion (at least `3 · top_k`).
+    pub pool: usize,
+}
+
+impl<'a> SearchRequest<'a> {
+    /// A request with MemOS-like defaults and no threshold.
+    pub fn new(cube_id: &'a str, query: &'a str, query_vec: Option<&'a [f32]>, top_k: usize, filter: &'a Filter) -> Self {
+        SearchRequest {
+            cube_id,
+            query,
+            query_vec,
+            top_k,
+            filter,
+            types: None,
+            session_id: None,
+            relativity: 0.0,
+            dedup: Dedup::No,
+            fusion: Fusion::default(),
+            session_boost: 0.1,
+            pool: 100,
+        }
+    }
+}
+
+/// A search result.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Internal id.
+    pub id: u32,
+    /// The record (embedding filled).
+    pub record: MemoryRecord,
+    /// Fused relevance in [0, 1].
+    pub score: f32,
+    /// Cosine similarity, when the vector retriever ran.
+    pub vector_score: Option<f32>,
+    /// Raw BM25 score, when the lexical retriever found it.
+    pub lexical_score: Option<f32>,
+}
+
+/// Runs a hybrid search.
+pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit>> {
+    if req.top_k == 0 {
+        return Ok(Vec::new());
+    }
+    let candidates = store.candidates(txn, req.cube_id, req.types, req.filter)?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pool = req.pool.max(req.top_k * 3);
+    let vec_hits = match req.query_vec {
+        Some(q) => store.vector_search(txn, q, pool, &candidates)?,
+        None => Vec::new(),
+    };
+    let lex_hits = store.bm25_search(txn, req.cube_id, req.query, pool, &candidates)?;
+
+    use std::collections::HashMap;
+    struct Acc {
+        vec: Option<(usize, f32)>,
+        lex: Option<(usize, f32)>,
+    }
+    let mut acc: HashMap<u32, Acc> = HashMap::new();
+    for (rank, (id, s)) in vec_hits.iter().enumerate() {
+        acc.entry(*id).or_insert(Acc { vec: None, lex: None }).vec = Some((rank, *s));
+    }
+    for (rank, (id, s)) in lex_hits.iter().enumerate() {
+        acc.entry(*id).or_insert(Acc { vec: None, lex: None }).lex = Some((rank, *s));
+    }
+    let lex_max = lex_hits.first().map(|x| x.1).unwrap_or(0.0);
+    let n_retrievers = (req.query_vec.is_some() as usize + 1) as f32;
+
+    let mut hits = Vec::with_capacity(acc.len());
+    for (id, a) in acc {
+        let Some(mut record) = store.record(txn, id)? else { continue };
+        let embedding = store.embedding(txn, id)?.unwrap_or_default();
+        // Exact cosine for items only the lexical retriever found.
+        let cos = match (a.vec, req.query_vec) {
+            (Some((_, s)), _) => Some(s),
+            (None, Some(q)) if embedding.len() == q.len() => Some(dot(q, &embedding)),
+            _ => None,
+        };
+        let mut score = match req.fusion {
+            Fusion::Rrf { k } => {
+                let r = |x: Option<(usize, f32)>| x.map(|(rank, _)| 1.0 / (k + rank as f32 + 1.0)).unwrap_or(0.0);
+                (r(a.vec) + r(a.lex)) / (n_retrievers / (k + 1.0))
+            }
+            Fusion::Convex { alpha } => {
+                let v = cos.unwrap_or(0.0).max(0.0);
+                let l = match a.lex {
+                    Some((_, s)) if lex_max > 0.0 => s / lex_max,
+                    _ => 0.0,
+                };
+                if req.query_vec.is_some() { alpha * v + (1.0 - alpha) * l } else { l }
+            }
+        };
+        if let Some(sess) = req.session_id
+            && record.session_id == sess
+        {
+            score *= 1.0 + req.session_boost;
+        }
+        record.embedding = embedding;
+        hits.push(Hit {
+            id,
+            record,
+            score: score.clamp(0.0, 1.0),
+            vector_score: cos,
+            lexical_score: a.lex.map(|x| x.1),
+        });
+    }
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    if req.relativity > 0.0 {
+        hits.retain(|h| h.score >= req.relativity);
+    }
+    Ok(dedup(hits, req.top_k, req.dedup))
+}
+
+/// Applies dedup and cuts to `top_k`; `hits` must be sorted best first.
+pub fn dedup(hits: Vec<Hit>, top_k: usize, method: Dedup) -> Vec<Hit> {
+    match method {
+        Dedup::No => hits.into_iter().take(top_k).collect(),
+        Dedup::Sim => {
+            let mut kept: Vec<Hit> = Vec::new();
+            for h in hits {
+                if kept.len() >= top_k {
+                    break;
+                }
+                let dup = kept.iter().any(|k| {
+                    k.record.memory == h.record.memory || dot(&k.record.embedding, &h.record.embedding) > 0.92
+                });
+                if !dup {
+                    kept.push(h);
+                }
+            }
+            kept
+        }
+        Dedup::Mmr => {
+            let mut pool: Vec<Hit> = hits.into_iter().take(top_k * 3).collect();
+            let mut selected: Vec<Hit> = Vec::new();
+            while selected.len() < top_k && !pool.is_empty() {
+                let mut best: Option<(usize, f32)> = None;
+                for (i, h) in pool.iter().enumerate() {
+                    if selected.iter().any(|s| s.record.memory == h.record.memory) {
+                        continue;
+                    }
+                    let mut div = selected
+                        .iter()
+                        .map(|s| dot(&s.record.embedding, &h.record.embedding))
+                        .fold(0.0f32, f32::max);
+                    if div > 0.9 {
+                        div *= (10.0 * (div - 0.9)).exp();
+                    }
+                    let m = 0.8 * h.score - 0.2 * div;
+                    if best.is_none_or(|(_, b)| m > b) {
+                        best = Some((i, m));
+                    }
+                }
+                match best {
+                    Some((i, _)) => selected.push(pool.swap_remove(i)),
+                    None => break,
+                }
+            }
+            // Final order is relevance (MemOS keeps the original order per bucket).
+            selected.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            selected
+        }
+    }
+}
+
+/// Keeps the `k` best (id, score) pairs; re-exported for callers that fuse their own lists.
+pub fn top_k(v: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    lexical::top_k(v, k)
+}
