@@ -1,0 +1,103 @@
+//! An embedder for any OpenAI-compatible `/v1/embeddings` endpoint (vLLM, Ollama, TEI, OpenAI…).
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Embedder;
+use crate::error::{OperatorError, Result};
+
+/// Calls `POST {base_url}/embeddings` with `{"model", "input": [...]}`.
+pub struct OpenAiEmbedder {
+    client: reqwest::blocking::Client,
+    url: String,
+    model: String,
+    key: Option<String>,
+    dims: usize,
+    batch_size: usize,
+}
+
+#[derive(Deserialize)]
+struct Resp {
+    data: Vec<Item>,
+}
+#[derive(Deserialize)]
+struct Item {
+    embedding: Vec<f32>,
+    #[serde(default)]
+    index: Option<usize>,
+}
+
+impl OpenAiEmbedder {
+    /// `base_url` such as `http://127.0.0.1:8080/v1`.
+    pub fn new(base_url: &str, model: &str, key: Option<String>, dims: usize, timeout: std::time::Duration) -> Result<Self> {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| OperatorError::Remote(e.to_string()))?;
+        Ok(OpenAiEmbedder {
+            client,
+            url: format!("{}/embeddings", base_url.trim_end_matches('/')),
+            model: model.to_string(),
+            key,
+            dims,
+            batch_size: 64,
+        })
+    }
+}
+
+fn normalise(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+    v
+}
+
+impl Embedder for OpenAiEmbedder {
+    fn dimensions(&self) -> usize {
+        self.dims
+    }
+    fn model_id(&self) -> &str {
+        &self.model
+    }
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch_size) {
+            let mut req = self.client.post(&self.url).json(&json!({"model": self.model, "input": chunk}));
+            if let Some(k) = &self.key {
+                req = req.bearer_auth(k);
+            }
+            let resp = req.send().map_err(|e| OperatorError::Remote(e.to_string()))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.text().unwrap_or_default();
+                let err = format!("{} from {}: {}", status, self.url, body.chars().take(300).collect::<String>());
+                return Err(if status.is_server_error() || status.as_u16() == 429 {
+                    OperatorError::Remote(err)
+                } else {
+                    OperatorError::Invalid(err)
+                });
+            }
+            let mut r: Resp = resp.json().map_err(|e| OperatorError::Remote(format!("bad response: {e}")))?;
+            if r.data.len() != chunk.len() {
+                return Err(OperatorError::Remote(format!(
+                    "asked for {} embeddings, got {}",
+                    chunk.len(),
+                    r.data.len()
+                )));
+            }
+            r.data.sort_by_key(|i| i.index.unwrap_or(0));
+            for item in r.data {
+                if item.embedding.len() != self.dims {
+                    return Err(OperatorError::Remote(format!(
+                        "embedding has {} dimensions, configured {}",
+                        item.embedding.len(),
+                        self.dims
+                    )));
+                }
+                out.push(normalise(item.embedding));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,173 @@
+//! `extract` (rule-based, offline). Preference statements of the user ("I like/love/prefer/
+//! hate/avoid …") become `PreferenceMemory` with `info.preference_type = "explicit_preference"`;
+//! first-person facts of the user ("I work as …", "my sister lives in …") become `UserMemory`.
+//! An LLM extractor plugs in later behind the same operator trait.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use store::MemoryType;
+
+use crate::event::memory_id;
+use crate::window::key_of;
+use crate::{Collector, Draft, OpContext, Operator, Result};
+
+/// Config of the extract stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractConfig {
+    /// Extract preferences.
+    pub preferences: bool,
+    /// Extract user facts (from multi-sentence user turns).
+    pub user_facts: bool,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig { preferences: true, user_facts: true }
+    }
+}
+
+impl ExtractConfig {
+    /// Builds the operator.
+    pub fn build(&self) -> ExtractOperator {
+        ExtractOperator { cfg: self.clone() }
+    }
+}
+
+/// The extract stage.
+pub struct ExtractOperator {
+    cfg: ExtractConfig,
+}
+
+const POSITIVE: &[&str] = &[
+    "i like ", "i love ", "i prefer ", "i enjoy ", "i adore ", "i'm into ", "i am into ",
+    "i'm a fan of ", "i am a fan of ", "my favorite ", "my favourite ", "i'd rather ",
+    "i would rather ", "i always ", "i usually ", "i really like ", "i really love ",
+    "i really enjoy ", "i tend to ",
+];
+const NEGATIVE: &[&str] = &[
+    "i hate ", "i dislike ", "i avoid ", "i don't like ", "i do not like ", "i don't enjoy ",
+    "i do not enjoy ", "i can't stand ", "i cannot stand ", "i'm not a fan of ",
+    "i am not a fan of ", "i'm allergic to ", "i am allergic to ", "i never ", "i don't want ",
+    "i do not want ", "i'm not into ", "i am not into ", "i don't eat ", "i do not eat ",
+    "i'm vegetarian", "i am vegetarian", "i'm vegan", "i am vegan",
+];
+const FACTS: &[&str] = &[
+    "i am ", "i'm ", "my name is ", "i work ", "i live ", "i have ", "i've been ", "i was born ",
+    "i grew up ", "i moved ", "i studied ", "i graduated ", "my job ", "my wife ", "my husband ",
+    "my partner ", "my son ", "my daughter ", "my kids ", "my children ", "my mom ", "my dad ",
+    "my mother ", "my father ", "my sister ", "my brother ", "my dog ", "my cat ", "my birthday ",
+];
+
+/// Splits text into sentences.
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        cur.push(c);
+        if matches!(c, '.' | '!' | '?' | '\n' | '。' | '！' | '？') {
+            let s = cur.trim().to_string();
+            if !s.is_empty() {
+                out.push(s);
+            }
+            cur.clear();
+        }
+    }
+    let s = cur.trim().to_string();
+    if !s.is_empty() {
+        out.push(s);
+    }
+    out
+}
+
+fn normalise(s: &str) -> String {
+    format!("{} ", s.to_lowercase().replace('’', "'"))
+}
+
+/// Classifies a sentence as a preference: Some("like") / Some("dislike") / None.
+pub fn preference_polarity(sentence: &str) -> Option<&'static str> {
+    let s = normalise(sentence);
+    let starts = |pats: &[&str]| pats.iter().any(|p| s.starts_with(p) || s.contains(&format!(", {p}")) || s.contains(&format!(" and {p}")));
+    if starts(NEGATIVE) {
+        Some("dislike")
+    } else if starts(POSITIVE) {
+        Some("like")
+    } else {
+        None
+    }
+}
+
+fn is_fact(sentence: &str) -> bool {
+    let s = normalise(sentence);
+    s.split_whitespace().count() >= 4 && FACTS.iter().any(|p| s.starts_with(p))
+}
+
+impl Operator for ExtractOperator {
+    type In = Draft;
+    type Out = Draft;
+
+    fn name(&self) -> &'static str {
+        "extract"
+    }
+
+    fn process(&mut self, batch: Vec<Draft>, _ctx: &OpContext, out: &mut Collector<Draft>) -> Result<()> {
+        for d in batch {
+            let mut derived = Vec::new();
+            let user_turns: Vec<_> = d
+                .record
+                .sources
+                .iter()
+                .filter(|s| s.kind == "chat" && s.role.as_deref() == Some("user"))
+                .collect();
+            for src in user_turns {
+                let content = src.content.as_deref().unwrap_or_default();
+                let speaker = src.name.as_deref().unwrap_or("user");
+                let sents = sentences(content);
+                for s in &sents {
+                    let (ty, polarity) = match preference_polarity(s) {
+                        Some(p) if self.cfg.preferences => (MemoryType::PreferenceMemory, Some(p)),
+                        _ if self.cfg.user_facts && sents.len() > 1 && is_fact(s) => (MemoryType::UserMemory, None),
+                        _ => continue,
+                    };
+                    derived.push((ty, polarity, format!("{speaker}: {s}"), src.clone()));
+                }
+            }
+            let base_seq = 1000 + d.seq * 100;
+            for (i, (ty, polarity, text, src)) in derived.into_iter().enumerate() {
+                let mut r = d.record.clone();
+                let seq = base_seq + i as u32;
+                r.id = memory_id(&r.cube_id, &d.event_id, seq);
+                r.key = Some(key_of(&text));
+                r.memory = text;
+                r.memory_type = ty;
+                r.sources = vec![src];
+                r.confidence = 0.9;
+                r.tags.retain(|t| t != "mode:fast");
+                r.tags.push("extract:rule".into());
+                if let Some(p) = polarity {
+                    r.info.insert("preference_type".into(), Value::String("explicit_preference".into()));
+                    r.info.insert("preference".into(), Value::String(p.into()));
+                }
+                r.info.insert("derived_from".into(), Value::String(d.record.id.clone()));
+                out.collect(Draft { event_id: d.event_id.clone(), seq, record: r, embedding: Vec::new(), action: d.action.clone() });
+            }
+            out.collect(d);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preferences() {
+        assert_eq!(preference_polarity("I avoid hotels with a bustling nightlife atmosphere."), Some("dislike"));
+        assert_eq!(preference_polarity("I love hiking in the mountains"), Some("like"));
+        assert_eq!(preference_polarity("Honestly, I prefer tea."), Some("like"));
+        assert_eq!(preference_polarity("The weather is nice"), None);
+        assert!(is_fact("I work as a nurse in Boston."));
+        assert!(!is_fact("I am."));
+    }
+}

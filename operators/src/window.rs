@@ -1,0 +1,290 @@
+//! `window`: fast mode. One memory per conversation turn (or per user→assistant round),
+//! carrying speaker/role and the message time. The time is kept verbatim in `sources` and
+//! parsed into `event_time` when possible; with `date_prefix` the memory text starts with it
+//! ("[1:56 pm on 8 May, 2023] Caroline: …") so dates take part in search.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use store::{MemoryRecord, MemoryType, SourceMessage, Status};
+
+use crate::event::{ChatMessage, EventKind, memory_id, parse_messages};
+use crate::{Action, Collector, Draft, IdentifiedEvent, OpContext, Operator, OperatorError, Result};
+
+/// How turns are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One memory per message.
+    #[default]
+    Turn,
+    /// One memory per user message and the replies that follow it.
+    Round,
+}
+
+/// Config of the window stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Turn or round.
+    pub granularity: Granularity,
+    /// Prefix each memory with its message time.
+    pub date_prefix: bool,
+    /// Document chunk size in characters.
+    pub chunk_chars: usize,
+    /// Overlap between document chunks in characters.
+    pub chunk_overlap: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig { granularity: Granularity::Turn, date_prefix: true, chunk_chars: 1200, chunk_overlap: 200 }
+    }
+}
+
+impl WindowConfig {
+    /// Builds the operator.
+    pub fn build(&self) -> WindowOperator {
+        WindowOperator { cfg: self.clone() }
+    }
+}
+
+/// The window stage.
+pub struct WindowOperator {
+    cfg: WindowConfig,
+}
+
+/// First sentence, at most 80 characters: the MemOS `key`.
+pub fn key_of(text: &str) -> String {
+    let first = text.split(['.', '!', '?', '\n']).next().unwrap_or(text).trim();
+    first.chars().take(80).collect()
+}
+
+fn base_record(ie: &IdentifiedEvent, seq: u32, memory: String, ty: MemoryType) -> MemoryRecord {
+    let e = &ie.event;
+    let now = store::time::now_micros();
+    let mut tags = e.tags.clone();
+    tags.push("mode:fast".into());
+    let info = e
+        .info
+        .iter()
+        .filter(|(k, _)| !store::model::RESERVED_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    MemoryRecord {
+        id: memory_id(&e.cube_id, &ie.id, seq),
+        key: Some(key_of(&memory)),
+        memory,
+        cube_id: e.cube_id.clone(),
+        user_id: e.user_id.clone(),
+        session_id: e.session_id.clone().unwrap_or_else(|| "default_session".into()),
+        agent_id: e.agent_id.clone(),
+        app_id: e.app_id.clone(),
+        memory_type: ty,
+        status: Status::Activated,
+        tags,
+        info,
+        source: Some("conversation".into()),
+        sources: Vec::new(),
+        confidence: 0.99,
+        created_at: now,
+        updated_at: now,
+        event_time: e.time.as_deref().and_then(store::time::parse_time),
+        version: 1,
+        history: Vec::new(),
+        event_id: ie.id.clone(),
+        file_ids: Vec::new(),
+        embedding: Vec::new(),
+    }
+}
+
+fn draft(ie: &IdentifiedEvent, record: MemoryRecord) -> Draft {
+    Draft { event_id: ie.id.clone(), seq: 0, record, embedding: Vec::new(), action: Action::Insert }
+}
+
+impl WindowOperator {
+    fn line(&self, m: &ChatMessage) -> String {
+        let speaker = m.name.as_deref().unwrap_or(&m.role);
+        match (&m.chat_time, self.cfg.date_prefix) {
+            (Some(t), true) => format!("[{t}] {speaker}: {}", m.content),
+            _ => format!("{speaker}: {}", m.content),
+        }
+    }
+
+    fn messages(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
+        let msgs = parse_messages(ie.event.payload.get("messages").unwrap_or(&Value::Null))?;
+        // Group into windows of message indexes.
+        let mut groups: Vec<Vec<&ChatMessage>> = Vec::new();
+        for m in &msgs {
+            if m.content.trim().is_empty() {
+                continue;
+            }
+            if m.role == "system" && !m.content.contains("<tool_schema>") {
+                continue;
+            }
+            let start_new = match (self.cfg.granularity, groups.last()) {
+                (Granularity::Turn, _) | (_, None) => true,
+                (Granularity::Round, Some(g)) => m.role == "user" && g.iter().any(|x| x.role != "user"),
+            };
+            if start_new {
+                groups.push(vec![m]);
+            } else if let Some(g) = groups.last_mut() {
+                g.push(m);
+            }
+        }
+        for g in groups {
+            let seq = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
+            let text = g.iter().map(|m| self.line(m)).collect::<Vec<_>>().join("\n");
+            let ty = if g.iter().all(|m| m.role == "system") {
+                MemoryType::ToolSchemaMemory
+            } else if g.iter().all(|m| m.role == "tool") {
+                MemoryType::ToolTrajectoryMemory
+            } else if g.iter().all(|m| m.role == "user") {
+                MemoryType::UserMemory
+            } else {
+                MemoryType::LongTermMemory
+            };
+            let mut r = base_record(ie, seq, text, ty);
+            if let Some(t) = g.iter().find_map(|m| m.chat_time.as_deref().and_then(store::time::parse_time)) {
+                r.event_time = Some(t);
+            }
+            if g.iter().all(|m| m.role == "doc") {
+                r.source = Some("doc".into());
+            }
+            r.key = Some(key_of(&g[0].content));
+            r.file_ids = g.iter().flat_map(|m| m.file_ids.clone()).collect();
+            r.sources = g
+                .iter()
+                .map(|m| SourceMessage {
+                    kind: if m.role == "doc" { "doc".into() } else { "chat".into() },
+                    role: Some(m.role.clone()),
+                    name: m.name.clone(),
+                    chat_time: m.chat_time.clone(),
+                    message_id: m.message_id.clone(),
+                    content: Some(m.content.clone()),
+                })
+                .collect();
+            let mut d = draft(ie, r);
+            d.seq = seq;
+            out.push(d);
+        }
+        Ok(())
+    }
+
+    fn tool_call(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
+        let p = &ie.event.payload;
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("tool");
+        let args = p.get("arguments").map(|a| a.to_string()).unwrap_or_default();
+        let result = match p.get("result") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        let ok = p.get("success").and_then(Value::as_bool).unwrap_or(true);
+        let text = format!(
+            "tool {name}({args}) {} {result}",
+            if ok { "succeeded:" } else { "failed:" }
+        );
+        let mut r = base_record(ie, 0, text, MemoryType::ToolTrajectoryMemory);
+        r.source = Some("tool".into());
+        r.info.insert("tool_name".into(), Value::String(name.into()));
+        r.info.insert("success".into(), Value::Bool(ok));
+        r.sources.push(SourceMessage {
+            kind: "tool".into(),
+            role: Some("tool".into()),
+            message_id: p.get("tool_call_id").and_then(Value::as_str).map(str::to_string),
+            content: Some(result),
+            ..Default::default()
+        });
+        out.push(draft(ie, r));
+        Ok(())
+    }
+
+    fn document(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
+        let p = &ie.event.payload;
+        let text = p.get("text").and_then(Value::as_str).unwrap_or_default();
+        let filename = p.get("filename").and_then(Value::as_str).unwrap_or("document");
+        let chunks = chunk(text, self.cfg.chunk_chars, self.cfg.chunk_overlap);
+        let total = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let mut r = base_record(ie, i as u32, c, MemoryType::RawFileMemory);
+            r.source = Some("file".into());
+            r.tags.push(format!("chunk:{}/{}", i + 1, total));
+            if let Some(f) = p.get("file_id").and_then(Value::as_str) {
+                r.file_ids.push(f.into());
+            }
+            for k in ["kb_id", "file_id", "mime"] {
+                if let Some(v) = p.get(k) {
+                    r.info.insert(k.into(), v.clone());
+                }
+            }
+            r.sources.push(SourceMessage {
+                kind: "file".into(),
+                content: Some(filename.to_string()),
+                ..Default::default()
+            });
+            let mut d = draft(ie, r);
+            d.seq = i as u32;
+            out.push(d);
+        }
+        Ok(())
+    }
+}
+
+/// Splits text into chunks of at most `size` characters on paragraph/sentence boundaries where
+/// possible, with `overlap` characters carried over.
+pub fn chunk(text: &str, size: usize, overlap: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = size.max(1);
+    if chars.len() <= size {
+        return if text.trim().is_empty() { vec![] } else { vec![text.trim().to_string()] };
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        let mut end = (start + size).min(chars.len());
+        if end < chars.len() {
+            // Back off to the last paragraph or sentence break in the second half.
+            let window: String = chars[start + size / 2..end].iter().collect();
+            if let Some(pos) = window.rfind("\n\n").or_else(|| window.rfind(". ")) {
+                end = start + size / 2 + window[..pos].chars().count() + 1;
+            }
+        }
+        let piece: String = chars[start..end].iter().collect();
+        if !piece.trim().is_empty() {
+            out.push(piece.trim().to_string());
+        }
+        if end >= chars.len() {
+            break;
+        }
+        start = end.saturating_sub(overlap).max(start + 1);
+    }
+    out
+}
+
+impl Operator for WindowOperator {
+    type In = IdentifiedEvent;
+    type Out = Draft;
+
+    fn name(&self) -> &'static str {
+        "window"
+    }
+
+    fn process(&mut self, batch: Vec<IdentifiedEvent>, _ctx: &OpContext, out: &mut Collector<Draft>) -> Result<()> {
+        for ie in batch {
+            let mut drafts = Vec::new();
+            let r = match ie.event.kind {
+                EventKind::Messages => self.messages(&ie, &mut drafts),
+                EventKind::ToolCall => self.tool_call(&ie, &mut drafts),
+                EventKind::Document => self.document(&ie, &mut drafts),
+                // Feedback and deletes carry no new memories; the sink applies them.
+                EventKind::Feedback | EventKind::Delete => Ok(()),
+            };
+            match r {
+                Ok(()) => drafts.into_iter().for_each(|d| out.collect(d)),
+                Err(e @ OperatorError::Invalid(_)) => out.fail(&ie.id, e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
