@@ -1,1 +1,15 @@
+//! memos pipelines: configuration, the pipeline runtime, the service shared by every
+//! interface, the REST API and the LoCoMo evaluation harness. The `memos` binary is `main.rs`.
+#![warn(missing_docs)]
 
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod http;
+pub mod runtime;
+pub mod service;
+
+pub use config::Config;
+pub use error::PipelineError;
+pub use service::Memos;

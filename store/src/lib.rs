@@ -32,6 +32,8 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
+pub use heed;
+pub use roaring;
 pub use filter::Filter;
 pub use lexical::Bm25Params;
 pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
@@ -77,6 +79,21 @@ pub struct EventRecord {
     pub position: Option<String>,
 }
 
+/// An input that could not be processed, kept with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Source name.
+    pub source: String,
+    /// Source position, if any.
+    pub position: Option<String>,
+    /// Why it failed.
+    pub reason: String,
+    /// The original bytes.
+    pub payload: Vec<u8>,
+    /// When, unix micros.
+    pub at: i64,
+}
+
 /// A cube (MemOS MemCube): a partition of memories.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CubeInfo {
@@ -114,6 +131,8 @@ pub struct StoreStats {
     pub cubes: u64,
     /// Processed events.
     pub events: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
     /// Vectors in the arroy trees.
     pub vectors_indexed: u64,
     /// Vectors waiting in the delta.
@@ -140,6 +159,8 @@ pub struct Store {
     history: Database<'static, Bytes, Bytes>,
     fields: Database<'static, Bytes, Bytes>,
     cubes: Database<'static, Str, Bytes>,
+    dead_letters: Database<'static, Bytes, Bytes>,
+    offsets: Database<'static, Str, Bytes>,
     lexical: lexical::LexicalIndex,
     vindex: ArroyIndex,
 }
@@ -225,6 +246,15 @@ impl Store {
                 )))
             })?
             .unwrap_commit();
+        let wtxn = env.write_txn()?;
+        let (dead_letters, offsets) = env
+            .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    dbo.create_database(wtxn, Some("dead_letters"))?,
+                    dbo.create_database(wtxn, Some("offsets"))?,
+                )))
+            })?
+            .unwrap_commit();
         let mut vindex = ArroyIndex::new(arroy_db, opts.dimensions);
         vindex.oversampling = opts.ann_oversampling.max(1);
         let store = Store {
@@ -239,6 +269,8 @@ impl Store {
             history,
             fields,
             cubes,
+            dead_letters,
+            offsets,
             lexical: lexical::LexicalIndex { postings, stats },
             vindex,
             opts,
@@ -717,6 +749,38 @@ impl Store {
         self.lexical.search(txn, cube, query, k, candidates, self.opts.bm25)
     }
 
+    /// Records a dead letter: the original bytes, where they came from and why they failed.
+    pub fn put_dead_letter(&self, wtxn: &mut RwTxn, dl: &DeadLetter) -> Result<u64> {
+        let seq = match self.dead_letters.last(wtxn)? {
+            Some((k, _)) => u64::from_be_bytes(k.try_into().unwrap_or([0; 8])) + 1,
+            None => 0,
+        };
+        self.dead_letters.put(wtxn, &seq.to_be_bytes(), &postcard::to_stdvec(dl)?)?;
+        Ok(seq)
+    }
+
+    /// All dead letters, oldest first, with their sequence numbers.
+    pub fn dead_letters(&self, txn: &RoTxn) -> Result<Vec<(u64, DeadLetter)>> {
+        let mut out = Vec::new();
+        for item in self.dead_letters.iter(txn)? {
+            let (k, v) = item?;
+            out.push((u64::from_be_bytes(k.try_into().unwrap_or([0; 8])), postcard::from_bytes(v)?));
+        }
+        Ok(out)
+    }
+
+    /// Stores a source position (e.g. `kafka/memos.events/3` → next offset) in the batch's
+    /// transaction, so a restart resumes exactly after the last committed batch.
+    pub fn set_offset(&self, wtxn: &mut RwTxn, source: &str, position: &str) -> Result<()> {
+        self.offsets.put(wtxn, source, position.as_bytes())?;
+        Ok(())
+    }
+
+    /// A stored source position.
+    pub fn offset(&self, txn: &RoTxn, source: &str) -> Result<Option<String>> {
+        Ok(self.offsets.get(txn, source)?.map(|b| String::from_utf8_lossy(b).into_owned()))
+    }
+
     /// Store-wide counts.
     pub fn stats(&self) -> Result<StoreStats> {
         let txn = self.read_txn()?;
@@ -724,6 +788,7 @@ impl Store {
             memories: self.records.len(&txn)?,
             cubes: self.cubes.len(&txn)?,
             events: self.events.len(&txn)?,
+            dead_letters: self.dead_letters.len(&txn)?,
             vectors_indexed: self.vindex.indexed(&txn)?.len(),
             vectors_pending: self.pending(&txn)?.len(),
             disk_bytes: self.env.real_disk_size().unwrap_or(0),

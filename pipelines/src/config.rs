@@ -1,0 +1,224 @@
+//! Configuration: embedded defaults (`default.toml`), then `--config FILE`, then `MEMOS_*`
+//! environment variables. Every struct denies unknown fields, so a typo is an error.
+
+use std::path::{Path, PathBuf};
+
+use operators::dedupe::DedupeConfig;
+use operators::extract::ExtractConfig;
+use operators::window::WindowConfig;
+use serde::{Deserialize, Serialize};
+use store::search::Fusion;
+
+use crate::error::PipelineError;
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// LMDB data directory.
+    pub data_dir: PathBuf,
+    /// Model directory.
+    pub model_dir: PathBuf,
+    /// REST API address.
+    pub http_addr: String,
+    /// Fetch the model on first start.
+    pub auto_fetch_model: bool,
+    /// text | json.
+    pub log_format: String,
+    /// Embedder.
+    pub embedder: EmbedderConfig,
+    /// Pipeline runtime.
+    pub pipeline: PipelineConfig,
+    /// window stage.
+    pub window: WindowConfig,
+    /// extract stage.
+    pub extract: ExtractConfig,
+    /// dedupe stage.
+    pub dedupe: DedupeConfig,
+    /// Search.
+    pub search: SearchConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+}
+
+/// Embedder settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderConfig {
+    /// local | openai | hash.
+    pub kind: String,
+    /// Sentences per forward pass.
+    pub batch_size: usize,
+    /// Output dimensions.
+    pub dimensions: usize,
+    /// openai: base URL.
+    pub url: String,
+    /// openai: model.
+    pub model: String,
+    /// openai: key.
+    pub api_key: String,
+    /// openai: request timeout.
+    pub timeout_secs: u64,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Events per batch.
+    pub batch_size: usize,
+    /// Batch linger.
+    pub linger_ms: u64,
+    /// Source → pipeline queue capacity.
+    pub channel_capacity: usize,
+    /// Largest accepted event.
+    pub max_event_bytes: usize,
+    /// Vector delta size that triggers a tree rebuild in the batch transaction.
+    pub vector_delta_max: usize,
+    /// Idle time after which the delta is folded into the trees.
+    pub index_idle_ms: u64,
+    /// Attempts for retryable failures.
+    pub retry_attempts: u32,
+}
+
+/// Search settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Fusion method.
+    pub fusion: Fusion,
+    /// Candidates per retriever.
+    pub pool: usize,
+    /// Same-session boost.
+    pub session_boost: f32,
+    /// Largest accepted top_k.
+    pub max_top_k: usize,
+    /// Query time limit.
+    pub timeout_ms: u64,
+    /// arroy search_k multiplier.
+    pub ann_oversampling: usize,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest HTTP body.
+    pub max_body_bytes: usize,
+    /// Most messages in one add.
+    pub max_messages_per_add: usize,
+    /// Longest query.
+    pub max_query_chars: usize,
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) if bv.is_table() && v.is_table() => merge(bv, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    // Numbers, booleans and inline tables parse as TOML; anything else is a string.
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `MEMOS_*` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, PipelineError> {
+        let mut v: toml::Value = toml::from_str(DEFAULT_TOML).map_err(|e| PipelineError::Config(format!("embedded default: {e}")))?;
+        if let Some(f) = file {
+            let text = std::fs::read_to_string(f).map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
+            let o: toml::Value = toml::from_str(&text).map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
+            merge(&mut v, o);
+        }
+        for (k, val) in env {
+            let Some(rest) = k.strip_prefix("MEMOS_") else { continue };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
+            // Only keys the configuration knows; other MEMOS_* variables (for components of
+            // later releases or other tools) are left alone.
+            let known = {
+                let mut cur = &v;
+                path.iter().all(|p| match cur.get(p) {
+                    Some(n) => {
+                        cur = n;
+                        true
+                    }
+                    None => false,
+                })
+            };
+            if !known {
+                continue;
+            }
+            let mut o = env_value(&val);
+            if let Some(toml::Value::String(_)) = {
+                let mut cur = &v;
+                for p in &path {
+                    cur = &cur[p.as_str()];
+                }
+                Some(cur)
+            } {
+                o = toml::Value::String(val.clone());
+            }
+            for p in path.iter().rev() {
+                let mut t = toml::Table::new();
+                t.insert(p.clone(), o);
+                o = toml::Value::Table(t);
+            }
+            merge(&mut v, o);
+        }
+        v.try_into().map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))
+    }
+
+    /// Store options derived from this configuration.
+    pub fn store_options(&self) -> store::StoreOptions {
+        store::StoreOptions {
+            dimensions: self.embedder.dimensions,
+            vector_delta_max: self.pipeline.vector_delta_max,
+            ann_oversampling: self.search.ann_oversampling,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering() {
+        let c = Config::load(None, vec![]).unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8000");
+        let c = Config::load(
+            None,
+            vec![
+                ("MEMOS_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+                ("MEMOS_PIPELINE__BATCH_SIZE".into(), "7".into()),
+                ("MEMOS_UNRELATED".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:0");
+        assert_eq!(c.pipeline.batch_size, 7);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[pipeline]\nbatch_sizes = 3\n").unwrap();
+        let err = Config::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(err.contains("batch_sizes"), "{err}");
+    }
+}

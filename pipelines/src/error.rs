@@ -1,0 +1,67 @@
+//! The pipelines crate's error type and its exhaustive mapping to HTTP statuses.
+
+use thiserror::Error;
+
+/// Errors of the runtime, service and HTTP layers.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The request is malformed or out of limits.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// The query took longer than allowed.
+    #[error("{0}")]
+    Timeout(String),
+    /// The pipeline is shutting down or overloaded.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A stage failed.
+    #[error(transparent)]
+    Operator(#[from] operators::OperatorError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// I/O.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl PipelineError {
+    /// The HTTP status for this error. Every variant is listed: adding one forces a decision.
+    pub fn status(&self) -> u16 {
+        use operators::OperatorError as O;
+        match self {
+            PipelineError::Config(_) => 500,
+            PipelineError::BadRequest(_) => 400,
+            PipelineError::TooLarge(_) => 413,
+            PipelineError::NotFound(_) => 404,
+            PipelineError::Timeout(_) => 504,
+            PipelineError::Unavailable(_) => 503,
+            PipelineError::Io(_) => 500,
+            PipelineError::Operator(o) => match o {
+                O::Invalid(_) => 400,
+                O::Remote(_) => 502,
+                O::Model(_) | O::ModelFiles(_) | O::Io(_) => 500,
+                O::Store(s) => store_status(s),
+            },
+            PipelineError::Store(s) => store_status(s),
+        }
+    }
+}
+
+fn store_status(s: &store::StoreError) -> u16 {
+    use store::StoreError as S;
+    match s {
+        S::InvalidFilter(_) | S::InvalidArgument(_) | S::Dimensions { .. } => 400,
+        S::NotFound(_) => 404,
+        S::Lmdb(_) | S::Vector(_) | S::Codec(_) | S::Io(_) => 500,
+    }
+}
