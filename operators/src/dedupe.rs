@@ -49,6 +49,14 @@ const MONTHS: &[&str] = &[
     "saturday", "sunday", "yesterday", "today", "tomorrow",
 ];
 
+const NUMBER_WORDS: &[&str] = &[
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    "hundred", "thousand", "million", "billion", "first", "second", "third", "fourth", "fifth",
+    "last", "half", "dozen", "once", "twice", "both", "single", "couple",
+];
+
 /// The tokens that carry facts: numbers, dates, names (capitalised words not starting a
 /// sentence) and the count of negations.
 fn fact_signature(text: &str) -> (HashSet<String>, usize) {
@@ -70,7 +78,7 @@ fn fact_signature(text: &str) -> (HashSet<String>, usize) {
         if lower.ends_with("n't") {
             neg += 1;
         }
-        if word.chars().any(|c| c.is_ascii_digit()) || MONTHS.contains(&lower.as_str()) {
+        if word.chars().any(|c| c.is_ascii_digit()) || MONTHS.contains(&lower.as_str()) || NUMBER_WORDS.contains(&lower.as_str()) {
             sig.insert(lower.clone());
         } else if !sentence_start && word.chars().next().is_some_and(char::is_uppercase) {
             sig.insert(lower.clone());
@@ -195,6 +203,7 @@ mod tests {
     #[test]
     fn facts_differ() {
         assert!(different_facts("I have 2 cats", "I have 3 cats"));
+        assert!(different_facts("I have two cats", "I have three cats"));
         assert!(different_facts("I like coffee", "I don't like coffee"));
         assert!(different_facts("We met Alice at the park", "We met Bob at the park"));
         assert!(different_facts("Moved on 8 May", "Moved on 9 May"));

@@ -66,22 +66,36 @@ pub fn sentences(text: &str) -> Vec<String> {
     for c in text.chars() {
         cur.push(c);
         if matches!(c, '.' | '!' | '?' | '\n' | '。' | '！' | '？') {
-            let s = cur.trim().to_string();
-            if !s.is_empty() {
-                out.push(s);
-            }
+            push_sentence(&mut out, &cur);
             cur.clear();
         }
     }
-    let s = cur.trim().to_string();
-    if !s.is_empty() {
-        out.push(s);
-    }
+    push_sentence(&mut out, &cur);
     out
 }
 
+/// Appends a sentence; punctuation-only fragments ("!!", "...") stay with the previous one.
+fn push_sentence(out: &mut Vec<String>, s: &str) {
+    let s = s.trim();
+    if s.is_empty() {
+        return;
+    }
+    if !s.chars().any(char::is_alphanumeric) {
+        if let Some(last) = out.last_mut() {
+            last.push_str(s);
+        }
+        return;
+    }
+    out.push(s.to_string());
+}
+
+const FILLERS: &[&str] = &["also", "really", "just", "actually", "definitely", "absolutely", "totally", "truly", "still", "honestly", "personally", "generally"];
+
+/// Lowercases, normalises apostrophes and drops filler adverbs ("I also really love" → "i love").
 fn normalise(s: &str) -> String {
-    format!("{} ", s.to_lowercase().replace('’', "'"))
+    let lower = s.to_lowercase().replace('’', "'");
+    let words: Vec<&str> = lower.split_whitespace().filter(|w| !FILLERS.contains(w)).collect();
+    format!("{} ", words.join(" "))
 }
 
 /// Classifies a sentence as a preference: Some("like") / Some("dislike") / None.
@@ -167,7 +181,10 @@ mod tests {
         assert_eq!(preference_polarity("I love hiking in the mountains"), Some("like"));
         assert_eq!(preference_polarity("Honestly, I prefer tea."), Some("like"));
         assert_eq!(preference_polarity("The weather is nice"), None);
+        assert_eq!(preference_polarity("I also really love painting sunsets."), Some("like"));
+        assert_eq!(preference_polarity("I do not like loud bars"), Some("dislike"));
         assert!(is_fact("I work as a nurse in Boston."));
         assert!(!is_fact("I am."));
+        assert_eq!(sentences("Wow!! Really... ok? yes"), ["Wow!!", "Really...", "ok?", "yes"]);
     }
 }

@@ -243,6 +243,7 @@ impl Processor {
         // Operators. A per-event failure dead-letters that event only.
         let mut failed: HashMap<String, String> = HashMap::new();
         let events: Vec<IdentifiedEvent> = pending.iter().map(|p| p.ie.clone()).collect();
+        let t_ops = Instant::now();
         let (drafts, f) = run_stage(&mut self.window, events, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
         let (drafts, f) = run_stage(&mut self.extract, drafts, &self.ctx)?;
@@ -265,7 +266,9 @@ impl Processor {
             }
             Err(e) => return Err(e.into()),
         };
+        let t_embed = t_ops.elapsed();
         let (drafts, f) = run_stage(&mut self.dedupe, drafts, &self.ctx)?;
+        let t_dedupe = t_ops.elapsed() - t_embed;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
 
         // Sink: one write transaction for the whole batch.
@@ -330,7 +333,9 @@ impl Processor {
         for (src, pos) in &positions {
             self.store.set_offset(&mut wtxn, src, pos)?;
         }
+        let t_sink = Instant::now();
         self.store.commit(wtxn)?;
+        tracing::debug!(embed_ms = t_embed.as_millis() as u64, dedupe_ms = t_dedupe.as_millis() as u64, commit_ms = t_sink.elapsed().as_millis() as u64, total_ms = t_ops.elapsed().as_millis() as u64, "batch stages");
 
         let rtxn = self.store.read_txn()?;
         for (idx, (event_id, ids)) in produced {

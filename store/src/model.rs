@@ -124,19 +124,14 @@ pub struct SourceMessage {
     #[serde(rename = "type")]
     pub kind: String,
     /// user, assistant, system, tool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Speaker name (OpenAI `name`), e.g. a LoCoMo speaker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The message time, verbatim as given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_time: Option<String>,
     /// Producer's message id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
     /// The message text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
 }
 
@@ -152,7 +147,6 @@ pub struct HistoryEntry {
     /// When it was replaced (unix micros).
     pub archived_at: i64,
     /// A memory merged into this one, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_from: Option<String>,
 }
 
