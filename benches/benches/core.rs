@@ -23,7 +23,10 @@ use store::{Filter, MemoryRecord, MemoryType, Status, Store};
 
 fn locomo() -> Value {
     let p = tests::root().join("../shared/data/locomo/locomo10.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("locomo json")
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .expect("locomo json")
 }
 
 fn turns_and_questions(d: &Value) -> (Vec<String>, Vec<String>) {
@@ -33,9 +36,15 @@ fn turns_and_questions(d: &Value) -> (Vec<String>, Vec<String>) {
         let conv = &s["conversation"];
         let mut n = 1;
         while let Some(ts) = conv.get(format!("session_{n}")).and_then(Value::as_array) {
-            let date = conv[format!("session_{n}_date_time")].as_str().unwrap_or("");
+            let date = conv[format!("session_{n}_date_time")]
+                .as_str()
+                .unwrap_or("");
             for t in ts {
-                turns.push(format!("[{date}] {}: {}", t["speaker"].as_str().unwrap_or(""), t["text"].as_str().unwrap_or("")));
+                turns.push(format!(
+                    "[{date}] {}: {}",
+                    t["speaker"].as_str().unwrap_or(""),
+                    t["text"].as_str().unwrap_or("")
+                ));
             }
             n += 1;
         }
@@ -100,19 +109,29 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
     let data = locomo();
     let (turns, questions) = turns_and_questions(&data);
     let emb = tests::embedder();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut md = format!("Machine: {threads} cores, no GPU. Build: `cargo bench -p benches` (dev profile: dependencies opt-level 2, workspace crates opt-level 1).\n\n");
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut md = format!(
+        "Machine: {threads} cores, no GPU. Build: `cargo bench -p benches` (dev profile: dependencies opt-level 2, workspace crates opt-level 1).\n\n"
+    );
 
     // 1. Embedder throughput.
     let sample: Vec<String> = turns.iter().take(256).cloned().collect();
     let short: Vec<String> = questions.iter().take(256).cloned().collect();
     emb.embed(&sample[..8]).unwrap();
     md.push_str("### Embedder (all-MiniLM-L6-v2, candle, CPU)\n\n| input | batch | sentences/s |\n|---|---:|---:|\n");
-    for (label, texts) in [("LoCoMo turns with date prefix (~40 tokens)", &sample), ("LoCoMo questions (~12 tokens)", &short)] {
+    for (label, texts) in [
+        ("LoCoMo turns with date prefix (~40 tokens)", &sample),
+        ("LoCoMo questions (~12 tokens)", &short),
+    ] {
         let t = Instant::now();
         for s in texts.iter().take(64) {
             emb.embed(std::slice::from_ref(s)).unwrap();
@@ -123,14 +142,27 @@ fn main() {
             emb.embed(c).unwrap();
         }
         let b32 = texts.len() as f64 / t.elapsed().as_secs_f64();
-        md.push_str(&format!("| {label} | 1 | {b1:.0} |\n| {label} | 32 | {b32:.0} |\n"));
+        md.push_str(&format!(
+            "| {label} | 1 | {b1:.0} |\n| {label} | 32 | {b32:.0} |\n"
+        ));
         println!("embedder {label}: batch 1 {b1:.0}/s, batch 32 {b32:.0}/s");
     }
 
     // 2. Ingest throughput through the real pipeline stages (window, extract, embed, dedupe, sink).
     md.push_str("\n### Ingest (pipeline: decode, window, extract, embed, dedupe, one LMDB commit per batch of 256)\n\n| embedder | events | events/s |\n|---|---:|---:|\n");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    for (label, e, n) in [("all-MiniLM-L6-v2", emb.clone(), 1024usize), ("trivial (hashed trigrams)", Arc::new(HashEmbedder::new(384)) as Arc<dyn Embedder>, 4096)] {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (label, e, n) in [
+        ("all-MiniLM-L6-v2", emb.clone(), 1024usize),
+        (
+            "trivial (hashed trigrams)",
+            Arc::new(HashEmbedder::new(384)) as Arc<dyn Embedder>,
+            4096,
+        ),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = tests::config(dir.path());
         let st = Arc::new(Store::open(dir.path(), cfg.store_options()).unwrap());
@@ -144,7 +176,12 @@ fn main() {
             .collect();
         let t = Instant::now();
         for chunk in events.chunks(256) {
-            let (outs, _) = p.process(chunk.iter().map(|b| (Payload::Bytes(b.clone()), "bench".to_string(), None)).collect());
+            let (outs, _) = p.process(
+                chunk
+                    .iter()
+                    .map(|b| (Payload::Bytes(b.clone()), "bench".to_string(), None))
+                    .collect(),
+            );
             assert!(outs.iter().all(|o| matches!(o, Outcome::Stored { .. })));
         }
         let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -154,21 +191,37 @@ fn main() {
     drop(rt);
 
     // 3. Search latency at each size.
-    let base_vecs = emb.embed(&turns.iter().take(2000).cloned().collect::<Vec<_>>()).unwrap();
+    let base_vecs = emb
+        .embed(&turns.iter().take(2000).cloned().collect::<Vec<_>>())
+        .unwrap();
     let qtexts: Vec<String> = questions.iter().take(n_queries).cloned().collect();
     let qvecs = emb.embed(&qtexts).unwrap();
     md.push_str("\n### Search (one cube, hybrid ANN + BM25, convex fusion, top_k 10)\n\n| memories | build s | p50 ms (no embed) | p99 ms (no embed) | p50 ms (with query embedding) | p99 ms (with query embedding) | RSS MB | LMDB MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for &size in &sizes {
         let dir = tempfile::tempdir().unwrap();
-        let st = Store::open(dir.path(), store::StoreOptions { vector_delta_max: usize::MAX, ..Default::default() }).unwrap();
+        let st = Store::open(
+            dir.path(),
+            store::StoreOptions {
+                vector_delta_max: usize::MAX,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let t = Instant::now();
         for chunk in (0..size).collect::<Vec<_>>().chunks(5000) {
             let mut w = st.write_txn().unwrap();
             for &i in chunk {
                 let b = i % base_vecs.len();
-                let text = format!("{} (note {})", turns[b].replacen("[", &format!("[day {} ", i / base_vecs.len()), 1), i);
-                let mut v: Vec<f32> = base_vecs[b].iter().map(|x| x + 0.02 * (rng.random::<f32>() - 0.5)).collect();
+                let text = format!(
+                    "{} (note {})",
+                    turns[b].replacen("[", &format!("[day {} ", i / base_vecs.len()), 1),
+                    i
+                );
+                let mut v: Vec<f32> = base_vecs[b]
+                    .iter()
+                    .map(|x| x + 0.02 * (rng.random::<f32>() - 0.5))
+                    .collect();
                 let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 v.iter_mut().for_each(|x| *x /= n);
                 st.insert(&mut w, &record(i, text), &v).unwrap();
@@ -190,7 +243,8 @@ fn main() {
         for q in qtexts.iter().take(200) {
             let t = Instant::now();
             let v = emb.embed(std::slice::from_ref(q)).unwrap().pop().unwrap();
-            let hits = search(&st, &txn, &SearchRequest::new("bench", q, Some(&v), 10, &f)).unwrap();
+            let hits =
+                search(&st, &txn, &SearchRequest::new("bench", q, Some(&v), 10, &f)).unwrap();
             with_embed.push(t.elapsed().as_secs_f64() * 1e3);
             assert!(!hits.is_empty());
         }

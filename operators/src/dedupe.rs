@@ -25,7 +25,11 @@ pub struct DedupeConfig {
 
 impl Default for DedupeConfig {
     fn default() -> Self {
-        DedupeConfig { exact: true, near: true, near_threshold: 0.95 }
+        DedupeConfig {
+            exact: true,
+            near: true,
+            near_threshold: 0.95,
+        }
     }
 }
 
@@ -41,20 +45,92 @@ pub struct DedupeOperator {
     cfg: DedupeConfig,
 }
 
-const NEGATIONS: &[&str] = &["not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "t"];
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "t",
+];
 const MONTHS: &[&str] = &[
-    "january", "february", "march", "april", "may", "june", "july", "august", "september",
-    "october", "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
-    "sept", "oct", "nov", "dec", "monday", "tuesday", "wednesday", "thursday", "friday",
-    "saturday", "sunday", "yesterday", "today", "tomorrow",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "yesterday",
+    "today",
+    "tomorrow",
 ];
 
 const NUMBER_WORDS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    "hundred", "thousand", "million", "billion", "first", "second", "third", "fourth", "fifth",
-    "last", "half", "dozen", "once", "twice", "both", "single", "couple",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "thirty",
+    "forty",
+    "fifty",
+    "sixty",
+    "seventy",
+    "eighty",
+    "ninety",
+    "hundred",
+    "thousand",
+    "million",
+    "billion",
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "last",
+    "half",
+    "dozen",
+    "once",
+    "twice",
+    "both",
+    "single",
+    "couple",
 ];
 
 /// The tokens that carry facts: numbers, dates, names (capitalised words not starting a
@@ -64,7 +140,10 @@ fn fact_signature(text: &str) -> (HashSet<String>, usize) {
     let mut neg = 0;
     let mut sentence_start = true;
     for raw in text.split(|c: char| c.is_whitespace()) {
-        let word: String = raw.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect();
+        let word: String = raw
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '\'')
+            .collect();
         let ends_sentence = raw.ends_with(['.', '!', '?', ':']);
         if word.is_empty() {
             continue;
@@ -78,9 +157,11 @@ fn fact_signature(text: &str) -> (HashSet<String>, usize) {
         if lower.ends_with("n't") {
             neg += 1;
         }
-        if word.chars().any(|c| c.is_ascii_digit()) || MONTHS.contains(&lower.as_str()) || NUMBER_WORDS.contains(&lower.as_str()) {
-            sig.insert(lower.clone());
-        } else if !sentence_start && word.chars().next().is_some_and(char::is_uppercase) {
+        let is_number =
+            word.chars().any(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&lower.as_str());
+        let is_date = MONTHS.contains(&lower.as_str());
+        let is_name = !sentence_start && word.chars().next().is_some_and(char::is_uppercase);
+        if is_number || is_date || is_name {
             sig.insert(lower.clone());
         }
         sentence_start = ends_sentence;
@@ -133,7 +214,12 @@ impl Operator for DedupeOperator {
         "dedupe"
     }
 
-    fn process(&mut self, batch: Vec<Draft>, ctx: &OpContext, out: &mut Collector<Draft>) -> Result<()> {
+    fn process(
+        &mut self,
+        batch: Vec<Draft>,
+        ctx: &OpContext,
+        out: &mut Collector<Draft>,
+    ) -> Result<()> {
         let txn = ctx.store.read_txn()?;
         // Drafts earlier in this batch, per cube: (hash → id, [(id, bucket, embedding, text)]).
         let mut seen_hash: HashMap<(String, [u8; 16]), String> = HashMap::new();
@@ -151,16 +237,26 @@ impl Operator for DedupeOperator {
                     Some(id) => ctx.store.record(&txn, id)?.map(|x| x.id),
                     None => None,
                 };
-                if let Some(target) = existing.or_else(|| seen_hash.get(&(r.cube_id.clone(), h)).cloned()) {
-                    d.action = Action::Merge { target, reason: "duplicate" };
+                if let Some(target) =
+                    existing.or_else(|| seen_hash.get(&(r.cube_id.clone(), h)).cloned())
+                {
+                    d.action = Action::Merge {
+                        target,
+                        reason: "duplicate",
+                    };
                     out.collect(d);
                     continue;
                 }
             }
             if self.cfg.near && !d.embedding.is_empty() {
                 let bucket = r.memory_type.bucket();
-                let types: Vec<_> = store::MemoryType::ALL.into_iter().filter(|t| t.bucket() == bucket).collect();
-                let cands = ctx.store.candidates(&txn, &r.cube_id, Some(&types), &Filter::True)?;
+                let types: Vec<_> = store::MemoryType::ALL
+                    .into_iter()
+                    .filter(|t| t.bucket() == bucket)
+                    .collect();
+                let cands = ctx
+                    .store
+                    .candidates(&txn, &r.cube_id, Some(&types), &Filter::True)?;
                 let mut best: Option<(String, f32, String)> = None;
                 for (id, cos) in ctx.store.vector_search(&txn, &d.embedding, 3, &cands)? {
                     if cos >= self.cfg.near_threshold
@@ -183,13 +279,22 @@ impl Operator for DedupeOperator {
                     }
                 }
                 if let Some((target, _, _)) = best {
-                    d.action = Action::Merge { target, reason: "near_duplicate" };
+                    d.action = Action::Merge {
+                        target,
+                        reason: "near_duplicate",
+                    };
                     out.collect(d);
                     continue;
                 }
             }
             seen_hash.insert((r.cube_id.clone(), h), r.id.clone());
-            seen.push((r.cube_id.clone(), r.id.clone(), r.memory_type.bucket(), d.embedding.clone(), r.memory.clone()));
+            seen.push((
+                r.cube_id.clone(),
+                r.id.clone(),
+                r.memory_type.bucket(),
+                d.embedding.clone(),
+                r.memory.clone(),
+            ));
             out.collect(d);
         }
         Ok(())
@@ -205,9 +310,18 @@ mod tests {
         assert!(different_facts("I have 2 cats", "I have 3 cats"));
         assert!(different_facts("I have two cats", "I have three cats"));
         assert!(different_facts("I like coffee", "I don't like coffee"));
-        assert!(different_facts("We met Alice at the park", "We met Bob at the park"));
+        assert!(different_facts(
+            "We met Alice at the park",
+            "We met Bob at the park"
+        ));
         assert!(different_facts("Moved on 8 May", "Moved on 9 May"));
-        assert!(!different_facts("I really like coffee.", "I really like coffee!"));
-        assert!(!different_facts("Alice likes tea a lot", "Alice likes tea a lot indeed"));
+        assert!(!different_facts(
+            "I really like coffee.",
+            "I really like coffee!"
+        ));
+        assert!(!different_facts(
+            "Alice likes tea a lot",
+            "Alice likes tea a lot indeed"
+        ));
     }
 }

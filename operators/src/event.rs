@@ -114,13 +114,19 @@ fn part_text(p: &Value, file_ids: &mut Vec<String>) -> Result<String> {
             .ok_or_else(|| bad("a text part needs \"text\""))?
             .to_string(),
         "file" => {
-            let f = p.get("file").ok_or_else(|| bad("a file part needs \"file\""))?;
+            let f = p
+                .get("file")
+                .ok_or_else(|| bad("a file part needs \"file\""))?;
             if let Some(id) = f.get("file_id").and_then(Value::as_str) {
                 file_ids.push(id.to_string());
             }
             let name = f.get("filename").and_then(Value::as_str).unwrap_or("file");
             match f.get("file_data").and_then(Value::as_str) {
-                Some(d) if !d.starts_with("http://") && !d.starts_with("https://") && !d.starts_with("data:") => {
+                Some(d)
+                    if !d.starts_with("http://")
+                        && !d.starts_with("https://")
+                        && !d.starts_with("data:") =>
+                {
                     format!("[file {name}] {d}")
                 }
                 Some(url) => format!("[file {name}: {url}]"),
@@ -128,8 +134,15 @@ fn part_text(p: &Value, file_ids: &mut Vec<String>) -> Result<String> {
             }
         }
         "image_url" => {
-            let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
-            let url = if url.starts_with("data:") { "inline image" } else { url };
+            let url = p
+                .pointer("/image_url/url")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let url = if url.starts_with("data:") {
+                "inline image"
+            } else {
+                url
+            };
             format!("[image: {url}]")
         }
         "input_audio" => "[audio]".to_string(),
@@ -143,16 +156,26 @@ fn content_text(c: &Value, file_ids: &mut Vec<String>) -> Result<String> {
         Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => {
             let texts: Result<Vec<String>> = parts.iter().map(|p| part_text(p, file_ids)).collect();
-            Ok(texts?.into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n"))
+            Ok(texts?
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
-        other => Err(bad(format!("message content must be a string or a list of parts, got {other}"))),
+        other => Err(bad(format!(
+            "message content must be a string or a list of parts, got {other}"
+        ))),
     }
 }
 
 /// Parses MemOS `MessagesType`: a string, a list of chat messages, or a list of raw parts.
 pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
     match v {
-        Value::String(s) => Ok(vec![ChatMessage { role: "user".into(), content: s.clone(), ..Default::default() }]),
+        Value::String(s) => Ok(vec![ChatMessage {
+            role: "user".into(),
+            content: s.clone(),
+            ..Default::default()
+        }]),
         Value::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, m) in items.iter().enumerate() {
@@ -161,14 +184,22 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                 };
                 let mut file_ids = Vec::new();
                 if let Some(role) = o.get("role") {
-                    let role = role.as_str().ok_or_else(|| bad(format!("messages[{i}].role must be a string")))?;
+                    let role = role
+                        .as_str()
+                        .ok_or_else(|| bad(format!("messages[{i}].role must be a string")))?;
                     if !matches!(role, "user" | "assistant" | "system" | "tool" | "developer") {
-                        return Err(bad(format!("messages[{i}].role \"{role}\" is not user, assistant, system or tool")));
+                        return Err(bad(format!(
+                            "messages[{i}].role \"{role}\" is not user, assistant, system or tool"
+                        )));
                     }
-                    let mut content = content_text(o.get("content").unwrap_or(&Value::Null), &mut file_ids)?;
+                    let mut content =
+                        content_text(o.get("content").unwrap_or(&Value::Null), &mut file_ids)?;
                     if let Some(Value::Array(calls)) = o.get("tool_calls") {
                         for c in calls {
-                            let name = c.pointer("/function/name").and_then(Value::as_str).unwrap_or("tool");
+                            let name = c
+                                .pointer("/function/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("tool");
                             let args = c.pointer("/function/arguments").map(|a| match a {
                                 Value::String(s) => s.clone(),
                                 other => other.to_string(),
@@ -182,7 +213,11 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                     }
                     let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
                     out.push(ChatMessage {
-                        role: if role == "developer" { "system".into() } else { role.to_string() },
+                        role: if role == "developer" {
+                            "system".into()
+                        } else {
+                            role.to_string()
+                        },
                         name: s("name"),
                         content,
                         chat_time: s("chat_time"),
@@ -192,15 +227,24 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                     });
                 } else if o.contains_key("type") {
                     let content = part_text(m, &mut file_ids)?;
-                    out.push(ChatMessage { role: "doc".into(), content, file_ids, ..Default::default() });
+                    out.push(ChatMessage {
+                        role: "doc".into(),
+                        content,
+                        file_ids,
+                        ..Default::default()
+                    });
                 } else {
-                    return Err(bad(format!("messages[{i}] has neither \"role\" nor \"type\"")));
+                    return Err(bad(format!(
+                        "messages[{i}] has neither \"role\" nor \"type\""
+                    )));
                 }
             }
             Ok(out)
         }
         Value::Null => Err(bad("messages are missing")),
-        other => Err(bad(format!("messages must be a string or a list, got {other}"))),
+        other => Err(bad(format!(
+            "messages must be a string or a list, got {other}"
+        ))),
     }
 }
 
@@ -208,9 +252,13 @@ impl Event {
     /// Decodes and validates an event from JSON bytes.
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event> {
         if bytes.len() > max_bytes {
-            return Err(bad(format!("event is {} bytes, the limit is {max_bytes}", bytes.len())));
+            return Err(bad(format!(
+                "event is {} bytes, the limit is {max_bytes}",
+                bytes.len()
+            )));
         }
-        let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("event is not valid UTF-8: {e}")))?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| bad(format!("event is not valid UTF-8: {e}")))?;
         let ev: Event = serde_json::from_str(text).map_err(|e| bad(format!("event JSON: {e}")))?;
         ev.validate()?;
         Ok(ev)
@@ -219,7 +267,10 @@ impl Event {
     /// Checks the envelope and its payload.
     pub fn validate(&self) -> Result<()> {
         if self.version != EVENT_VERSION {
-            return Err(bad(format!("event version {} is not supported (expected {EVENT_VERSION})", self.version)));
+            return Err(bad(format!(
+                "event version {} is not supported (expected {EVENT_VERSION})",
+                self.version
+            )));
         }
         store::validate_key_part("cube_id", &self.cube_id).map_err(|e| bad(e.to_string()))?;
         store::validate_key_part("user_id", &self.user_id).map_err(|e| bad(e.to_string()))?;
@@ -238,7 +289,10 @@ impl Event {
         }
         match self.kind {
             EventKind::Messages => {
-                let m = self.payload.get("messages").ok_or_else(|| bad("a messages event needs payload.messages"))?;
+                let m = self
+                    .payload
+                    .get("messages")
+                    .ok_or_else(|| bad("a messages event needs payload.messages"))?;
                 let msgs = parse_messages(m)?;
                 if msgs.is_empty() {
                     return Err(bad("payload.messages is empty"));
@@ -255,7 +309,12 @@ impl Event {
                 }
             }
             EventKind::Feedback => {
-                if self.payload.get("feedback_content").and_then(Value::as_str).is_none() {
+                if self
+                    .payload
+                    .get("feedback_content")
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
                     return Err(bad("a feedback event needs payload.feedback_content"));
                 }
             }
@@ -263,7 +322,9 @@ impl Event {
                 let ids = self.payload.get("memory_ids").and_then(Value::as_array);
                 let filter = self.payload.get("filter").filter(|f| !f.is_null());
                 if ids.is_none() == filter.is_none() {
-                    return Err(bad("a delete event needs exactly one of payload.memory_ids or payload.filter"));
+                    return Err(bad(
+                        "a delete event needs exactly one of payload.memory_ids or payload.filter",
+                    ));
                 }
                 if let Some(f) = filter {
                     store::Filter::parse(f).map_err(|e| bad(e.to_string()))?;

@@ -23,7 +23,10 @@ pub struct ExtractConfig {
 
 impl Default for ExtractConfig {
     fn default() -> Self {
-        ExtractConfig { preferences: true, user_facts: true }
+        ExtractConfig {
+            preferences: true,
+            user_facts: true,
+        }
     }
 }
 
@@ -40,23 +43,82 @@ pub struct ExtractOperator {
 }
 
 const POSITIVE: &[&str] = &[
-    "i like ", "i love ", "i prefer ", "i enjoy ", "i adore ", "i'm into ", "i am into ",
-    "i'm a fan of ", "i am a fan of ", "my favorite ", "my favourite ", "i'd rather ",
-    "i would rather ", "i always ", "i usually ", "i really like ", "i really love ",
-    "i really enjoy ", "i tend to ",
+    "i like ",
+    "i love ",
+    "i prefer ",
+    "i enjoy ",
+    "i adore ",
+    "i'm into ",
+    "i am into ",
+    "i'm a fan of ",
+    "i am a fan of ",
+    "my favorite ",
+    "my favourite ",
+    "i'd rather ",
+    "i would rather ",
+    "i always ",
+    "i usually ",
+    "i really like ",
+    "i really love ",
+    "i really enjoy ",
+    "i tend to ",
 ];
 const NEGATIVE: &[&str] = &[
-    "i hate ", "i dislike ", "i avoid ", "i don't like ", "i do not like ", "i don't enjoy ",
-    "i do not enjoy ", "i can't stand ", "i cannot stand ", "i'm not a fan of ",
-    "i am not a fan of ", "i'm allergic to ", "i am allergic to ", "i never ", "i don't want ",
-    "i do not want ", "i'm not into ", "i am not into ", "i don't eat ", "i do not eat ",
-    "i'm vegetarian", "i am vegetarian", "i'm vegan", "i am vegan",
+    "i hate ",
+    "i dislike ",
+    "i avoid ",
+    "i don't like ",
+    "i do not like ",
+    "i don't enjoy ",
+    "i do not enjoy ",
+    "i can't stand ",
+    "i cannot stand ",
+    "i'm not a fan of ",
+    "i am not a fan of ",
+    "i'm allergic to ",
+    "i am allergic to ",
+    "i never ",
+    "i don't want ",
+    "i do not want ",
+    "i'm not into ",
+    "i am not into ",
+    "i don't eat ",
+    "i do not eat ",
+    "i'm vegetarian",
+    "i am vegetarian",
+    "i'm vegan",
+    "i am vegan",
 ];
 const FACTS: &[&str] = &[
-    "i am ", "i'm ", "my name is ", "i work ", "i live ", "i have ", "i've been ", "i was born ",
-    "i grew up ", "i moved ", "i studied ", "i graduated ", "my job ", "my wife ", "my husband ",
-    "my partner ", "my son ", "my daughter ", "my kids ", "my children ", "my mom ", "my dad ",
-    "my mother ", "my father ", "my sister ", "my brother ", "my dog ", "my cat ", "my birthday ",
+    "i am ",
+    "i'm ",
+    "my name is ",
+    "i work ",
+    "i live ",
+    "i have ",
+    "i've been ",
+    "i was born ",
+    "i grew up ",
+    "i moved ",
+    "i studied ",
+    "i graduated ",
+    "my job ",
+    "my wife ",
+    "my husband ",
+    "my partner ",
+    "my son ",
+    "my daughter ",
+    "my kids ",
+    "my children ",
+    "my mom ",
+    "my dad ",
+    "my mother ",
+    "my father ",
+    "my sister ",
+    "my brother ",
+    "my dog ",
+    "my cat ",
+    "my birthday ",
 ];
 
 /// Splits text into sentences.
@@ -89,19 +151,39 @@ fn push_sentence(out: &mut Vec<String>, s: &str) {
     out.push(s.to_string());
 }
 
-const FILLERS: &[&str] = &["also", "really", "just", "actually", "definitely", "absolutely", "totally", "truly", "still", "honestly", "personally", "generally"];
+const FILLERS: &[&str] = &[
+    "also",
+    "really",
+    "just",
+    "actually",
+    "definitely",
+    "absolutely",
+    "totally",
+    "truly",
+    "still",
+    "honestly",
+    "personally",
+    "generally",
+];
 
 /// Lowercases, normalises apostrophes and drops filler adverbs ("I also really love" → "i love").
 fn normalise(s: &str) -> String {
     let lower = s.to_lowercase().replace('’', "'");
-    let words: Vec<&str> = lower.split_whitespace().filter(|w| !FILLERS.contains(w)).collect();
+    let words: Vec<&str> = lower
+        .split_whitespace()
+        .filter(|w| !FILLERS.contains(w))
+        .collect();
     format!("{} ", words.join(" "))
 }
 
 /// Classifies a sentence as a preference: Some("like") / Some("dislike") / None.
 pub fn preference_polarity(sentence: &str) -> Option<&'static str> {
     let s = normalise(sentence);
-    let starts = |pats: &[&str]| pats.iter().any(|p| s.starts_with(p) || s.contains(&format!(", {p}")) || s.contains(&format!(" and {p}")));
+    let starts = |pats: &[&str]| {
+        pats.iter().any(|p| {
+            s.starts_with(p) || s.contains(&format!(", {p}")) || s.contains(&format!(" and {p}"))
+        })
+    };
     if starts(NEGATIVE) {
         Some("dislike")
     } else if starts(POSITIVE) {
@@ -124,7 +206,12 @@ impl Operator for ExtractOperator {
         "extract"
     }
 
-    fn process(&mut self, batch: Vec<Draft>, _ctx: &OpContext, out: &mut Collector<Draft>) -> Result<()> {
+    fn process(
+        &mut self,
+        batch: Vec<Draft>,
+        _ctx: &OpContext,
+        out: &mut Collector<Draft>,
+    ) -> Result<()> {
         for d in batch {
             let mut derived = Vec::new();
             let user_turns: Vec<_> = d
@@ -140,7 +227,9 @@ impl Operator for ExtractOperator {
                 for s in &sents {
                     let (ty, polarity) = match preference_polarity(s) {
                         Some(p) if self.cfg.preferences => (MemoryType::PreferenceMemory, Some(p)),
-                        _ if self.cfg.user_facts && sents.len() > 1 && is_fact(s) => (MemoryType::UserMemory, None),
+                        _ if self.cfg.user_facts && sents.len() > 1 && is_fact(s) => {
+                            (MemoryType::UserMemory, None)
+                        }
                         _ => continue,
                     };
                     derived.push((ty, polarity, format!("{speaker}: {s}"), src.clone()));
@@ -159,11 +248,21 @@ impl Operator for ExtractOperator {
                 r.tags.retain(|t| t != "mode:fast");
                 r.tags.push("extract:rule".into());
                 if let Some(p) = polarity {
-                    r.info.insert("preference_type".into(), Value::String("explicit_preference".into()));
+                    r.info.insert(
+                        "preference_type".into(),
+                        Value::String("explicit_preference".into()),
+                    );
                     r.info.insert("preference".into(), Value::String(p.into()));
                 }
-                r.info.insert("derived_from".into(), Value::String(d.record.id.clone()));
-                out.collect(Draft { event_id: d.event_id.clone(), seq, record: r, embedding: Vec::new(), action: d.action.clone() });
+                r.info
+                    .insert("derived_from".into(), Value::String(d.record.id.clone()));
+                out.collect(Draft {
+                    event_id: d.event_id.clone(),
+                    seq,
+                    record: r,
+                    embedding: Vec::new(),
+                    action: d.action.clone(),
+                });
             }
             out.collect(d);
         }
@@ -177,14 +276,29 @@ mod tests {
 
     #[test]
     fn preferences() {
-        assert_eq!(preference_polarity("I avoid hotels with a bustling nightlife atmosphere."), Some("dislike"));
-        assert_eq!(preference_polarity("I love hiking in the mountains"), Some("like"));
+        assert_eq!(
+            preference_polarity("I avoid hotels with a bustling nightlife atmosphere."),
+            Some("dislike")
+        );
+        assert_eq!(
+            preference_polarity("I love hiking in the mountains"),
+            Some("like")
+        );
         assert_eq!(preference_polarity("Honestly, I prefer tea."), Some("like"));
         assert_eq!(preference_polarity("The weather is nice"), None);
-        assert_eq!(preference_polarity("I also really love painting sunsets."), Some("like"));
-        assert_eq!(preference_polarity("I do not like loud bars"), Some("dislike"));
+        assert_eq!(
+            preference_polarity("I also really love painting sunsets."),
+            Some("like")
+        );
+        assert_eq!(
+            preference_polarity("I do not like loud bars"),
+            Some("dislike")
+        );
         assert!(is_fact("I work as a nurse in Boston."));
         assert!(!is_fact("I am."));
-        assert_eq!(sentences("Wow!! Really... ok? yes"), ["Wow!!", "Really...", "ok?", "yes"]);
+        assert_eq!(
+            sentences("Wow!! Really... ok? yes"),
+            ["Wow!!", "Really...", "ok?", "yes"]
+        );
     }
 }

@@ -62,6 +62,9 @@ pub struct IdentifiedEvent {
     pub event: event::Event,
 }
 
+/// Events that failed in a stage, with the error.
+pub type Failures = Vec<(String, OperatorError)>;
+
 /// Output of a stage: items and per-event failures.
 #[derive(Debug)]
 pub struct Collector<T> {
@@ -71,7 +74,10 @@ pub struct Collector<T> {
 
 impl<T> Default for Collector<T> {
     fn default() -> Self {
-        Collector { items: Vec::new(), failed: Vec::new() }
+        Collector {
+            items: Vec::new(),
+            failed: Vec::new(),
+        }
     }
 }
 
@@ -85,7 +91,7 @@ impl<T> Collector<T> {
         self.failed.push((event_id.to_string(), err));
     }
     /// Splits into (items, failures).
-    pub fn finish(self) -> (Vec<T>, Vec<(String, OperatorError)>) {
+    pub fn finish(self) -> (Vec<T>, Failures) {
         (self.items, self.failed)
     }
 }
@@ -109,7 +115,12 @@ pub trait Operator: Send {
         Ok(())
     }
     /// Processes one batch.
-    fn process(&mut self, batch: Vec<Self::In>, ctx: &OpContext, out: &mut Collector<Self::Out>) -> Result<()>;
+    fn process(
+        &mut self,
+        batch: Vec<Self::In>,
+        ctx: &OpContext,
+        out: &mut Collector<Self::Out>,
+    ) -> Result<()>;
     /// Called once after the last batch.
     fn on_close(&mut self, _ctx: &OpContext) -> Result<()> {
         Ok(())
@@ -117,7 +128,11 @@ pub trait Operator: Send {
 }
 
 /// Runs one stage over a batch and returns (items, failures).
-pub fn run_stage<O: Operator>(op: &mut O, batch: Vec<O::In>, ctx: &OpContext) -> Result<(Vec<O::Out>, Vec<(String, OperatorError)>)> {
+pub fn run_stage<O: Operator>(
+    op: &mut O,
+    batch: Vec<O::In>,
+    ctx: &OpContext,
+) -> Result<(Vec<O::Out>, Failures)> {
     let mut c = Collector::default();
     op.process(batch, ctx, &mut c)?;
     Ok(c.finish())
@@ -143,9 +158,19 @@ impl Operator for EmbedOperator {
         "embed"
     }
 
-    fn process(&mut self, mut batch: Vec<Draft>, _ctx: &OpContext, out: &mut Collector<Draft>) -> Result<()> {
-        let idx: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].action != Action::Skip).collect();
-        let texts: Vec<String> = idx.iter().map(|&i| batch[i].record.memory.clone()).collect();
+    fn process(
+        &mut self,
+        mut batch: Vec<Draft>,
+        _ctx: &OpContext,
+        out: &mut Collector<Draft>,
+    ) -> Result<()> {
+        let idx: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].action != Action::Skip)
+            .collect();
+        let texts: Vec<String> = idx
+            .iter()
+            .map(|&i| batch[i].record.memory.clone())
+            .collect();
         let vecs = self.embedder.embed(&texts)?;
         for (i, v) in idx.into_iter().zip(vecs) {
             batch[i].embedding = v;

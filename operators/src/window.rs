@@ -8,7 +8,9 @@ use serde_json::Value;
 use store::{MemoryRecord, MemoryType, SourceMessage, Status};
 
 use crate::event::{ChatMessage, EventKind, memory_id, parse_messages};
-use crate::{Action, Collector, Draft, IdentifiedEvent, OpContext, Operator, OperatorError, Result};
+use crate::{
+    Action, Collector, Draft, IdentifiedEvent, OpContext, Operator, OperatorError, Result,
+};
 
 /// How turns are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -37,7 +39,12 @@ pub struct WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        WindowConfig { granularity: Granularity::Turn, date_prefix: true, chunk_chars: 1200, chunk_overlap: 200 }
+        WindowConfig {
+            granularity: Granularity::Turn,
+            date_prefix: true,
+            chunk_chars: 1200,
+            chunk_overlap: 200,
+        }
     }
 }
 
@@ -55,7 +62,11 @@ pub struct WindowOperator {
 
 /// First sentence, at most 80 characters: the MemOS `key`.
 pub fn key_of(text: &str) -> String {
-    let first = text.split(['.', '!', '?', '\n']).next().unwrap_or(text).trim();
+    let first = text
+        .split(['.', '!', '?', '\n'])
+        .next()
+        .unwrap_or(text)
+        .trim();
     first.chars().take(80).collect()
 }
 
@@ -76,7 +87,10 @@ fn base_record(ie: &IdentifiedEvent, seq: u32, memory: String, ty: MemoryType) -
         memory,
         cube_id: e.cube_id.clone(),
         user_id: e.user_id.clone(),
-        session_id: e.session_id.clone().unwrap_or_else(|| "default_session".into()),
+        session_id: e
+            .session_id
+            .clone()
+            .unwrap_or_else(|| "default_session".into()),
         agent_id: e.agent_id.clone(),
         app_id: e.app_id.clone(),
         memory_type: ty,
@@ -98,7 +112,13 @@ fn base_record(ie: &IdentifiedEvent, seq: u32, memory: String, ty: MemoryType) -
 }
 
 fn draft(ie: &IdentifiedEvent, record: MemoryRecord) -> Draft {
-    Draft { event_id: ie.id.clone(), seq: 0, record, embedding: Vec::new(), action: Action::Insert }
+    Draft {
+        event_id: ie.id.clone(),
+        seq: 0,
+        record,
+        embedding: Vec::new(),
+        action: Action::Insert,
+    }
 }
 
 impl WindowOperator {
@@ -123,7 +143,9 @@ impl WindowOperator {
             }
             let start_new = match (self.cfg.granularity, groups.last()) {
                 (Granularity::Turn, _) | (_, None) => true,
-                (Granularity::Round, Some(g)) => m.role == "user" && g.iter().any(|x| x.role != "user"),
+                (Granularity::Round, Some(g)) => {
+                    m.role == "user" && g.iter().any(|x| x.role != "user")
+                }
             };
             if start_new {
                 groups.push(vec![m]);
@@ -133,7 +155,11 @@ impl WindowOperator {
         }
         for g in groups {
             let seq = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
-            let text = g.iter().map(|m| self.line(m)).collect::<Vec<_>>().join("\n");
+            let text = g
+                .iter()
+                .map(|m| self.line(m))
+                .collect::<Vec<_>>()
+                .join("\n");
             let ty = if g.iter().all(|m| m.role == "system") {
                 MemoryType::ToolSchemaMemory
             } else if g.iter().all(|m| m.role == "tool") {
@@ -144,7 +170,10 @@ impl WindowOperator {
                 MemoryType::LongTermMemory
             };
             let mut r = base_record(ie, seq, text, ty);
-            if let Some(t) = g.iter().find_map(|m| m.chat_time.as_deref().and_then(store::time::parse_time)) {
+            if let Some(t) = g
+                .iter()
+                .find_map(|m| m.chat_time.as_deref().and_then(store::time::parse_time))
+            {
                 r.event_time = Some(t);
             }
             if g.iter().all(|m| m.role == "doc") {
@@ -155,7 +184,11 @@ impl WindowOperator {
             r.sources = g
                 .iter()
                 .map(|m| SourceMessage {
-                    kind: if m.role == "doc" { "doc".into() } else { "chat".into() },
+                    kind: if m.role == "doc" {
+                        "doc".into()
+                    } else {
+                        "chat".into()
+                    },
                     role: Some(m.role.clone()),
                     name: m.name.clone(),
                     chat_time: m.chat_time.clone(),
@@ -173,7 +206,10 @@ impl WindowOperator {
     fn tool_call(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
         let p = &ie.event.payload;
         let name = p.get("name").and_then(Value::as_str).unwrap_or("tool");
-        let args = p.get("arguments").map(|a| a.to_string()).unwrap_or_default();
+        let args = p
+            .get("arguments")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let result = match p.get("result") {
             Some(Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
@@ -186,12 +222,16 @@ impl WindowOperator {
         );
         let mut r = base_record(ie, 0, text, MemoryType::ToolTrajectoryMemory);
         r.source = Some("tool".into());
-        r.info.insert("tool_name".into(), Value::String(name.into()));
+        r.info
+            .insert("tool_name".into(), Value::String(name.into()));
         r.info.insert("success".into(), Value::Bool(ok));
         r.sources.push(SourceMessage {
             kind: "tool".into(),
             role: Some("tool".into()),
-            message_id: p.get("tool_call_id").and_then(Value::as_str).map(str::to_string),
+            message_id: p
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             content: Some(result),
             ..Default::default()
         });
@@ -202,7 +242,10 @@ impl WindowOperator {
     fn document(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
         let p = &ie.event.payload;
         let text = p.get("text").and_then(Value::as_str).unwrap_or_default();
-        let filename = p.get("filename").and_then(Value::as_str).unwrap_or("document");
+        let filename = p
+            .get("filename")
+            .and_then(Value::as_str)
+            .unwrap_or("document");
         let chunks = chunk(text, self.cfg.chunk_chars, self.cfg.chunk_overlap);
         let total = chunks.len();
         for (i, c) in chunks.into_iter().enumerate() {
@@ -236,7 +279,11 @@ pub fn chunk(text: &str, size: usize, overlap: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     let size = size.max(1);
     if chars.len() <= size {
-        return if text.trim().is_empty() { vec![] } else { vec![text.trim().to_string()] };
+        return if text.trim().is_empty() {
+            vec![]
+        } else {
+            vec![text.trim().to_string()]
+        };
     }
     let mut out = Vec::new();
     let mut start = 0;
@@ -269,7 +316,12 @@ impl Operator for WindowOperator {
         "window"
     }
 
-    fn process(&mut self, batch: Vec<IdentifiedEvent>, _ctx: &OpContext, out: &mut Collector<Draft>) -> Result<()> {
+    fn process(
+        &mut self,
+        batch: Vec<IdentifiedEvent>,
+        _ctx: &OpContext,
+        out: &mut Collector<Draft>,
+    ) -> Result<()> {
         for ie in batch {
             let mut drafts = Vec::new();
             let r = match ie.event.kind {

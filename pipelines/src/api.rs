@@ -140,7 +140,12 @@ pub fn envelope(message: &str, data: Value) -> Value {
 }
 
 /// A search/get item in MemOS shape: `{id, memory, ref_id, metadata{…}}`.
-pub fn format_item(r: &MemoryRecord, relativity: Option<f32>, extra: Option<Value>, include_embedding: bool) -> Value {
+pub fn format_item(
+    r: &MemoryRecord,
+    relativity: Option<f32>,
+    extra: Option<Value>,
+    include_embedding: bool,
+) -> Value {
     let ref_id = format!("[{}]", r.id.split('-').next().unwrap_or(&r.id));
     let mut meta = json!({
         "id": r.id,

@@ -133,22 +133,32 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 fn env_value(raw: &str) -> toml::Value {
     // Numbers, booleans and inline tables parse as TOML; anything else is a string.
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
 
 impl Config {
     /// Loads defaults, then `file`, then `MEMOS_*` variables from `env`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, PipelineError> {
-        let mut v: toml::Value = toml::from_str(DEFAULT_TOML).map_err(|e| PipelineError::Config(format!("embedded default: {e}")))?;
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, PipelineError> {
+        let mut v: toml::Value = toml::from_str(DEFAULT_TOML)
+            .map_err(|e| PipelineError::Config(format!("embedded default: {e}")))?;
         if let Some(f) = file {
-            let text = std::fs::read_to_string(f).map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
-            let o: toml::Value = toml::from_str(&text).map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
+            let o: toml::Value = toml::from_str(&text)
+                .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
             merge(&mut v, o);
         }
         for (k, val) in env {
-            let Some(rest) = k.strip_prefix("MEMOS_") else { continue };
+            let Some(rest) = k.strip_prefix("MEMOS_") else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
             // Only keys the configuration knows; other MEMOS_* variables (for components of
             // later releases or other tools) are left alone.
@@ -182,7 +192,8 @@ impl Config {
             }
             merge(&mut v, o);
         }
-        v.try_into().map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))
+        v.try_into()
+            .map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))
     }
 
     /// Store options derived from this configuration.

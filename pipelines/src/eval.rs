@@ -51,8 +51,11 @@ fn normalise_evidence(raw: &str) -> Vec<String> {
 /// Parses `locomo10.json`.
 pub fn load(path: &std::path::Path) -> Result<Locomo, PipelineError> {
     let text = std::fs::read_to_string(path)?;
-    let data: Value = serde_json::from_str(&text).map_err(|e| PipelineError::BadRequest(format!("{}: {e}", path.display())))?;
-    let samples = data.as_array().ok_or_else(|| PipelineError::BadRequest("LoCoMo file must be a JSON list".into()))?;
+    let data: Value = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::BadRequest(format!("{}: {e}", path.display())))?;
+    let samples = data
+        .as_array()
+        .ok_or_else(|| PipelineError::BadRequest("LoCoMo file must be a JSON list".into()))?;
     let mut events = Vec::new();
     let mut questions = Vec::new();
     let mut skipped = 0;
@@ -63,7 +66,10 @@ pub fn load(path: &std::path::Path) -> Result<Locomo, PipelineError> {
         let mut n = 1;
         let mut dia_ids = HashSet::new();
         while let Some(turns) = conv.get(format!("session_{n}")).and_then(Value::as_array) {
-            let date = conv[format!("session_{n}_date_time")].as_str().unwrap_or("").to_string();
+            let date = conv[format!("session_{n}_date_time")]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             for t in turns {
                 let speaker = t["speaker"].as_str().unwrap_or("?");
                 let dia = t["dia_id"].as_str().unwrap_or("").to_string();
@@ -102,10 +108,19 @@ pub fn load(path: &std::path::Path) -> Result<Locomo, PipelineError> {
                 skipped += 1;
                 continue;
             }
-            questions.push(Question { cube: cube.clone(), question: q["question"].as_str().unwrap_or("").to_string(), category, evidence: ev });
+            questions.push(Question {
+                cube: cube.clone(),
+                question: q["question"].as_str().unwrap_or("").to_string(),
+                category,
+                evidence: ev,
+            });
         }
     }
-    Ok(Locomo { events, questions, skipped })
+    Ok(Locomo {
+        events,
+        questions,
+        skipped,
+    })
 }
 
 /// Metrics for a group of questions.
@@ -181,14 +196,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Ingests and evaluates. `m` should be a fresh service over an empty data directory.
-pub async fn run(m: Arc<Memos>, data: Locomo, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Report, PipelineError> {
+pub async fn run(
+    m: Arc<Memos>,
+    data: Locomo,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Report, PipelineError> {
     let total = data.events.len();
     let t0 = Instant::now();
     let mut rxs = Vec::with_capacity(total);
     for (i, ev) in data.events.iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         m.pipeline
-            .submit(Incoming { payload: Payload::Bytes(serde_json::to_vec(ev).unwrap_or_default()), source: "eval".into(), position: None, reply: Some(tx) })
+            .submit(Incoming {
+                payload: Payload::Bytes(serde_json::to_vec(ev).unwrap_or_default()),
+                source: "eval".into(),
+                position: None,
+                reply: Some(tx),
+            })
             .await?;
         rxs.push(rx);
         if i % 256 == 0 {
@@ -205,7 +229,9 @@ pub async fn run(m: Arc<Memos>, data: Locomo, progress: &(dyn Fn(usize, usize) +
     }
     progress(total, total);
     let s = m.store.clone();
-    tokio::task::spawn_blocking(move || s.index_pending()).await.map_err(|e| PipelineError::Unavailable(e.to_string()))??;
+    tokio::task::spawn_blocking(move || s.index_pending())
+        .await
+        .map_err(|e| PipelineError::Unavailable(e.to_string()))??;
     let ingest_s = t0.elapsed().as_secs_f64();
 
     let mut by_cat: HashMap<u8, Metrics> = HashMap::new();
@@ -238,14 +264,23 @@ pub async fn run(m: Arc<Memos>, data: Locomo, progress: &(dyn Fn(usize, usize) +
                 }
             }
         }
-        by_cat.entry(q.category).or_default().add(&ranked, &q.evidence);
+        by_cat
+            .entry(q.category)
+            .or_default()
+            .add(&ranked, &q.evidence);
         if (1..=4).contains(&q.category) {
             cat14.add(&ranked, &q.evidence);
         }
         cat15.add(&ranked, &q.evidence);
     }
     lat.sort_by(f64::total_cmp);
-    let names = [(1, "multi-hop"), (2, "temporal"), (3, "open-domain"), (4, "single-hop"), (5, "adversarial")];
+    let names = [
+        (1, "multi-hop"),
+        (2, "temporal"),
+        (3, "open-domain"),
+        (4, "single-hop"),
+        (5, "adversarial"),
+    ];
     let mut md = String::new();
     md.push_str("| questions | n | R@1 | R@5 | R@10 | R@20 | R@50 | All@5 | All@10 | MRR |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     md.push_str(&cat14.row("**cat 1-4**"));
@@ -266,7 +301,10 @@ pub async fn run(m: Arc<Memos>, data: Locomo, progress: &(dyn Fn(usize, usize) +
         percentile(&lat, 0.99),
         data.skipped
     ));
-    Ok(Report { markdown: md, cat14 })
+    Ok(Report {
+        markdown: md,
+        cat14,
+    })
 }
 
 /// Replaces the text between `<!-- {tag}:begin -->` and `<!-- {tag}:end -->` in `file`

@@ -17,11 +17,16 @@ use crate::service::Memos;
 
 impl IntoResponse for PipelineError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(json!({"code": status.as_u16(), "message": self.to_string(), "data": null}))).into_response()
+        (
+            status,
+            Json(json!({"code": status.as_u16(), "message": self.to_string(), "data": null})),
+        )
+            .into_response()
     }
 }
 
@@ -59,10 +64,15 @@ pub fn app(m: Arc<Memos>) -> Router {
 }
 
 async fn health(State(m): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "healthy", "service": "memos", "version": env!("CARGO_PKG_VERSION"), "embedder": m.embedder.model_id()}))
+    Json(
+        json!({"status": "healthy", "service": "memos", "version": env!("CARGO_PKG_VERSION"), "embedder": m.embedder.model_id()}),
+    )
 }
 
-async fn add(State(m): State<AppState>, Body(req): Body<AddRequest>) -> Result<Json<Value>, PipelineError> {
+async fn add(
+    State(m): State<AppState>,
+    Body(req): Body<AddRequest>,
+) -> Result<Json<Value>, PipelineError> {
     let events = m.add_events(&req)?;
     let user = req.user_id.clone().unwrap_or_default();
     match req.async_mode.as_deref() {
@@ -76,24 +86,38 @@ async fn add(State(m): State<AppState>, Body(req): Body<AddRequest>) -> Result<J
             v["task_id"] = json!(task_id);
             Ok(Json(v))
         }
-        Some(o) => Err(PipelineError::BadRequest(format!("async_mode \"{o}\" is not sync or async"))),
+        Some(o) => Err(PipelineError::BadRequest(format!(
+            "async_mode \"{o}\" is not sync or async"
+        ))),
     }
 }
 
-async fn search(State(m): State<AppState>, Body(req): Body<SearchRequest>) -> Result<Json<Value>, PipelineError> {
+async fn search(
+    State(m): State<AppState>,
+    Body(req): Body<SearchRequest>,
+) -> Result<Json<Value>, PipelineError> {
     let data = m.search(&req).await?;
     Ok(Json(envelope("Search completed successfully", data)))
 }
 
-async fn delete(State(m): State<AppState>, Body(req): Body<DeleteRequest>) -> Result<Json<Value>, PipelineError> {
+async fn delete(
+    State(m): State<AppState>,
+    Body(req): Body<DeleteRequest>,
+) -> Result<Json<Value>, PipelineError> {
     let data = m.delete(&req).await?;
     Ok(Json(envelope("Memories deleted successfully", data)))
 }
 
-async fn get_memory(State(m): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, PipelineError> {
+async fn get_memory(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, PipelineError> {
     let txn = m.store.read_txn()?;
     match m.store.get(&txn, &id)? {
-        Some(r) => Ok(Json(envelope("Memory retrieved successfully", format_item(&r, None, None, false)))),
+        Some(r) => Ok(Json(envelope(
+            "Memory retrieved successfully",
+            format_item(&r, None, None, false),
+        ))),
         None => Ok(Json(envelope("Memory not found", Value::Null))),
     }
 }
@@ -107,12 +131,23 @@ struct StatusQuery {
 async fn task_status(State(m): State<AppState>, Query(q): Query<StatusQuery>) -> Json<Value> {
     let list: Vec<Value> = match &q.task_id {
         Some(t) => m.tasks.get(t).into_iter().map(|t| json!(t)).collect(),
-        None => m.tasks.list(q.user_id.as_deref()).into_iter().map(|t| json!(t)).collect(),
+        None => m
+            .tasks
+            .list(q.user_id.as_deref())
+            .into_iter()
+            .map(|t| json!(t))
+            .collect(),
     };
     Json(envelope("Task status retrieved", json!(list)))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(listener: tokio::net::TcpListener, m: Arc<Memos>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, app(m)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    m: Arc<Memos>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(m))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -12,7 +12,11 @@ use pipelines::{Config, Memos, eval, http};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(name = "memos", version, about = "A memory operating system for AI agents, built as a streaming pipeline")]
+#[command(
+    name = "memos",
+    version,
+    about = "A memory operating system for AI agents, built as a streaming pipeline"
+)]
 struct Cli {
     /// TOML configuration file (overrides the embedded defaults; MEMOS_* env vars override it).
     #[arg(long, global = true)]
@@ -106,8 +110,11 @@ enum EvalCmd {
 }
 
 fn init_logs(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MEMOS_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MEMOS_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         b.json().init();
     } else {
@@ -121,7 +128,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -132,7 +140,12 @@ async fn shutdown_signal() {
 }
 
 async fn post(url: &str, body: Value) -> Result<Value> {
-    let resp = reqwest::Client::new().post(url).json(&body).send().await.with_context(|| format!("POST {url}"))?;
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
     let status = resp.status();
     let v: Value = resp.json().await.context("response is not JSON")?;
     if !status.is_success() {
@@ -148,7 +161,9 @@ async fn main() -> Result<()> {
     init_logs(&cfg);
     match cli.cmd {
         Cmd::Serve => {
-            let listener = tokio::net::TcpListener::bind(&cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+            let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+                .await
+                .with_context(|| format!("binding {}", cfg.http_addr))?;
             tracing::info!(data_dir = %cfg.data_dir.display(), "starting (the model is fetched on first run)");
             let (m, pipeline) = Memos::start(cfg.clone()).await?;
             tracing::info!(addr = %listener.local_addr()?, "REST API listening");
@@ -157,37 +172,74 @@ async fn main() -> Result<()> {
             // The pipeline finishes the batch in hand and folds the vector delta before exiting.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), pipeline).await;
         }
-        Cmd::Model { cmd: ModelCmd::Fetch } => {
+        Cmd::Model {
+            cmd: ModelCmd::Fetch,
+        } => {
             let dir = cfg.model_dir.clone();
-            tokio::task::spawn_blocking(move || operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}"))).await??;
+            tokio::task::spawn_blocking(move || {
+                operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}"))
+            })
+            .await??;
             println!("model ready in {}", cfg.model_dir.display());
         }
-        Cmd::Add { text, user, cube, session, url } => {
+        Cmd::Add {
+            text,
+            user,
+            cube,
+            session,
+            url,
+        } => {
             let body = json!({"user_id": user, "writable_cube_ids": [cube.unwrap_or(user.clone())], "session_id": session,
                               "async_mode": "sync", "messages": [{"role": "user", "content": text}]});
             let v = post(&format!("{url}/product/add"), body).await?;
             for m in v["data"].as_array().into_iter().flatten() {
-                println!("{}  {}  {}", m["memory_id"].as_str().unwrap_or(""), m["memory_type"].as_str().unwrap_or(""), m["memory"].as_str().unwrap_or(""));
+                println!(
+                    "{}  {}  {}",
+                    m["memory_id"].as_str().unwrap_or(""),
+                    m["memory_type"].as_str().unwrap_or(""),
+                    m["memory"].as_str().unwrap_or("")
+                );
             }
         }
-        Cmd::Search { query, user, cube, top_k, filter, url } => {
-            let filter: Option<Value> = filter.map(|f| serde_json::from_str(&f)).transpose().context("--filter is not JSON")?;
+        Cmd::Search {
+            query,
+            user,
+            cube,
+            top_k,
+            filter,
+            url,
+        } => {
+            let filter: Option<Value> = filter
+                .map(|f| serde_json::from_str(&f))
+                .transpose()
+                .context("--filter is not JSON")?;
             let body = json!({"query": query, "user_id": user, "readable_cube_ids": [cube.unwrap_or(user.clone())], "top_k": top_k, "filter": filter});
             let v = post(&format!("{url}/product/search"), body).await?;
             for bucket in ["text_mem", "pref_mem", "tool_mem"] {
                 for b in v["data"][bucket].as_array().into_iter().flatten() {
                     for m in b["memories"].as_array().into_iter().flatten() {
-                        println!("{:.3}  {:<10} {}", m["metadata"]["relativity"].as_f64().unwrap_or(0.0), bucket, m["memory"].as_str().unwrap_or(""));
+                        println!(
+                            "{:.3}  {:<10} {}",
+                            m["metadata"]["relativity"].as_f64().unwrap_or(0.0),
+                            bucket,
+                            m["memory"].as_str().unwrap_or("")
+                        );
                     }
                 }
             }
         }
         Cmd::Import { file } => {
-            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
-            let lines: Vec<String> = std::io::BufReader::new(f).lines().collect::<std::io::Result<_>>()?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            let lines: Vec<String> = std::io::BufReader::new(f)
+                .lines()
+                .collect::<std::io::Result<_>>()?;
             let (m, pipeline) = Memos::start(cfg.clone()).await?;
             let pb = ProgressBar::new(lines.len() as u64);
-            pb.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+            pb.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
             let mut rxs = Vec::new();
             for (i, line) in lines.into_iter().enumerate() {
                 if line.trim().is_empty() {
@@ -195,7 +247,14 @@ async fn main() -> Result<()> {
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let position = Some((format!("import/{}", file.display()), (i + 1).to_string()));
-                m.pipeline.submit(Incoming { payload: Payload::Bytes(line.into_bytes()), source: "import".into(), position, reply: Some(tx) }).await?;
+                m.pipeline
+                    .submit(Incoming {
+                        payload: Payload::Bytes(line.into_bytes()),
+                        source: "import".into(),
+                        position,
+                        reply: Some(tx),
+                    })
+                    .await?;
                 rxs.push(rx);
             }
             let (mut ok, mut dup, mut dead) = (0, 0, 0);
@@ -216,7 +275,15 @@ async fn main() -> Result<()> {
             pipeline.await?;
             println!("{ok} stored, {dup} already present, {dead} dead-lettered");
         }
-        Cmd::Eval { cmd: EvalCmd::Locomo { path, data_dir, write, limit } } => {
+        Cmd::Eval {
+            cmd:
+                EvalCmd::Locomo {
+                    path,
+                    data_dir,
+                    write,
+                    limit,
+                },
+        } => {
             let tmp = tempfile::tempdir()?;
             let mut cfg = cfg.clone();
             cfg.data_dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
@@ -232,7 +299,8 @@ async fn main() -> Result<()> {
                     }
                     seen.into_iter().take(n).collect()
                 };
-                data.events.retain(|e| cubes.iter().any(|c| e["cube_id"] == *c));
+                data.events
+                    .retain(|e| cubes.iter().any(|c| e["cube_id"] == *c));
                 data.questions.retain(|q| cubes.contains(&q.cube));
             }
             let (m, _pipeline) = Memos::start(cfg.clone()).await?;

@@ -13,7 +13,9 @@ use operators::embed::Embedder;
 use operators::event::{Event, EventKind};
 use operators::extract::ExtractOperator;
 use operators::window::WindowOperator;
-use operators::{Action, Draft, EmbedOperator, IdentifiedEvent, OpContext, OperatorError, run_stage};
+use operators::{
+    Action, Draft, EmbedOperator, IdentifiedEvent, OpContext, OperatorError, run_stage,
+};
 use serde::Serialize;
 use serde_json::Value;
 use store::{DeadLetter, EventRecord, Filter, Store};
@@ -29,6 +31,12 @@ pub enum Payload {
     /// An already-parsed event (HTTP add).
     Event(Box<Event>),
 }
+
+/// A source position: (source partition name, position within it).
+pub type Position = (String, String);
+
+/// What [`Processor::process`] takes per input: payload, source name, position.
+pub type BatchItem = (Payload, String, Option<Position>);
 
 /// One input with its provenance and an optional reply channel (fired after commit).
 pub struct Incoming {
@@ -94,14 +102,28 @@ pub struct PipelineHandle {
 impl PipelineHandle {
     /// Queues an input, waiting for room (backpressure).
     pub async fn submit(&self, inc: Incoming) -> Result<(), PipelineError> {
-        self.tx.send(inc).await.map_err(|_| PipelineError::Unavailable("the pipeline is shut down".into()))
+        self.tx
+            .send(inc)
+            .await
+            .map_err(|_| PipelineError::Unavailable("the pipeline is shut down".into()))
     }
 
     /// Queues an event and waits until its batch has committed.
-    pub async fn submit_wait(&self, payload: Payload, source: &str) -> Result<Outcome, PipelineError> {
+    pub async fn submit_wait(
+        &self,
+        payload: Payload,
+        source: &str,
+    ) -> Result<Outcome, PipelineError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Incoming { payload, source: source.into(), position: None, reply: Some(tx) }).await?;
-        rx.await.map_err(|_| PipelineError::Unavailable("the pipeline stopped before replying".into()))
+        self.submit(Incoming {
+            payload,
+            source: source.into(),
+            position: None,
+            reply: Some(tx),
+        })
+        .await?;
+        rx.await
+            .map_err(|_| PipelineError::Unavailable("the pipeline stopped before replying".into()))
     }
 }
 
@@ -136,7 +158,10 @@ struct Pending {
     bytes: Vec<u8>,
 }
 
-fn retry<T>(attempts: u32, mut f: impl FnMut() -> Result<T, OperatorError>) -> Result<T, OperatorError> {
+fn retry<T>(
+    attempts: u32,
+    mut f: impl FnMut() -> Result<T, OperatorError>,
+) -> Result<T, OperatorError> {
     let mut delay = Duration::from_millis(50);
     let mut n = 0;
     loop {
@@ -156,7 +181,9 @@ impl Processor {
     /// Builds the operator chain from the configuration.
     pub fn new(cfg: &Config, store: Arc<Store>, embedder: Arc<dyn Embedder>) -> Self {
         Processor {
-            ctx: OpContext { store: store.clone() },
+            ctx: OpContext {
+                store: store.clone(),
+            },
             store,
             window: cfg.window.build(),
             extract: cfg.extract.build(),
@@ -167,7 +194,11 @@ impl Processor {
         }
     }
 
-    fn memories_of(&self, txn: &store::heed::RoTxn, ids: &[String]) -> Result<Vec<AddedMemory>, PipelineError> {
+    fn memories_of(
+        &self,
+        txn: &store::heed::RoTxn,
+        ids: &[String],
+    ) -> Result<Vec<AddedMemory>, PipelineError> {
         let mut out = Vec::new();
         for id in ids {
             if let Some(r) = self.store.get(txn, id)? {
@@ -183,20 +214,37 @@ impl Processor {
     }
 
     /// Processes one batch; returns an outcome per input (same order) and statistics.
-    pub fn process(&mut self, batch: Vec<(Payload, String, Option<(String, String)>)>) -> (Vec<Outcome>, BatchStats) {
+    pub fn process(&mut self, batch: Vec<BatchItem>) -> (Vec<Outcome>, BatchStats) {
         let n = batch.len();
         match self.try_process(batch) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "batch failed; inputs are not acknowledged");
-                (vec![Outcome::Failed { reason: e.to_string() }; n], BatchStats { events: n, ..Default::default() })
+                (
+                    vec![
+                        Outcome::Failed {
+                            reason: e.to_string()
+                        };
+                        n
+                    ],
+                    BatchStats {
+                        events: n,
+                        ..Default::default()
+                    },
+                )
             }
         }
     }
 
-    fn try_process(&mut self, batch: Vec<(Payload, String, Option<(String, String)>)>) -> Result<(Vec<Outcome>, BatchStats), PipelineError> {
+    fn try_process(
+        &mut self,
+        batch: Vec<BatchItem>,
+    ) -> Result<(Vec<Outcome>, BatchStats), PipelineError> {
         let n = batch.len();
-        let mut stats = BatchStats { events: n, ..Default::default() };
+        let mut stats = BatchStats {
+            events: n,
+            ..Default::default()
+        };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let mut dead: Vec<(usize, DeadLetter)> = Vec::new();
         let mut positions: Vec<(String, String)> = Vec::new();
@@ -220,7 +268,16 @@ impl Processor {
                 let ev = match decoded {
                     Ok(ev) => ev,
                     Err(e) => {
-                        dead.push((idx, DeadLetter { source, position: position.map(|p| format!("{}@{}", p.0, p.1)), reason: e.to_string(), payload: bytes, at: now }));
+                        dead.push((
+                            idx,
+                            DeadLetter {
+                                source,
+                                position: position.map(|p| format!("{}@{}", p.0, p.1)),
+                                reason: e.to_string(),
+                                payload: bytes,
+                                at: now,
+                            },
+                        ));
                         continue;
                     }
                 };
@@ -231,12 +288,19 @@ impl Processor {
                     continue;
                 }
                 if let Some(rec) = self.store.event(&rtxn, &ev.cube_id, &id)? {
-                    outcomes[idx] = Some(Outcome::Duplicate { event_id: id, memories: self.memories_of(&rtxn, &rec.memory_ids)? });
+                    outcomes[idx] = Some(Outcome::Duplicate {
+                        event_id: id,
+                        memories: self.memories_of(&rtxn, &rec.memory_ids)?,
+                    });
                     continue;
                 }
                 first_of.insert(key, idx);
                 let _ = source;
-                pending.push(Pending { idx, ie: IdentifiedEvent { id, event: ev }, bytes });
+                pending.push(Pending {
+                    idx,
+                    ie: IdentifiedEvent { id, event: ev },
+                    bytes,
+                });
             }
         }
 
@@ -251,7 +315,9 @@ impl Processor {
         let embedded = {
             let embed = &mut self.embed;
             let ctx = &self.ctx;
-            retry(self.retry_attempts, || run_stage(embed, drafts.clone(), ctx))
+            retry(self.retry_attempts, || {
+                run_stage(embed, drafts.clone(), ctx)
+            })
         };
         let drafts = match embedded {
             Ok((d, f)) => {
@@ -280,7 +346,16 @@ impl Processor {
         let mut produced: HashMap<usize, (String, Vec<String>)> = HashMap::new();
         for p in &pending {
             if let Some(reason) = failed.get(&p.ie.id) {
-                dead.push((p.idx, DeadLetter { source: "pipeline".into(), position: None, reason: reason.clone(), payload: p.bytes.clone(), at: now }));
+                dead.push((
+                    p.idx,
+                    DeadLetter {
+                        source: "pipeline".into(),
+                        position: None,
+                        reason: reason.clone(),
+                        payload: p.bytes.clone(),
+                        at: now,
+                    },
+                ));
                 continue;
             }
             let ev = &p.ie.event;
@@ -289,7 +364,16 @@ impl Processor {
                 EventKind::Delete => match self.apply_delete(&mut wtxn, ev) {
                     Ok(deleted) => ids = deleted,
                     Err(e) => {
-                        dead.push((p.idx, DeadLetter { source: "pipeline".into(), position: None, reason: e.to_string(), payload: p.bytes.clone(), at: now }));
+                        dead.push((
+                            p.idx,
+                            DeadLetter {
+                                source: "pipeline".into(),
+                                position: None,
+                                reason: e.to_string(),
+                                payload: p.bytes.clone(),
+                                at: now,
+                            },
+                        ));
                         continue;
                     }
                 },
@@ -302,28 +386,47 @@ impl Processor {
                                 stats.inserted += 1;
                                 ids.push(d.record.id.clone());
                             }
-                            Action::Merge { target, reason } => match self.store.get(&wtxn, &target)? {
-                                Some(existing) => {
-                                    let merged = merge_records(&existing, &d.record);
-                                    let emb = (merged.memory != existing.memory).then_some(d.embedding.as_slice());
-                                    self.store.update(&mut wtxn, &merged, emb, reason, Some(d.record.id.clone()))?;
-                                    stats.merged += 1;
-                                    if !ids.contains(&target) {
-                                        ids.push(target);
+                            Action::Merge { target, reason } => {
+                                match self.store.get(&wtxn, &target)? {
+                                    Some(existing) => {
+                                        let merged = merge_records(&existing, &d.record);
+                                        let emb = (merged.memory != existing.memory)
+                                            .then_some(d.embedding.as_slice());
+                                        self.store.update(
+                                            &mut wtxn,
+                                            &merged,
+                                            emb,
+                                            reason,
+                                            Some(d.record.id.clone()),
+                                        )?;
+                                        stats.merged += 1;
+                                        if !ids.contains(&target) {
+                                            ids.push(target);
+                                        }
+                                    }
+                                    None => {
+                                        self.store.insert(&mut wtxn, &d.record, &d.embedding)?;
+                                        stats.inserted += 1;
+                                        ids.push(d.record.id.clone());
                                     }
                                 }
-                                None => {
-                                    self.store.insert(&mut wtxn, &d.record, &d.embedding)?;
-                                    stats.inserted += 1;
-                                    ids.push(d.record.id.clone());
-                                }
-                            },
+                            }
                         }
                     }
                 }
             }
             let source = "pipeline".to_string();
-            self.store.mark_event(&mut wtxn, &ev.cube_id, &p.ie.id, &EventRecord { memory_ids: ids.clone(), processed_at: now, source, position: None })?;
+            self.store.mark_event(
+                &mut wtxn,
+                &ev.cube_id,
+                &p.ie.id,
+                &EventRecord {
+                    memory_ids: ids.clone(),
+                    processed_at: now,
+                    source,
+                    position: None,
+                },
+            )?;
             produced.insert(p.idx, (p.ie.id.clone(), ids));
         }
         for (_, dl) in &dead {
@@ -335,57 +438,89 @@ impl Processor {
         }
         let t_sink = Instant::now();
         self.store.commit(wtxn)?;
-        tracing::debug!(embed_ms = t_embed.as_millis() as u64, dedupe_ms = t_dedupe.as_millis() as u64, commit_ms = t_sink.elapsed().as_millis() as u64, total_ms = t_ops.elapsed().as_millis() as u64, "batch stages");
+        tracing::debug!(
+            embed_ms = t_embed.as_millis() as u64,
+            dedupe_ms = t_dedupe.as_millis() as u64,
+            commit_ms = t_sink.elapsed().as_millis() as u64,
+            total_ms = t_ops.elapsed().as_millis() as u64,
+            "batch stages"
+        );
 
         let rtxn = self.store.read_txn()?;
         for (idx, (event_id, ids)) in produced {
-            outcomes[idx] = Some(Outcome::Stored { event_id, memories: self.memories_of(&rtxn, &ids)? });
+            outcomes[idx] = Some(Outcome::Stored {
+                event_id,
+                memories: self.memories_of(&rtxn, &ids)?,
+            });
         }
         for (idx, dl) in dead {
             outcomes[idx] = Some(Outcome::DeadLettered { reason: dl.reason });
         }
         for (idx, first) in same_as {
             outcomes[idx] = Some(match outcomes[first].clone() {
-                Some(Outcome::Stored { event_id, memories }) => Outcome::Duplicate { event_id, memories },
+                Some(Outcome::Stored { event_id, memories }) => {
+                    Outcome::Duplicate { event_id, memories }
+                }
                 Some(o) => o,
-                None => Outcome::Failed { reason: "internal: no outcome".into() },
+                None => Outcome::Failed {
+                    reason: "internal: no outcome".into(),
+                },
             });
         }
-        Ok((outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Failed { reason: "internal: no outcome".into() })).collect(), stats))
+        Ok((
+            outcomes
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or(Outcome::Failed {
+                        reason: "internal: no outcome".into(),
+                    })
+                })
+                .collect(),
+            stats,
+        ))
     }
 
-    fn apply_delete(&self, wtxn: &mut store::heed::RwTxn, ev: &Event) -> Result<Vec<String>, PipelineError> {
+    fn apply_delete(
+        &self,
+        wtxn: &mut store::heed::RwTxn,
+        ev: &Event,
+    ) -> Result<Vec<String>, PipelineError> {
         let cube = ev.cube_id.as_str();
-        let ids: Vec<String> = if let Some(list) = ev.payload.get("memory_ids").and_then(Value::as_array) {
-            // Only ids of this cube: an event can never delete another cube's memories.
-            let mut ids = Vec::new();
-            for v in list {
-                if let Some(id) = v.as_str()
-                    && let Some(r) = self.store.get(wtxn, id)?
-                    && r.cube_id == cube
-                {
-                    ids.push(r.id);
+        let ids: Vec<String> =
+            if let Some(list) = ev.payload.get("memory_ids").and_then(Value::as_array) {
+                // Only ids of this cube: an event can never delete another cube's memories.
+                let mut ids = Vec::new();
+                for v in list {
+                    if let Some(id) = v.as_str()
+                        && let Some(r) = self.store.get(wtxn, id)?
+                        && r.cube_id == cube
+                    {
+                        ids.push(r.id);
+                    }
                 }
-            }
-            ids
-        } else {
-            let f = Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?;
-            let all = self.store.cube_ids(wtxn, cube)?;
-            let mut ids = Vec::new();
-            for id in &self.store.filter_ids(wtxn, cube, &f, &all)? {
-                if let Some(r) = self.store.record(wtxn, id)? {
-                    ids.push(r.id);
+                ids
+            } else {
+                let f = Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?;
+                let all = self.store.cube_ids(wtxn, cube)?;
+                let mut ids = Vec::new();
+                for id in &self.store.filter_ids(wtxn, cube, &f, &all)? {
+                    if let Some(r) = self.store.record(wtxn, id)? {
+                        ids.push(r.id);
+                    }
                 }
-            }
-            ids
-        };
+                ids
+            };
         Ok(self.store.delete(wtxn, &ids)?.ids)
     }
 }
 
 /// Starts the pipeline task. It ends (after finishing the batch in hand and folding the vector
 /// delta into the trees) when every [`PipelineHandle`] is dropped.
-pub fn spawn(cfg: &Config, store: Arc<Store>, embedder: Arc<dyn Embedder>) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    cfg: &Config,
+    store: Arc<Store>,
+    embedder: Arc<dyn Embedder>,
+) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Incoming>(cfg.pipeline.channel_capacity.max(1));
     let batch_size = cfg.pipeline.batch_size.max(1);
     let linger = Duration::from_millis(cfg.pipeline.linger_ms);
@@ -399,8 +534,12 @@ pub fn spawn(cfg: &Config, store: Arc<Store>, embedder: Arc<dyn Embedder>) -> (P
                 Err(_) => {
                     let s = store.clone();
                     match tokio::task::spawn_blocking(move || s.index_pending()).await {
-                        Ok(Ok(n)) if n > 0 => tracing::debug!(vectors = n, "folded vector delta into the trees"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "indexing the vector delta failed"),
+                        Ok(Ok(n)) if n > 0 => {
+                            tracing::debug!(vectors = n, "folded vector delta into the trees")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "indexing the vector delta failed")
+                        }
                         _ => {}
                     }
                     continue;
@@ -420,7 +559,9 @@ pub fn spawn(cfg: &Config, store: Arc<Store>, embedder: Arc<dyn Embedder>) -> (P
                 replies.push(i.reply);
                 items.push((i.payload, i.source, i.position));
             }
-            let mut p = processor.take().expect("processor is returned after each batch");
+            let mut p = processor
+                .take()
+                .expect("processor is returned after each batch");
             let started = Instant::now();
             let (p, outcomes, stats) = match tokio::task::spawn_blocking(move || {
                 let (o, s) = p.process(items);
@@ -435,7 +576,14 @@ pub fn spawn(cfg: &Config, store: Arc<Store>, embedder: Arc<dyn Embedder>) -> (P
                 }
             };
             processor = Some(p);
-            tracing::debug!(events = stats.events, inserted = stats.inserted, merged = stats.merged, dead = stats.dead_lettered, ms = started.elapsed().as_millis() as u64, "batch committed");
+            tracing::debug!(
+                events = stats.events,
+                inserted = stats.inserted,
+                merged = stats.merged,
+                dead = stats.dead_lettered,
+                ms = started.elapsed().as_millis() as u64,
+                "batch committed"
+            );
             for (r, o) in replies.into_iter().zip(outcomes) {
                 if let Some(r) = r {
                     let _ = r.send(o);

@@ -87,12 +87,38 @@ pub enum Filter {
 }
 
 /// Fields with per-cube bitmap indexes: equality and `in` on them never scan records.
-pub const INDEXED_FIELDS: &[&str] = &["user_id", "session_id", "memory_type", "status", "agent_id", "app_id"];
+pub const INDEXED_FIELDS: &[&str] = &[
+    "user_id",
+    "session_id",
+    "memory_type",
+    "status",
+    "agent_id",
+    "app_id",
+];
 
 const TOP_FIELDS: &[&str] = &[
-    "id", "memory", "cube_id", "user_name", "mem_cube_id", "user_id", "session_id",
-    "conversation_id", "agent_id", "app_id", "memory_type", "status", "key", "tags", "file_ids",
-    "source", "confidence", "version", "event_id", "created_at", "updated_at", "event_time",
+    "id",
+    "memory",
+    "cube_id",
+    "user_name",
+    "mem_cube_id",
+    "user_id",
+    "session_id",
+    "conversation_id",
+    "agent_id",
+    "app_id",
+    "memory_type",
+    "status",
+    "key",
+    "tags",
+    "file_ids",
+    "source",
+    "confidence",
+    "version",
+    "event_id",
+    "created_at",
+    "updated_at",
+    "event_time",
     "chat_time",
 ];
 
@@ -106,7 +132,11 @@ fn normalise_field(f: &str) -> String {
         "user_name" | "mem_cube_id" => "cube_id",
         other => other,
     };
-    if f.starts_with("info.") || TOP_FIELDS.contains(&f) { f.to_string() } else { format!("info.{f}") }
+    if f.starts_with("info.") || TOP_FIELDS.contains(&f) {
+        f.to_string()
+    } else {
+        format!("info.{f}")
+    }
 }
 
 impl Filter {
@@ -146,7 +176,9 @@ impl Filter {
             .iter()
             .map(|i| match i {
                 Value::Object(_) => Filter::parse(i),
-                other => Err(bad(format!("\"{name}\" items must be objects, got {other}"))),
+                other => Err(bad(format!(
+                    "\"{name}\" items must be objects, got {other}"
+                ))),
             })
             .collect()
     }
@@ -184,13 +216,23 @@ impl Filter {
                                         "range operator on \"{field}\" needs a number or a date string"
                                     )));
                                 }
-                                parts.push(Filter::Cond { field: field.clone(), op, value: val.clone() });
+                                parts.push(Filter::Cond {
+                                    field: field.clone(),
+                                    op,
+                                    value: val.clone(),
+                                });
                             }
                         }
-                        Value::Array(_) => {
-                            parts.push(Filter::Cond { field, op: Op::In, value: v.clone() })
-                        }
-                        _ => parts.push(Filter::Cond { field, op: Op::Eq, value: v.clone() }),
+                        Value::Array(_) => parts.push(Filter::Cond {
+                            field,
+                            op: Op::In,
+                            value: v.clone(),
+                        }),
+                        _ => parts.push(Filter::Cond {
+                            field,
+                            op: Op::Eq,
+                            value: v.clone(),
+                        }),
                     }
                 }
             }
@@ -266,7 +308,9 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
         (Value::Number(x), Value::String(s)) | (Value::String(s), Value::Number(x)) => {
             s.parse::<f64>().ok() == x.as_f64()
         }
-        (Value::Bool(x), Value::String(s)) | (Value::String(s), Value::Bool(x)) => s == &x.to_string(),
+        (Value::Bool(x), Value::String(s)) | (Value::String(s), Value::Bool(x)) => {
+            s == &x.to_string()
+        }
         _ => false,
     }
 }
@@ -320,8 +364,14 @@ fn eval(field: &str, op: Op, actual: Option<&Value>, v: &Value) -> bool {
         Op::Ne => !eval(field, Op::Eq, Some(actual), v),
         Op::Gt => compare(field, actual, v) == Some(Ordering::Greater),
         Op::Lt => compare(field, actual, v) == Some(Ordering::Less),
-        Op::Gte => matches!(compare(field, actual, v), Some(Ordering::Greater | Ordering::Equal)),
-        Op::Lte => matches!(compare(field, actual, v), Some(Ordering::Less | Ordering::Equal)),
+        Op::Gte => matches!(
+            compare(field, actual, v),
+            Some(Ordering::Greater | Ordering::Equal)
+        ),
+        Op::Lte => matches!(
+            compare(field, actual, v),
+            Some(Ordering::Less | Ordering::Equal)
+        ),
         Op::In => {
             let Value::Array(list) = v else { return false };
             match actual {

@@ -106,7 +106,12 @@ impl LexicalIndex {
     }
 
     /// Finds the block that should hold `doc`: the last block whose key is ≤ doc.
-    fn find_block(&self, txn: &RoTxn, prefix: &[u8], doc: u32) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn find_block(
+        &self,
+        txn: &RoTxn,
+        prefix: &[u8],
+        doc: u32,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let key = block_key(prefix, doc);
         Ok(match self.postings.get_lower_than_or_equal_to(txn, &key)? {
             Some((k, v)) if k.len() == prefix.len() + 4 && k.starts_with(prefix) => {
@@ -128,12 +133,17 @@ impl LexicalIndex {
                     entries.insert(pos, (doc, *n, len));
                     if entries.len() > BLOCK * 2 {
                         let tail = entries.split_off(BLOCK);
-                        self.postings.put(wtxn, &block_key(&prefix, tail[0].0), &encode(&tail))?;
+                        self.postings
+                            .put(wtxn, &block_key(&prefix, tail[0].0), &encode(&tail))?;
                     }
                     self.postings.put(wtxn, &k, &encode(&entries))?;
                 }
                 None => {
-                    self.postings.put(wtxn, &block_key(&prefix, doc), &encode(&[(doc, *n, len)]))?;
+                    self.postings.put(
+                        wtxn,
+                        &block_key(&prefix, doc),
+                        &encode(&[(doc, *n, len)]),
+                    )?;
                 }
             }
         }
@@ -162,7 +172,12 @@ impl LexicalIndex {
         }
         if removed > 0 {
             let (docs, total) = self.stats(wtxn, cube)?;
-            self.put_stats(wtxn, cube, docs.saturating_sub(1), total.saturating_sub(len as u64))?;
+            self.put_stats(
+                wtxn,
+                cube,
+                docs.saturating_sub(1),
+                total.saturating_sub(len as u64),
+            )?;
         }
         Ok(removed)
     }

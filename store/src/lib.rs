@@ -32,11 +32,11 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
-pub use heed;
-pub use roaring;
 pub use filter::Filter;
+pub use heed;
 pub use lexical::Bm25Params;
 pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
+pub use roaring;
 use vector::{ArroyIndex, VectorIndex, bytes_to_vec, dot, vec_to_bytes};
 
 /// Store options.
@@ -193,7 +193,8 @@ fn bitmap_from(bytes: Option<&[u8]>) -> Result<RoaringBitmap> {
 
 fn bitmap_bytes(b: &RoaringBitmap) -> Vec<u8> {
     let mut v = Vec::with_capacity(b.serialized_size());
-    b.serialize_into(&mut v).expect("writing to a Vec cannot fail");
+    b.serialize_into(&mut v)
+        .expect("writing to a Vec cannot fail");
     v
 }
 
@@ -225,9 +226,32 @@ impl Store {
         let wtxn = env.write_txn()?;
         type B = Database<'static, Bytes, Bytes>;
         #[allow(clippy::type_complexity)]
-        let (meta, records, ids, vectors, postings, stats, hashes, events, history, fields, cubes, arroy_db): (
-            Database<'static, Str, Bytes>, B, Database<'static, Str, Bytes>, B, B, B, B, B, B, B,
-            Database<'static, Str, Bytes>, arroy::Database<'static, Cosine>,
+        let (
+            meta,
+            records,
+            ids,
+            vectors,
+            postings,
+            stats,
+            hashes,
+            events,
+            history,
+            fields,
+            cubes,
+            arroy_db,
+        ): (
+            Database<'static, Str, Bytes>,
+            B,
+            Database<'static, Str, Bytes>,
+            B,
+            B,
+            B,
+            B,
+            B,
+            B,
+            B,
+            Database<'static, Str, Bytes>,
+            arroy::Database<'static, Cosine>,
         ) = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
@@ -283,13 +307,22 @@ impl Store {
         let mut wtxn = self.env.write_txn()?;
         match self.meta.get(&wtxn, META_DIMS)? {
             Some(b) => {
-                let d = u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("dims".into()))?) as usize;
+                let d =
+                    u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("dims".into()))?)
+                        as usize;
                 if d != self.opts.dimensions {
-                    return Err(StoreError::Dimensions { expected: d, received: self.opts.dimensions });
+                    return Err(StoreError::Dimensions {
+                        expected: d,
+                        received: self.opts.dimensions,
+                    });
                 }
             }
             None => {
-                self.meta.put(&mut wtxn, META_DIMS, &(self.opts.dimensions as u32).to_le_bytes())?;
+                self.meta.put(
+                    &mut wtxn,
+                    META_DIMS,
+                    &(self.opts.dimensions as u32).to_le_bytes(),
+                )?;
             }
         }
         wtxn.commit()?;
@@ -333,7 +366,9 @@ impl Store {
     /// (or always with `force_index`).
     pub fn finish(&self, wtxn: &mut RwTxn<'_>, force_index: bool) -> Result<()> {
         let pending = self.pending(wtxn)?;
-        if !pending.is_empty() && (force_index || pending.len() as usize >= self.opts.vector_delta_max) {
+        if !pending.is_empty()
+            && (force_index || pending.len() as usize >= self.opts.vector_delta_max)
+        {
             for id in &pending {
                 if let Some(b) = self.vectors.get(wtxn, &k32(id))? {
                     let v = bytes_to_vec(b);
@@ -361,10 +396,15 @@ impl Store {
 
     fn next_id(&self, wtxn: &mut RwTxn) -> Result<u32> {
         let id = match self.meta.get(wtxn, META_NEXT_ID)? {
-            Some(b) => u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("next_id".into()))?),
+            Some(b) => u32::from_le_bytes(
+                b.try_into()
+                    .map_err(|_| StoreError::Codec("next_id".into()))?,
+            ),
             None => 0,
         };
-        let next = id.checked_add(1).ok_or_else(|| StoreError::InvalidArgument("id space exhausted".into()))?;
+        let next = id
+            .checked_add(1)
+            .ok_or_else(|| StoreError::InvalidArgument("id space exhausted".into()))?;
         self.meta.put(wtxn, META_NEXT_ID, &next.to_le_bytes())?;
         Ok(id)
     }
@@ -372,7 +412,10 @@ impl Store {
     /// Upper bound (exclusive) of internal ids handed out so far.
     pub fn id_bound(&self, txn: &RoTxn) -> Result<u32> {
         Ok(match self.meta.get(txn, META_NEXT_ID)? {
-            Some(b) => u32::from_le_bytes(b.try_into().map_err(|_| StoreError::Codec("next_id".into()))?),
+            Some(b) => u32::from_le_bytes(
+                b.try_into()
+                    .map_err(|_| StoreError::Codec("next_id".into()))?,
+            ),
             None => 0,
         })
     }
@@ -425,12 +468,18 @@ impl Store {
 
     /// Internal id of a memory uuid.
     pub fn internal_id(&self, txn: &RoTxn, uuid: &str) -> Result<Option<u32>> {
-        Ok(self.ids.get(txn, uuid)?.map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
+        Ok(self
+            .ids
+            .get(txn, uuid)?
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
     }
 
     /// Loads a record by internal id (without its embedding).
     pub fn record(&self, txn: &RoTxn, id: u32) -> Result<Option<MemoryRecord>> {
-        self.records.get(txn, &k32(id))?.map(MemoryRecord::decode).transpose()
+        self.records
+            .get(txn, &k32(id))?
+            .map(MemoryRecord::decode)
+            .transpose()
     }
 
     /// Loads a record by uuid (without its embedding).
@@ -443,8 +492,12 @@ impl Store {
 
     /// Loads a record by uuid with its embedding.
     pub fn get_with_embedding(&self, txn: &RoTxn, uuid: &str) -> Result<Option<MemoryRecord>> {
-        let Some(id) = self.internal_id(txn, uuid)? else { return Ok(None) };
-        let Some(mut r) = self.record(txn, id)? else { return Ok(None) };
+        let Some(id) = self.internal_id(txn, uuid)? else {
+            return Ok(None);
+        };
+        let Some(mut r) = self.record(txn, id)? else {
+            return Ok(None);
+        };
         r.embedding = self.embedding(txn, id)?.unwrap_or_default();
         Ok(Some(r))
     }
@@ -460,7 +513,10 @@ impl Store {
         model::check_dims(self.opts.dimensions, embedding)?;
         validate_key_part("cube_id", &r.cube_id)?;
         if self.ids.get(wtxn, &r.id)?.is_some() {
-            return Err(StoreError::InvalidArgument(format!("memory {} already exists", r.id)));
+            return Err(StoreError::InvalidArgument(format!(
+                "memory {} already exists",
+                r.id
+            )));
         }
         let id = self.next_id(wtxn)?;
         self.ids.put(wtxn, &r.id, &k32(id))?;
@@ -496,8 +552,12 @@ impl Store {
         update_type: &str,
         merged_from: Option<String>,
     ) -> Result<MemoryRecord> {
-        let id = self.internal_id(wtxn, &new.id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
-        let old = self.record(wtxn, id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
+        let id = self
+            .internal_id(wtxn, &new.id)?
+            .ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
+        let old = self
+            .record(wtxn, id)?
+            .ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
         let mut hk = new.id.as_bytes().to_vec();
         hk.push(0);
         hk.extend_from_slice(&old.version.to_be_bytes());
@@ -553,8 +613,12 @@ impl Store {
         let indexed = self.vindex.indexed(wtxn)?;
         let mut tree_changed = false;
         for uuid in uuids {
-            let Some(id) = self.internal_id(wtxn, uuid)? else { continue };
-            let Some(r) = self.record(wtxn, id)? else { continue };
+            let Some(id) = self.internal_id(wtxn, uuid)? else {
+                continue;
+            };
+            let Some(r) = self.record(wtxn, id)? else {
+                continue;
+            };
             self.index_fields(wtxn, &r, id, false)?;
             if r.status == Status::Activated {
                 receipt.postings += self.lexical.remove(wtxn, &r.cube_id, id, &r.memory)?;
@@ -591,8 +655,16 @@ impl Store {
     }
 
     /// Changes the status of a memory (e.g. archive, soft-delete, recover), keeping history.
-    pub fn set_status(&self, wtxn: &mut RwTxn, uuid: &str, status: Status, why: &str) -> Result<MemoryRecord> {
-        let mut r = self.get(wtxn, uuid)?.ok_or_else(|| StoreError::NotFound(uuid.to_string()))?;
+    pub fn set_status(
+        &self,
+        wtxn: &mut RwTxn,
+        uuid: &str,
+        status: Status,
+        why: &str,
+    ) -> Result<MemoryRecord> {
+        let mut r = self
+            .get(wtxn, uuid)?
+            .ok_or_else(|| StoreError::NotFound(uuid.to_string()))?;
         r.status = status;
         self.update(wtxn, &r, None, why, None)
     }
@@ -607,7 +679,13 @@ impl Store {
     }
 
     /// Records that an event was processed (in the same transaction as its memories).
-    pub fn mark_event(&self, wtxn: &mut RwTxn, cube: &str, event_id: &str, rec: &EventRecord) -> Result<()> {
+    pub fn mark_event(
+        &self,
+        wtxn: &mut RwTxn,
+        cube: &str,
+        event_id: &str,
+        rec: &EventRecord,
+    ) -> Result<()> {
         let k = join(&[cube.as_bytes(), event_id.as_bytes()]);
         self.events.put(wtxn, &k, &postcard::to_stdvec(rec)?)?;
         Ok(())
@@ -616,7 +694,10 @@ impl Store {
     /// The activated memory of a cube with exactly this (normalised) text, if any.
     pub fn find_by_content(&self, txn: &RoTxn, cube: &str, text: &str) -> Result<Option<u32>> {
         let hk = join(&[cube.as_bytes(), &model::content_hash(text)]);
-        Ok(self.hashes.get(txn, &hk)?.map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
+        Ok(self
+            .hashes
+            .get(txn, &hk)?
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
     }
 
     /// Creates or replaces a cube's info.
@@ -628,7 +709,10 @@ impl Store {
 
     /// A cube's info.
     pub fn cube(&self, txn: &RoTxn, cube: &str) -> Result<Option<CubeInfo>> {
-        self.cubes.get(txn, cube)?.map(|b| Ok(postcard::from_bytes(b)?)).transpose()
+        self.cubes
+            .get(txn, cube)?
+            .map(|b| Ok(postcard::from_bytes(b)?))
+            .transpose()
     }
 
     /// All cubes.
@@ -647,13 +731,25 @@ impl Store {
     }
 
     /// Ids of a cube whose indexed `field` equals `value`.
-    pub fn field_ids(&self, txn: &RoTxn, cube: &str, field: &str, value: &str) -> Result<RoaringBitmap> {
+    pub fn field_ids(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<RoaringBitmap> {
         self.bitmap(txn, &field_key(cube, field, value))
     }
 
     /// Ids of a cube that satisfy `filter`, among `base`. Equality/`in` on indexed fields are
     /// answered from bitmaps; other conditions are checked on the records of the narrowed set.
-    pub fn filter_ids(&self, txn: &RoTxn, cube: &str, filter: &Filter, base: &RoaringBitmap) -> Result<RoaringBitmap> {
+    pub fn filter_ids(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        filter: &Filter,
+        base: &RoaringBitmap,
+    ) -> Result<RoaringBitmap> {
         if filter.is_true() {
             return Ok(base.clone());
         }
@@ -686,7 +782,13 @@ impl Store {
         Ok(out)
     }
 
-    fn bitmap_eval(&self, txn: &RoTxn, cube: &str, f: &Filter, base: &RoaringBitmap) -> Result<RoaringBitmap> {
+    fn bitmap_eval(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        f: &Filter,
+        base: &RoaringBitmap,
+    ) -> Result<RoaringBitmap> {
         Ok(match f {
             Filter::True => base.clone(),
             Filter::And(v) => {
@@ -705,7 +807,9 @@ impl Store {
             }
             Filter::Not(p) => base - self.bitmap_eval(txn, cube, p, base)?,
             Filter::Cond { .. } => {
-                let (field, values) = f.indexed_values().ok_or_else(|| StoreError::InvalidFilter("not indexed".into()))?;
+                let (field, values) = f
+                    .indexed_values()
+                    .ok_or_else(|| StoreError::InvalidFilter("not indexed".into()))?;
                 let mut b = RoaringBitmap::new();
                 for v in values {
                     b |= self.bitmap(txn, &field_key(cube, field, &v))?;
@@ -716,7 +820,13 @@ impl Store {
     }
 
     /// Activated ids of a cube, optionally of some memory types, that satisfy `filter`.
-    pub fn candidates(&self, txn: &RoTxn, cube: &str, types: Option<&[MemoryType]>, filter: &Filter) -> Result<RoaringBitmap> {
+    pub fn candidates(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        types: Option<&[MemoryType]>,
+        filter: &Filter,
+    ) -> Result<RoaringBitmap> {
         let mut base = self.field_ids(txn, cube, "status", Status::Activated.as_str())?;
         if let Some(types) = types {
             let mut t = RoaringBitmap::new();
@@ -730,7 +840,13 @@ impl Store {
 
     /// Nearest neighbours among `candidates`: arroy trees for indexed items plus an exact scan
     /// of the delta not yet in the trees. Returns (id, cosine), best first.
-    pub fn vector_search(&self, txn: &RoTxn, query: &[f32], k: usize, candidates: &RoaringBitmap) -> Result<Vec<(u32, f32)>> {
+    pub fn vector_search(
+        &self,
+        txn: &RoTxn,
+        query: &[f32],
+        k: usize,
+        candidates: &RoaringBitmap,
+    ) -> Result<Vec<(u32, f32)>> {
         model::check_dims(self.opts.dimensions, query)?;
         let pending = self.pending(txn)?;
         let in_delta = candidates & &pending;
@@ -745,8 +861,16 @@ impl Store {
     }
 
     /// BM25 over the cube among `candidates`. Returns (id, score), best first.
-    pub fn bm25_search(&self, txn: &RoTxn, cube: &str, query: &str, k: usize, candidates: &RoaringBitmap) -> Result<Vec<(u32, f32)>> {
-        self.lexical.search(txn, cube, query, k, candidates, self.opts.bm25)
+    pub fn bm25_search(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        query: &str,
+        k: usize,
+        candidates: &RoaringBitmap,
+    ) -> Result<Vec<(u32, f32)>> {
+        self.lexical
+            .search(txn, cube, query, k, candidates, self.opts.bm25)
     }
 
     /// Records a dead letter: the original bytes, where they came from and why they failed.
@@ -755,7 +879,8 @@ impl Store {
             Some((k, _)) => u64::from_be_bytes(k.try_into().unwrap_or([0; 8])) + 1,
             None => 0,
         };
-        self.dead_letters.put(wtxn, &seq.to_be_bytes(), &postcard::to_stdvec(dl)?)?;
+        self.dead_letters
+            .put(wtxn, &seq.to_be_bytes(), &postcard::to_stdvec(dl)?)?;
         Ok(seq)
     }
 
@@ -764,7 +889,10 @@ impl Store {
         let mut out = Vec::new();
         for item in self.dead_letters.iter(txn)? {
             let (k, v) = item?;
-            out.push((u64::from_be_bytes(k.try_into().unwrap_or([0; 8])), postcard::from_bytes(v)?));
+            out.push((
+                u64::from_be_bytes(k.try_into().unwrap_or([0; 8])),
+                postcard::from_bytes(v)?,
+            ));
         }
         Ok(out)
     }
@@ -778,7 +906,10 @@ impl Store {
 
     /// A stored source position.
     pub fn offset(&self, txn: &RoTxn, source: &str) -> Result<Option<String>> {
-        Ok(self.offsets.get(txn, source)?.map(|b| String::from_utf8_lossy(b).into_owned()))
+        Ok(self
+            .offsets
+            .get(txn, source)?
+            .map(|b| String::from_utf8_lossy(b).into_owned()))
     }
 
     /// Store-wide counts.

@@ -111,9 +111,14 @@ impl Status {
     }
     /// Parses a MemOS name.
     pub fn parse(s: &str) -> Option<Status> {
-        [Status::Activated, Status::Resolving, Status::Archived, Status::Deleted]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Status::Activated,
+            Status::Resolving,
+            Status::Archived,
+            Status::Deleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -227,19 +232,28 @@ impl MemoryRecord {
             "memory_type" => s(self.memory_type.as_str()),
             "status" => s(self.status.as_str()),
             "key" => o(&self.key),
-            "tags" => Some(Value::Array(self.tags.iter().map(|t| Value::String(t.clone())).collect())),
+            "tags" => Some(Value::Array(
+                self.tags.iter().map(|t| Value::String(t.clone())).collect(),
+            )),
             "file_ids" => Some(Value::Array(
-                self.file_ids.iter().map(|t| Value::String(t.clone())).collect(),
+                self.file_ids
+                    .iter()
+                    .map(|t| Value::String(t.clone()))
+                    .collect(),
             )),
             "source" => o(&self.source),
             "confidence" => serde_json::Number::from_f64(self.confidence as f64).map(Value::Number),
             "version" => Some(Value::from(self.version)),
             "event_id" => s(&self.event_id),
-            "created_at" => Some(Value::String(crate::time::micros_to_rfc3339(self.created_at))),
-            "updated_at" => Some(Value::String(crate::time::micros_to_rfc3339(self.updated_at))),
-            "event_time" | "chat_time" => {
-                self.event_time.map(|t| Value::String(crate::time::micros_to_rfc3339(t)))
-            }
+            "created_at" => Some(Value::String(crate::time::micros_to_rfc3339(
+                self.created_at,
+            ))),
+            "updated_at" => Some(Value::String(crate::time::micros_to_rfc3339(
+                self.updated_at,
+            ))),
+            "event_time" | "chat_time" => self
+                .event_time
+                .map(|t| Value::String(crate::time::micros_to_rfc3339(t))),
             other => {
                 let k = other.strip_prefix("info.").unwrap_or(other);
                 self.info.get(k).cloned()
@@ -251,10 +265,32 @@ impl MemoryRecord {
 /// Field names that belong to the record itself; `info` keys with these names are dropped on add
 /// (MemOS does the same).
 pub const RESERVED_FIELDS: &[&str] = &[
-    "id", "memory", "cube_id", "user_id", "session_id", "agent_id", "app_id", "memory_type",
-    "status", "key", "tags", "info", "source", "sources", "confidence", "created_at", "updated_at",
-    "event_time", "version", "history", "embedding", "file_ids", "relativity", "usage",
-    "background", "user_name",
+    "id",
+    "memory",
+    "cube_id",
+    "user_id",
+    "session_id",
+    "agent_id",
+    "app_id",
+    "memory_type",
+    "status",
+    "key",
+    "tags",
+    "info",
+    "source",
+    "sources",
+    "confidence",
+    "created_at",
+    "updated_at",
+    "event_time",
+    "version",
+    "history",
+    "embedding",
+    "file_ids",
+    "relativity",
+    "usage",
+    "background",
+    "user_name",
 ];
 
 mod json_map {
@@ -281,7 +317,11 @@ mod json_map {
 /// Content hash used for exact dedupe (sha256 of the whitespace-normalised, lowercased text).
 pub fn content_hash(text: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
-    let norm: String = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    let norm: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
     let d = Sha256::digest(norm.as_bytes());
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
@@ -291,7 +331,10 @@ pub fn content_hash(text: &str) -> [u8; 16] {
 /// Validates an embedding's length.
 pub fn check_dims(expected: usize, v: &[f32]) -> Result<()> {
     if v.len() != expected {
-        return Err(StoreError::Dimensions { expected, received: v.len() });
+        return Err(StoreError::Dimensions {
+            expected,
+            received: v.len(),
+        });
     }
     Ok(())
 }

@@ -86,7 +86,13 @@ pub struct SearchRequest<'a> {
 
 impl<'a> SearchRequest<'a> {
     /// A request with MemOS-like defaults and no threshold.
-    pub fn new(cube_id: &'a str, query: &'a str, query_vec: Option<&'a [f32]>, top_k: usize, filter: &'a Filter) -> Self {
+    pub fn new(
+        cube_id: &'a str,
+        query: &'a str,
+        query_vec: Option<&'a [f32]>,
+        top_k: usize,
+        filter: &'a Filter,
+    ) -> Self {
         SearchRequest {
             cube_id,
             query,
@@ -142,17 +148,29 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
     }
     let mut acc: HashMap<u32, Acc> = HashMap::new();
     for (rank, (id, s)) in vec_hits.iter().enumerate() {
-        acc.entry(*id).or_insert(Acc { vec: None, lex: None }).vec = Some((rank, *s));
+        acc.entry(*id)
+            .or_insert(Acc {
+                vec: None,
+                lex: None,
+            })
+            .vec = Some((rank, *s));
     }
     for (rank, (id, s)) in lex_hits.iter().enumerate() {
-        acc.entry(*id).or_insert(Acc { vec: None, lex: None }).lex = Some((rank, *s));
+        acc.entry(*id)
+            .or_insert(Acc {
+                vec: None,
+                lex: None,
+            })
+            .lex = Some((rank, *s));
     }
     let lex_max = lex_hits.first().map(|x| x.1).unwrap_or(0.0);
     let n_retrievers = (req.query_vec.is_some() as usize + 1) as f32;
 
     let mut hits = Vec::with_capacity(acc.len());
     for (id, a) in acc {
-        let Some(mut record) = store.record(txn, id)? else { continue };
+        let Some(mut record) = store.record(txn, id)? else {
+            continue;
+        };
         let embedding = store.embedding(txn, id)?.unwrap_or_default();
         // Exact cosine for items only the lexical retriever found.
         let cos = match (a.vec, req.query_vec) {
@@ -162,7 +180,10 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
         };
         let mut score = match req.fusion {
             Fusion::Rrf { k } => {
-                let r = |x: Option<(usize, f32)>| x.map(|(rank, _)| 1.0 / (k + rank as f32 + 1.0)).unwrap_or(0.0);
+                let r = |x: Option<(usize, f32)>| {
+                    x.map(|(rank, _)| 1.0 / (k + rank as f32 + 1.0))
+                        .unwrap_or(0.0)
+                };
                 (r(a.vec) + r(a.lex)) / (n_retrievers / (k + 1.0))
             }
             Fusion::Convex { alpha } => {
@@ -171,7 +192,11 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
                     Some((_, s)) if lex_max > 0.0 => s / lex_max,
                     _ => 0.0,
                 };
-                if req.query_vec.is_some() { alpha * v + (1.0 - alpha) * l } else { l }
+                if req.query_vec.is_some() {
+                    alpha * v + (1.0 - alpha) * l
+                } else {
+                    l
+                }
             }
         };
         if let Some(sess) = req.session_id
@@ -206,7 +231,8 @@ pub fn dedup(hits: Vec<Hit>, top_k: usize, method: Dedup) -> Vec<Hit> {
                     break;
                 }
                 let dup = kept.iter().any(|k| {
-                    k.record.memory == h.record.memory || dot(&k.record.embedding, &h.record.embedding) > 0.92
+                    k.record.memory == h.record.memory
+                        || dot(&k.record.embedding, &h.record.embedding) > 0.92
                 });
                 if !dup {
                     kept.push(h);

@@ -63,8 +63,14 @@ mod tests {
 
     #[test]
     fn latin_and_cjk() {
-        assert_eq!(tokenize("Don't STOP, café-au-lait 42!"), ["don", "t", "stop", "café", "au", "lait", "42"]);
-        assert_eq!(tokenize("我喜欢机器学习"), ["我喜", "喜欢", "欢机", "机器", "器学", "学习"]);
+        assert_eq!(
+            tokenize("Don't STOP, café-au-lait 42!"),
+            ["don", "t", "stop", "café", "au", "lait", "42"]
+        );
+        assert_eq!(
+            tokenize("我喜欢机器学习"),
+            ["我喜", "喜欢", "欢机", "机器", "器学", "学习"]
+        );
         assert_eq!(tokenize("AI与人"), ["ai", "与人"]);
         assert_eq!(tokenize("猫 dog"), ["猫", "dog"]);
     }

@@ -26,7 +26,12 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Some(d.timestamp_micros());
     }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
             return Some(d.and_utc().timestamp_micros());
         }
@@ -36,7 +41,11 @@ pub fn parse_time(s: &str) -> Option<i64> {
     }
     if let Ok(n) = t.parse::<i64>() {
         // Seconds or milliseconds since the epoch.
-        return Some(if n > 100_000_000_000 { n * 1000 } else { n * 1_000_000 });
+        return Some(if n > 100_000_000_000 {
+            n * 1000
+        } else {
+            n * 1_000_000
+        });
     }
     // "1:56 pm on 8 May, 2023", "10:37 am on 27 June, 2023"
     let lower = t.to_lowercase().replace(',', "");
@@ -69,7 +78,10 @@ mod tests {
         assert_eq!(micros_to_rfc3339(a), "2023-05-08T13:56:00Z");
         let b = parse_time("2023-05-08T13:56:00Z").unwrap();
         assert_eq!(a, b);
-        assert_eq!(micros_to_rfc3339(parse_time("2024-01-02").unwrap()), "2024-01-02T00:00:00Z");
+        assert_eq!(
+            micros_to_rfc3339(parse_time("2024-01-02").unwrap()),
+            "2024-01-02T00:00:00Z"
+        );
         assert!(parse_time("sometime last week").is_none());
     }
 }

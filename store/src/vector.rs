@@ -45,7 +45,11 @@ pub struct ArroyIndex {
 impl ArroyIndex {
     /// Wraps an opened arroy database.
     pub fn new(db: arroy::Database<'static, Cosine>, dims: usize) -> Self {
-        ArroyIndex { db, dims, oversampling: 4 }
+        ArroyIndex {
+            db,
+            dims,
+            oversampling: 4,
+        }
     }
 
     fn writer(&self) -> arroy::Writer<Cosine> {
@@ -105,7 +109,10 @@ impl VectorIndex for ArroyIndex {
         }
         let hits = q.by_vector(rtxn, query)?;
         // arroy's cosine distance is (1 - cos) / 2.
-        Ok(hits.into_iter().map(|(id, d)| (id, 1.0 - 2.0 * d)).collect())
+        Ok(hits
+            .into_iter()
+            .map(|(id, d)| (id, 1.0 - 2.0 * d))
+            .collect())
     }
 }
 
@@ -121,5 +128,7 @@ pub fn vec_to_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian f32 bytes.
 pub fn bytes_to_vec(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }

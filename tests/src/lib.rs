@@ -16,9 +16,12 @@ pub fn root() -> PathBuf {
 pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::var_os("MEMOS_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("models/all-MiniLM-L6-v2"));
+        let dir = std::env::var_os("MEMOS_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("models/all-MiniLM-L6-v2"));
         if !operators::embed::fetch::model_present(&dir) {
-            operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}")).expect("fetching the model");
+            operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}"))
+                .expect("fetching the model");
         }
         dir
     })
@@ -28,7 +31,8 @@ pub fn model_dir() -> PathBuf {
 /// The real embedder, loaded once per test binary.
 pub fn embedder() -> Arc<dyn Embedder> {
     static E: OnceLock<Arc<LocalEmbedder>> = OnceLock::new();
-    E.get_or_init(|| Arc::new(LocalEmbedder::load(&model_dir(), 32).expect("loading the model"))).clone()
+    E.get_or_init(|| Arc::new(LocalEmbedder::load(&model_dir(), 32).expect("loading the model")))
+        .clone()
 }
 
 /// A configuration for tests: data in `data_dir`, the real model, port 0, short lingers.
@@ -56,9 +60,12 @@ pub struct Server {
 impl Server {
     /// Starts the service and the REST API on port 0 with the shared embedder.
     pub async fn start(cfg: Config) -> Server {
-        let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).expect("open store"));
+        let store =
+            Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).expect("open store"));
         let (memos, pipeline) = Memos::with_parts(cfg, store, embedder());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let m = memos.clone();
@@ -69,19 +76,32 @@ impl Server {
             .await
             .expect("serve");
         });
-        Server { url, memos, stop: Some(stop), task: Some(task), pipeline: Some(pipeline) }
+        Server {
+            url,
+            memos,
+            stop: Some(stop),
+            task: Some(task),
+            pipeline: Some(pipeline),
+        }
     }
 
     /// POSTs JSON and returns (status, body).
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new().post(format!("{}{}", self.url, path)).json(&body).send().await.expect("request");
+        let r = reqwest::Client::new()
+            .post(format!("{}{}", self.url, path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// GETs and returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::get(format!("{}{}", self.url, path)).await.expect("request");
+        let r = reqwest::get(format!("{}{}", self.url, path))
+            .await
+            .expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }

@@ -58,21 +58,50 @@ async fn add_search_delete_and_restart() {
     let mems = body["data"]["text_mem"][0]["memories"].as_array().unwrap();
     assert_eq!(mems.len(), 1);
     assert_eq!(mems[0]["metadata"]["memory_type"], "LongTermMemory");
-    let (st, body) = s.post("/product/search", json!({"query": "x", "user_id": "caroline", "filter": {"created_at": {"around": 3}}})).await;
+    let (st, body) = s
+        .post(
+            "/product/search",
+            json!({"query": "x", "user_id": "caroline", "filter": {"created_at": {"around": 3}}}),
+        )
+        .await;
     assert_eq!(st, 400);
-    assert!(body["message"].as_str().unwrap().contains("unknown operator"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown operator"),
+        "{body}"
+    );
 
     // Other bad input: 4xx with a message.
-    let (st, body) = s.post("/product/search", json!({"user_id": "caroline"})).await;
+    let (st, body) = s
+        .post("/product/search", json!({"user_id": "caroline"}))
+        .await;
     assert_eq!(st, 400, "{body}");
-    let (st, _) = s.post("/product/search", json!({"query": "x", "user_id": "c", "top_k": 0})).await;
+    let (st, _) = s
+        .post(
+            "/product/search",
+            json!({"query": "x", "user_id": "c", "top_k": 0}),
+        )
+        .await;
     assert_eq!(st, 400);
     let (st, body) = s.post("/product/add", json!({"user_id": "u", "async_mode": "sync", "messages": [{"role": "robot", "content": "x"}]})).await;
     assert_eq!(st, 400);
     assert!(body["message"].as_str().unwrap().contains("robot"));
-    let r = reqwest::Client::new().post(format!("{}/product/add", s.url)).header("content-type", "application/json").body("{oops").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/product/add", s.url))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let (st, _) = s.post("/product/delete_memory", json!({"memory_ids": ["x"], "filter": {"user_id": "u"}})).await;
+    let (st, _) = s
+        .post(
+            "/product/delete_memory",
+            json!({"memory_ids": ["x"], "filter": {"user_id": "u"}}),
+        )
+        .await;
     assert_eq!(st, 400);
 
     // Async add returns a task that completes.
@@ -81,7 +110,9 @@ async fn add_search_delete_and_restart() {
     let task = body["task_id"].as_str().unwrap().to_string();
     let mut done = false;
     for _ in 0..100 {
-        let (_, b) = s.get(&format!("/product/scheduler/status?task_id={task}")).await;
+        let (_, b) = s
+            .get(&format!("/product/scheduler/status?task_id={task}"))
+            .await;
         if b["data"][0]["status"] == "completed" {
             done = true;
             break;
@@ -89,13 +120,30 @@ async fn add_search_delete_and_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(done, "async task did not complete");
-    let (_, body) = s.post("/product/search", json!({"query": "painting", "user_id": "caroline", "readable_cube_ids": ["cube-c"]})).await;
+    let (_, body) = s
+        .post(
+            "/product/search",
+            json!({"query": "painting", "user_id": "caroline", "readable_cube_ids": ["cube-c"]}),
+        )
+        .await;
     let prefs = body["data"]["pref_mem"][0]["memories"].as_array().unwrap();
-    assert!(prefs.iter().any(|p| p["memory"].as_str().unwrap().contains("love painting")), "{body}");
-    assert!(body["data"]["pref_string"].as_str().unwrap().contains("love painting"));
+    assert!(
+        prefs
+            .iter()
+            .any(|p| p["memory"].as_str().unwrap().contains("love painting")),
+        "{body}"
+    );
+    assert!(
+        body["data"]["pref_string"]
+            .as_str()
+            .unwrap()
+            .contains("love painting")
+    );
 
     // Delete by id; then it is gone from get and search.
-    let (st, body) = s.post("/product/delete_memory", json!({"memory_ids": [id]})).await;
+    let (st, body) = s
+        .post("/product/delete_memory", json!({"memory_ids": [id]}))
+        .await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["data"]["status"], "success");
     assert_eq!(body["data"]["deleted"], 1);
@@ -107,13 +155,32 @@ async fn add_search_delete_and_restart() {
     let s = tests::Server::start(tests::config(dir.path())).await;
     let (_, body) = s.post("/product/search", json!({"query": "empowering", "user_id": "caroline", "readable_cube_ids": ["cube-c"], "top_k": 3})).await;
     let mems = body["data"]["text_mem"][0]["memories"].as_array().unwrap();
-    assert!(mems.iter().any(|m| m["memory"].as_str().unwrap().contains("empowering")), "{body}");
+    assert!(
+        mems.iter()
+            .any(|m| m["memory"].as_str().unwrap().contains("empowering")),
+        "{body}"
+    );
     assert!(mems.iter().all(|m| m["id"] != id));
     // Delete by filter with a quick constraint.
-    let (st, body) = s.post("/product/delete_memory", json!({"writable_cube_ids": ["cube-c"], "user_id": "caroline"})).await;
+    let (st, body) = s
+        .post(
+            "/product/delete_memory",
+            json!({"writable_cube_ids": ["cube-c"], "user_id": "caroline"}),
+        )
+        .await;
     assert_eq!(st, 200, "{body}");
     assert!(body["data"]["deleted"].as_u64().unwrap() >= 2);
-    let (_, body) = s.post("/product/search", json!({"query": "empowering", "user_id": "caroline", "readable_cube_ids": ["cube-c"]})).await;
-    assert!(body["data"]["text_mem"][0]["memories"].as_array().unwrap().is_empty());
+    let (_, body) = s
+        .post(
+            "/product/search",
+            json!({"query": "empowering", "user_id": "caroline", "readable_cube_ids": ["cube-c"]}),
+        )
+        .await;
+    assert!(
+        body["data"]["text_mem"][0]["memories"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     s.stop().await;
 }

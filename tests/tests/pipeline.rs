@@ -19,7 +19,10 @@ async fn service(dir: &std::path::Path) -> (Arc<Memos>, tokio::task::JoinHandle<
 }
 
 async fn send(m: &Memos, v: &Value) -> Outcome {
-    m.pipeline.submit_wait(Payload::Bytes(serde_json::to_vec(v).unwrap()), "test").await.unwrap()
+    m.pipeline
+        .submit_wait(Payload::Bytes(serde_json::to_vec(v).unwrap()), "test")
+        .await
+        .unwrap()
 }
 
 fn count(m: &Memos) -> u64 {
@@ -28,7 +31,9 @@ fn count(m: &Memos) -> u64 {
 
 #[test]
 fn embedder_reference_vector() {
-    let v = tests::embedder().embed(&["hello world".to_string()]).unwrap();
+    let v = tests::embedder()
+        .embed(&["hello world".to_string()])
+        .unwrap();
     let expected = [-0.034477f32, 0.031023, 0.006735, 0.026109, -0.039362];
     assert_eq!(v[0].len(), 384);
     for (a, b) in v[0].iter().zip(expected) {
@@ -38,7 +43,10 @@ fn embedder_reference_vector() {
     assert!((norm - 1.0).abs() < 1e-4);
     // Batching and padding do not change a sentence's embedding.
     let batch = tests::embedder()
-        .embed(&["a much longer sentence that forces padding of the short one in the batch".into(), "hello world".into()])
+        .embed(&[
+            "a much longer sentence that forces padding of the short one in the batch".into(),
+            "hello world".into(),
+        ])
         .unwrap();
     for (a, b) in batch[1].iter().zip(&v[0]) {
         assert!((a - b).abs() < 1e-4);
@@ -51,24 +59,39 @@ async fn replaying_an_event_adds_nothing() {
     let (m, _p) = service(dir.path()).await;
     let ev = event("conv-1/D1:1", "c1", "I went to a support group yesterday.");
     let first = send(&m, &ev).await;
-    let Outcome::Stored { memories, .. } = first else { panic!("{first:?}") };
+    let Outcome::Stored { memories, .. } = first else {
+        panic!("{first:?}")
+    };
     assert_eq!(memories.len(), 1);
     let n = count(&m);
     // Same event again (as a redelivery, or published to a second bus): nothing changes.
     for _ in 0..3 {
         match send(&m, &ev).await {
-            Outcome::Duplicate { memories: again, .. } => assert_eq!(again, memories),
+            Outcome::Duplicate {
+                memories: again, ..
+            } => assert_eq!(again, memories),
             o => panic!("{o:?}"),
         }
     }
     // Twice in one batch.
-    let ev2 = event("conv-1/D1:2", "c1", "It was a really powerful experience for me.");
+    let ev2 = event(
+        "conv-1/D1:2",
+        "c1",
+        "It was a really powerful experience for me.",
+    );
     let (a, b) = tokio::join!(send(&m, &ev2), send(&m, &ev2));
     let kinds = [&a, &b].map(|o| matches!(o, Outcome::Stored { .. }));
     assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "{a:?} {b:?}");
     assert_eq!(count(&m), n + 1);
     // The same event id in another cube is another event.
-    assert!(matches!(send(&m, &event("conv-1/D1:1", "c2", "I went to a support group yesterday.")).await, Outcome::Stored { .. }));
+    assert!(matches!(
+        send(
+            &m,
+            &event("conv-1/D1:1", "c2", "I went to a support group yesterday.")
+        )
+        .await,
+        Outcome::Stored { .. }
+    ));
     assert_eq!(count(&m), n + 2);
 }
 
@@ -87,10 +110,19 @@ async fn bad_events_are_dead_lettered_and_the_rest_goes_on() {
     ];
     // All in one batch: the bad ones, then a good one.
     let mut rxs = Vec::new();
-    let good_ev = serde_json::to_vec(&event("ok-1", "c", "A valid event in the same stream.")).unwrap();
+    let good_ev =
+        serde_json::to_vec(&event("ok-1", "c", "A valid event in the same stream.")).unwrap();
     for b in bad.iter().map(|(b, _)| b.clone()).chain([good_ev]) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        m.pipeline.submit(Incoming { payload: Payload::Bytes(b), source: "test".into(), position: Some(("test/p0".into(), "42".into())), reply: Some(tx) }).await.unwrap();
+        m.pipeline
+            .submit(Incoming {
+                payload: Payload::Bytes(b),
+                source: "test".into(),
+                position: Some(("test/p0".into(), "42".into())),
+                reply: Some(tx),
+            })
+            .await
+            .unwrap();
         rxs.push(rx);
     }
     let mut outs = Vec::new();
@@ -100,7 +132,9 @@ async fn bad_events_are_dead_lettered_and_the_rest_goes_on() {
     let good = outs.pop().unwrap();
     for (o, (_, why)) in outs.iter().zip(&bad) {
         match o {
-            Outcome::DeadLettered { reason } => assert!(reason.contains(why), "{reason} should mention {why}"),
+            Outcome::DeadLettered { reason } => {
+                assert!(reason.contains(why), "{reason} should mention {why}")
+            }
             o => panic!("{o:?}"),
         }
     }
@@ -111,29 +145,55 @@ async fn bad_events_are_dead_lettered_and_the_rest_goes_on() {
     assert_eq!(dl[0].1.payload, b"{not json".to_vec());
     assert_eq!(count(&m), 1);
     // The source position was committed with the batch.
-    assert_eq!(m.store.offset(&t, "test/p0").unwrap().as_deref(), Some("42"));
+    assert_eq!(
+        m.store.offset(&t, "test/p0").unwrap().as_deref(),
+        Some("42")
+    );
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_merges_duplicates_but_never_different_facts() {
     let dir = tempfile::tempdir().unwrap();
     let (m, _p) = service(dir.path()).await;
-    let Outcome::Stored { memories, .. } = send(&m, &event("e1", "c", "I have two cats named Tom and Jerry.")).await else { panic!() };
+    let Outcome::Stored { memories, .. } = send(
+        &m,
+        &event("e1", "c", "I have two cats named Tom and Jerry."),
+    )
+    .await
+    else {
+        panic!()
+    };
     let id = memories[0].memory_id.clone();
     // Near-duplicate: merged into the same memory, newer text kept, old one in history.
-    let Outcome::Stored { memories: m2, .. } = send(&m, &event("e2", "c", "I have two cats named Tom and Jerry!!")).await else { panic!() };
+    let Outcome::Stored { memories: m2, .. } = send(
+        &m,
+        &event("e2", "c", "I have two cats named Tom and Jerry!!"),
+    )
+    .await
+    else {
+        panic!()
+    };
     assert_eq!(m2.len(), 1, "{m2:?}");
     assert_eq!(m2[0].memory_id, id);
     // Exact duplicate (case and spacing aside): merged too.
-    let Outcome::Stored { memories: m3, .. } = send(&m, &event("e3", "c", "i have two cats  named Tom and Jerry!!")).await else { panic!() };
+    let Outcome::Stored { memories: m3, .. } = send(
+        &m,
+        &event("e3", "c", "i have two cats  named Tom and Jerry!!"),
+    )
+    .await
+    else {
+        panic!()
+    };
     assert_eq!(m3[0].memory_id, id);
     {
         let t = m.store.read_txn().unwrap();
         let r = m.store.get(&t, &id).unwrap().unwrap();
         assert_eq!(r.version, 3);
         assert_eq!(r.history.len(), 2);
-        assert_eq!(r.history[0].memory, "[1:56 pm on 8 May, 2023] user: I have two cats named Tom and Jerry.");
+        assert_eq!(
+            r.history[0].memory,
+            "[1:56 pm on 8 May, 2023] user: I have two cats named Tom and Jerry."
+        );
         assert_eq!(r.history[0].update_type, "near_duplicate");
         assert_eq!(r.history[1].update_type, "duplicate");
         assert_eq!(r.info["origin"], "e3");
@@ -145,11 +205,21 @@ async fn dedupe_merges_duplicates_but_never_different_facts() {
         ("e5", "I don't have two cats named Tom and Jerry."),
         ("e6", "I have two cats named Tom and Garfield."),
     ] {
-        let Outcome::Stored { memories, .. } = send(&m, &event(e, "c", text)).await else { panic!() };
+        let Outcome::Stored { memories, .. } = send(&m, &event(e, "c", text)).await else {
+            panic!()
+        };
         assert_ne!(memories[0].memory_id, id, "{text}");
     }
     let t = m.store.read_txn().unwrap();
-    let base = m.store.candidates(&t, "c", Some(&[store::MemoryType::UserMemory]), &store::Filter::True).unwrap();
+    let base = m
+        .store
+        .candidates(
+            &t,
+            "c",
+            Some(&[store::MemoryType::UserMemory]),
+            &store::Filter::True,
+        )
+        .unwrap();
     assert_eq!(base.len(), 4);
 }
 
@@ -158,12 +228,20 @@ async fn preferences_and_facts_are_extracted() {
     let dir = tempfile::tempdir().unwrap();
     let (m, _p) = service(dir.path()).await;
     let out = send(&m, &event("p1", "c", "I work as a nurse in Boston. I avoid hotels with a bustling nightlife atmosphere. Anyway, how are you?")).await;
-    let Outcome::Stored { memories, .. } = out else { panic!("{out:?}") };
+    let Outcome::Stored { memories, .. } = out else {
+        panic!("{out:?}")
+    };
     let types: Vec<&str> = memories.iter().map(|x| x.memory_type.as_str()).collect();
     assert!(types.contains(&"PreferenceMemory"), "{types:?}");
     assert!(types.contains(&"UserMemory"));
-    let pref = memories.iter().find(|x| x.memory_type == "PreferenceMemory").unwrap();
-    assert_eq!(pref.memory, "user: I avoid hotels with a bustling nightlife atmosphere.");
+    let pref = memories
+        .iter()
+        .find(|x| x.memory_type == "PreferenceMemory")
+        .unwrap();
+    assert_eq!(
+        pref.memory,
+        "user: I avoid hotels with a bustling nightlife atmosphere."
+    );
     let t = m.store.read_txn().unwrap();
     let r = m.store.get(&t, &pref.memory_id).unwrap().unwrap();
     assert_eq!(r.info["preference_type"], "explicit_preference");
@@ -172,7 +250,9 @@ async fn preferences_and_facts_are_extracted() {
     // An assistant turn yields no preference.
     let ev = json!({"event_id": "p2", "kind": "messages", "cube_id": "c", "user_id": "u1",
                     "payload": {"messages": [{"role": "assistant", "content": "I love helping you plan trips."}]}});
-    let Outcome::Stored { memories, .. } = send(&m, &ev).await else { panic!() };
+    let Outcome::Stored { memories, .. } = send(&m, &ev).await else {
+        panic!()
+    };
     assert_eq!(memories.len(), 1);
     assert_eq!(memories[0].memory_type, "LongTermMemory");
 }

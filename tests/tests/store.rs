@@ -7,11 +7,23 @@ use store::{Filter, MemoryRecord, MemoryType, Status, Store, StoreOptions};
 const DIMS: usize = 8;
 
 fn opts() -> StoreOptions {
-    StoreOptions { dimensions: DIMS, vector_delta_max: 4, ..Default::default() }
+    StoreOptions {
+        dimensions: DIMS,
+        vector_delta_max: 4,
+        ..Default::default()
+    }
 }
 
 fn unit(seed: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..DIMS).map(|i| if i == seed % DIMS { 1.0 } else { 0.05 * ((i + seed) % 3) as f32 }).collect();
+    let mut v: Vec<f32> = (0..DIMS)
+        .map(|i| {
+            if i == seed % DIMS {
+                1.0
+            } else {
+                0.05 * ((i + seed) % 3) as f32
+            }
+        })
+        .collect();
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= n);
     v
@@ -70,12 +82,26 @@ fn round_trip_and_restart() {
     let got = s.get(&t, "m1").unwrap().unwrap();
     assert_eq!(got.memory, r.memory);
     let cands = s.candidates(&t, "c1", None, &Filter::True).unwrap();
-    assert_eq!(s.bm25_search(&t, "c1", "support group", 5, &cands).unwrap().len(), 1);
-    assert_eq!(s.vector_search(&t, &unit(1), 5, &cands).unwrap()[0].0, s.internal_id(&t, "m1").unwrap().unwrap());
+    assert_eq!(
+        s.bm25_search(&t, "c1", "support group", 5, &cands)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.vector_search(&t, &unit(1), 5, &cands).unwrap()[0].0,
+        s.internal_id(&t, "m1").unwrap().unwrap()
+    );
     // Reopening with other dimensions is refused.
     drop(t);
     drop(s);
-    let err = Store::open(dir.path(), StoreOptions { dimensions: 16, ..opts() });
+    let err = Store::open(
+        dir.path(),
+        StoreOptions {
+            dimensions: 16,
+            ..opts()
+        },
+    );
     assert!(err.is_err());
 }
 
@@ -85,10 +111,30 @@ fn failed_batch_leaves_no_trace() {
     let s = Store::open(dir.path(), opts()).unwrap();
     {
         let mut w = s.write_txn().unwrap();
-        s.insert(&mut w, &rec("a", "c1", "first memory about apples"), &unit(1)).unwrap();
-        s.mark_event(&mut w, "c1", "ev-1", &store::EventRecord { memory_ids: vec!["a".into()], processed_at: 0, source: "t".into(), position: None }).unwrap();
+        s.insert(
+            &mut w,
+            &rec("a", "c1", "first memory about apples"),
+            &unit(1),
+        )
+        .unwrap();
+        s.mark_event(
+            &mut w,
+            "c1",
+            "ev-1",
+            &store::EventRecord {
+                memory_ids: vec!["a".into()],
+                processed_at: 0,
+                source: "t".into(),
+                position: None,
+            },
+        )
+        .unwrap();
         // The second item of the batch fails (wrong dimensions): the batch is abandoned.
-        let err = s.insert(&mut w, &rec("b", "c1", "second memory about bananas"), &[1.0, 0.0]);
+        let err = s.insert(
+            &mut w,
+            &rec("b", "c1", "second memory about bananas"),
+            &[1.0, 0.0],
+        );
         assert!(matches!(err, Err(store::StoreError::Dimensions { .. })));
         // `w` dropped here without commit = abort.
     }
@@ -100,17 +146,33 @@ fn failed_batch_leaves_no_trace() {
     assert!(all.is_empty());
     let mut every = store::roaring::RoaringBitmap::new();
     every.insert_range(0..100);
-    assert!(s.bm25_search(&t, "c1", "apples", 5, &every).unwrap().is_empty());
+    assert!(
+        s.bm25_search(&t, "c1", "apples", 5, &every)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.stats().unwrap().memories, 0);
 }
 
 #[test]
 fn vector_delta_is_searchable_before_and_after_tree_build() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path(), StoreOptions { vector_delta_max: 1000, ..opts() }).unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreOptions {
+            vector_delta_max: 1000,
+            ..opts()
+        },
+    )
+    .unwrap();
     let mut w = s.write_txn().unwrap();
     for i in 0..20 {
-        s.insert(&mut w, &rec(&format!("m{i}"), "c1", &format!("memory {i}")), &unit(i)).unwrap();
+        s.insert(
+            &mut w,
+            &rec(&format!("m{i}"), "c1", &format!("memory {i}")),
+            &unit(i),
+        )
+        .unwrap();
     }
     s.commit(w).unwrap();
     let t = s.read_txn().unwrap();
@@ -134,7 +196,12 @@ fn vector_delta_is_searchable_before_and_after_tree_build() {
     assert!(rcpt.postings >= 2);
     let t = s.read_txn().unwrap();
     let cands = s.candidates(&t, "c1", None, &Filter::True).unwrap();
-    assert!(s.vector_search(&t, &unit(3), 20, &cands).unwrap().iter().all(|(id, _)| Some(*id) != s.internal_id(&t, "m3").unwrap()));
+    assert!(
+        s.vector_search(&t, &unit(3), 20, &cands)
+            .unwrap()
+            .iter()
+            .all(|(id, _)| Some(*id) != s.internal_id(&t, "m3").unwrap())
+    );
     assert_eq!(s.stats().unwrap().vectors_indexed, 19);
 }
 
@@ -144,7 +211,10 @@ fn bm25_ranks_a_known_corpus() {
     let s = Store::open(dir.path(), opts()).unwrap();
     let docs = [
         ("d0", "the cat sat on the mat"),
-        ("d1", "the dog chased the cat around the garden and the cat ran"),
+        (
+            "d1",
+            "the dog chased the cat around the garden and the cat ran",
+        ),
         ("d2", "stock markets fell sharply today"),
         ("d3", "a cat and a dog"),
         ("d4", "猫喜欢吃鱼"),
@@ -157,14 +227,34 @@ fn bm25_ranks_a_known_corpus() {
     let t = s.read_txn().unwrap();
     let cands = s.candidates(&t, "c", None, &Filter::True).unwrap();
     let name = |id: u32| s.record(&t, id).unwrap().unwrap().id;
-    let hits: Vec<String> = s.bm25_search(&t, "c", "cat", 10, &cands).unwrap().into_iter().map(|(i, _)| name(i)).collect();
+    let hits: Vec<String> = s
+        .bm25_search(&t, "c", "cat", 10, &cands)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| name(i))
+        .collect();
     // BM25 by hand (avgdl 6.4): d1 tf=2 len 12 → 1.115; d3 tf=1 len 5 → 1.109; d0 tf=1 len 6 → 1.029.
     assert_eq!(hits, ["d1", "d3", "d0"]);
-    let hits: Vec<String> = s.bm25_search(&t, "c", "dog cat", 10, &cands).unwrap().into_iter().map(|(i, _)| name(i)).collect();
+    let hits: Vec<String> = s
+        .bm25_search(&t, "c", "dog cat", 10, &cands)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| name(i))
+        .collect();
     assert_eq!(hits[0], "d3");
-    let hits: Vec<String> = s.bm25_search(&t, "c", "markets", 10, &cands).unwrap().into_iter().map(|(i, _)| name(i)).collect();
+    let hits: Vec<String> = s
+        .bm25_search(&t, "c", "markets", 10, &cands)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| name(i))
+        .collect();
     assert_eq!(hits, ["d2"]);
-    let hits: Vec<String> = s.bm25_search(&t, "c", "喜欢", 10, &cands).unwrap().into_iter().map(|(i, _)| name(i)).collect();
+    let hits: Vec<String> = s
+        .bm25_search(&t, "c", "喜欢", 10, &cands)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| name(i))
+        .collect();
     assert_eq!(hits, ["d4"]);
     // Exact scores: idf and length normalisation of BM25 (k1 = 1.5, b = 0.75).
     let (_, score) = s.bm25_search(&t, "c", "markets", 1, &cands).unwrap()[0];
@@ -180,13 +270,24 @@ fn filter_store() -> (tempfile::TempDir, Store) {
     let s = Store::open(dir.path(), opts()).unwrap();
     let mut w = s.write_txn().unwrap();
     for i in 0..6 {
-        let mut r = rec(&format!("m{i}"), "c", &format!("note number {i} about travel"));
-        r.user_id = if i % 2 == 0 { "alice".into() } else { "bob".into() };
+        let mut r = rec(
+            &format!("m{i}"),
+            "c",
+            &format!("note number {i} about travel"),
+        );
+        r.user_id = if i % 2 == 0 {
+            "alice".into()
+        } else {
+            "bob".into()
+        };
         r.session_id = format!("s{}", i / 3);
         r.tags = vec![format!("t{i}"), "common".into()];
         r.created_at = 1_700_000_000_000_000 + i as i64 * 86_400_000_000;
         r.info.insert("score".into(), json!(i));
-        r.info.insert("topic".into(), json!(if i < 3 { "Travel Plans" } else { "work" }));
+        r.info.insert(
+            "topic".into(),
+            json!(if i < 3 { "Travel Plans" } else { "work" }),
+        );
         if i == 5 {
             r.memory_type = MemoryType::PreferenceMemory;
         }
@@ -200,7 +301,12 @@ fn ids(s: &Store, f: serde_json::Value) -> Vec<String> {
     let t = s.read_txn().unwrap();
     let f = Filter::parse(&f).unwrap();
     let base = s.cube_ids(&t, "c").unwrap();
-    let mut v: Vec<String> = s.filter_ids(&t, "c", &f, &base).unwrap().iter().map(|i| s.record(&t, i).unwrap().unwrap().id).collect();
+    let mut v: Vec<String> = s
+        .filter_ids(&t, "c", &f, &base)
+        .unwrap()
+        .iter()
+        .map(|i| s.record(&t, i).unwrap().unwrap().id)
+        .collect();
     v.sort();
     v
 }
@@ -209,22 +315,52 @@ fn ids(s: &Store, f: serde_json::Value) -> Vec<String> {
 fn filters_every_operator_and_nesting() {
     let (_d, s) = filter_store();
     assert_eq!(ids(&s, json!({"user_id": "alice"})), ["m0", "m2", "m4"]);
-    assert_eq!(ids(&s, json!({"user_id": {"in": ["bob"]}, "session_id": "s0"})), ["m1"]);
+    assert_eq!(
+        ids(&s, json!({"user_id": {"in": ["bob"]}, "session_id": "s0"})),
+        ["m1"]
+    );
     assert_eq!(ids(&s, json!({"score": {"gt": 3}})), ["m4", "m5"]);
-    assert_eq!(ids(&s, json!({"info.score": {"gte": 3, "lt": 5}})), ["m3", "m4"]);
+    assert_eq!(
+        ids(&s, json!({"info.score": {"gte": 3, "lt": 5}})),
+        ["m3", "m4"]
+    );
     assert_eq!(ids(&s, json!({"score": {"lte": 1}})), ["m0", "m1"]);
     assert_eq!(ids(&s, json!({"tags": {"contains": "t2"}})), ["m2"]);
     assert_eq!(ids(&s, json!({"tags": {"in": ["t1", "t3"]}})), ["m1", "m3"]);
-    assert_eq!(ids(&s, json!({"topic": {"like": "travel%"}})), ["m0", "m1", "m2"]);
-    assert_eq!(ids(&s, json!({"topic": {"nolike": "travel"}})), ["m3", "m4", "m5"]);
+    assert_eq!(
+        ids(&s, json!({"topic": {"like": "travel%"}})),
+        ["m0", "m1", "m2"]
+    );
+    assert_eq!(
+        ids(&s, json!({"topic": {"nolike": "travel"}})),
+        ["m3", "m4", "m5"]
+    );
     // created_at of m{i} is 2023-11-14T22:13:20Z + i days.
-    assert_eq!(ids(&s, json!({"created_at": {"gte": "2023-11-17T00:00:00Z"}})), ["m3", "m4", "m5"]);
+    assert_eq!(
+        ids(&s, json!({"created_at": {"gte": "2023-11-17T00:00:00Z"}})),
+        ["m3", "m4", "m5"]
+    );
     assert_eq!(ids(&s, json!({"created_at": {"lt": "2023-11-15"}})), ["m0"]);
     assert_eq!(ids(&s, json!({"memory_type": "PreferenceMemory"})), ["m5"]);
-    assert_eq!(ids(&s, json!({"or": [{"user_id": "bob", "session_id": "s1"}, {"id": "m0"}]})), ["m0", "m3", "m5"]);
+    assert_eq!(
+        ids(
+            &s,
+            json!({"or": [{"user_id": "bob", "session_id": "s1"}, {"id": "m0"}]})
+        ),
+        ["m0", "m3", "m5"]
+    );
     // Nesting and `not` (a superset of MemOS).
-    assert_eq!(ids(&s, json!({"and": [{"or": [{"user_id": "alice"}, {"score": 5}]}, {"not": {"session_id": "s0"}}]})), ["m4", "m5"]);
-    assert_eq!(ids(&s, json!({"not": {"tags": {"contains": "common"}}})), Vec::<String>::new());
+    assert_eq!(
+        ids(
+            &s,
+            json!({"and": [{"or": [{"user_id": "alice"}, {"score": 5}]}, {"not": {"session_id": "s0"}}]})
+        ),
+        ["m4", "m5"]
+    );
+    assert_eq!(
+        ids(&s, json!({"not": {"tags": {"contains": "common"}}})),
+        Vec::<String>::new()
+    );
     assert_eq!(ids(&s, json!({})).len(), 6);
     // Malformed filters are errors, never ignored.
     for bad in [
@@ -237,10 +373,21 @@ fn filters_every_operator_and_nesting() {
         json!({"score": {}}),
         json!("user_id = alice"),
     ] {
-        assert!(matches!(Filter::parse(&bad), Err(store::StoreError::InvalidFilter(_))), "{bad} should be rejected");
+        assert!(
+            matches!(
+                Filter::parse(&bad),
+                Err(store::StoreError::InvalidFilter(_))
+            ),
+            "{bad} should be rejected"
+        );
     }
     // Per-cube form.
-    let f = Filter::parse_for_cube(&json!({"c": {"user_id": "bob"}, "other": {"user_id": "alice"}}), "c", &["c".into(), "other".into()]).unwrap();
+    let f = Filter::parse_for_cube(
+        &json!({"c": {"user_id": "bob"}, "other": {"user_id": "alice"}}),
+        "c",
+        &["c".into(), "other".into()],
+    )
+    .unwrap();
     assert_eq!(f, Filter::parse(&json!({"user_id": "bob"})).unwrap());
 }
 
@@ -249,15 +396,31 @@ fn search_never_crosses_cubes() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), opts()).unwrap();
     let mut w = s.write_txn().unwrap();
-    s.insert(&mut w, &rec("a1", "cube-a", "the secret password is swordfish"), &unit(1)).unwrap();
-    s.insert(&mut w, &rec("b1", "cube-b", "the secret password is swordfish"), &unit(1)).unwrap();
-    s.insert(&mut w, &rec("b2", "cube-b", "another note"), &unit(2)).unwrap();
+    s.insert(
+        &mut w,
+        &rec("a1", "cube-a", "the secret password is swordfish"),
+        &unit(1),
+    )
+    .unwrap();
+    s.insert(
+        &mut w,
+        &rec("b1", "cube-b", "the secret password is swordfish"),
+        &unit(1),
+    )
+    .unwrap();
+    s.insert(&mut w, &rec("b2", "cube-b", "another note"), &unit(2))
+        .unwrap();
     s.commit(w).unwrap();
     let t = s.read_txn().unwrap();
     let q = unit(1);
     let f = Filter::True;
     for (cube, own) in [("cube-a", vec!["a1"]), ("cube-b", vec!["b1", "b2"])] {
-        let hits = search(&s, &t, &SearchRequest::new(cube, "secret password swordfish", Some(&q), 10, &f)).unwrap();
+        let hits = search(
+            &s,
+            &t,
+            &SearchRequest::new(cube, "secret password swordfish", Some(&q), 10, &f),
+        )
+        .unwrap();
         assert!(!hits.is_empty());
         for h in &hits {
             assert_eq!(h.record.cube_id, cube);
@@ -265,6 +428,11 @@ fn search_never_crosses_cubes() {
             assert!((0.0..=1.0).contains(&h.score));
         }
     }
-    let hits = search(&s, &t, &SearchRequest::new("cube-c", "secret", Some(&q), 10, &f)).unwrap();
+    let hits = search(
+        &s,
+        &t,
+        &SearchRequest::new("cube-c", "secret", Some(&q), 10, &f),
+    )
+    .unwrap();
     assert!(hits.is_empty());
 }

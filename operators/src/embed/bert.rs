@@ -96,7 +96,9 @@ impl Bert {
     /// mean-pooled (over the mask), L2-normalised sentence embeddings `[batch, hidden]`.
     pub fn embed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.broadcast_as((b, t))?;
+        let positions = Tensor::arange(0u32, t as u32, &self.device)?
+            .unsqueeze(0)?
+            .broadcast_as((b, t))?;
         let types = Tensor::zeros((b, t), DType::U32, &self.device)?;
         let x = self.embeddings.word.forward(ids)?;
         let x = x.broadcast_add(&self.embeddings.position.forward(&positions)?)?;
@@ -109,14 +111,20 @@ impl Bert {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         for l in &self.layers {
             let split = |y: Tensor| -> Result<Tensor> {
-                y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+                y.reshape((b, t, self.heads, self.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
             };
             let q = split(l.query.forward(&x)?)?;
             let k = split(l.key.forward(&x)?)?;
             let v = split(l.value.forward(&x)?)?;
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+            let ctx =
+                probs
+                    .matmul(&v)?
+                    .transpose(1, 2)?
+                    .reshape((b, t, self.heads * self.head_dim))?;
             let a = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let i = l.intermediate.forward(&a)?.gelu_erf()?;
             x = l.out_norm.forward(&(l.output.forward(&i)? + &a)?)?;
@@ -125,7 +133,11 @@ impl Bert {
         let summed = x.broadcast_mul(&m)?.sum(1)?;
         let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
         let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
         mean.broadcast_div(&norm)
     }
 }

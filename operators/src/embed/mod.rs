@@ -55,8 +55,9 @@ impl LocalEmbedder {
                 )))
             }
         };
-        let cfg: bert::BertConfig = serde_json::from_slice(&std::fs::read(file("config.json")?)?)
-            .map_err(|e| OperatorError::ModelFiles(format!("config.json: {e}")))?;
+        let cfg: bert::BertConfig =
+            serde_json::from_slice(&std::fs::read(file("config.json")?)?)
+                .map_err(|e| OperatorError::ModelFiles(format!("config.json: {e}")))?;
         let mut tokenizer = Tokenizer::from_file(file("tokenizer.json")?)
             .map_err(|e| OperatorError::ModelFiles(format!("tokenizer.json: {e}")))?;
         // The packaged tokenizer pads and truncates to 128; pad to the batch's longest instead
@@ -66,7 +67,10 @@ impl LocalEmbedder {
             ..Default::default()
         }));
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
             .map_err(|e| OperatorError::ModelFiles(format!("tokenizer: {e}")))?;
         let device = Device::Cpu;
         let weights = file("model.safetensors")?;

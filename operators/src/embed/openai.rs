@@ -29,7 +29,13 @@ struct Item {
 
 impl OpenAiEmbedder {
     /// `base_url` such as `http://127.0.0.1:8080/v1`.
-    pub fn new(base_url: &str, model: &str, key: Option<String>, dims: usize, timeout: std::time::Duration) -> Result<Self> {
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        key: Option<String>,
+        dims: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
         let client = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .build()
@@ -63,22 +69,34 @@ impl Embedder for OpenAiEmbedder {
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.batch_size) {
-            let mut req = self.client.post(&self.url).json(&json!({"model": self.model, "input": chunk}));
+            let mut req = self
+                .client
+                .post(&self.url)
+                .json(&json!({"model": self.model, "input": chunk}));
             if let Some(k) = &self.key {
                 req = req.bearer_auth(k);
             }
-            let resp = req.send().map_err(|e| OperatorError::Remote(e.to_string()))?;
+            let resp = req
+                .send()
+                .map_err(|e| OperatorError::Remote(e.to_string()))?;
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.text().unwrap_or_default();
-                let err = format!("{} from {}: {}", status, self.url, body.chars().take(300).collect::<String>());
+                let err = format!(
+                    "{} from {}: {}",
+                    status,
+                    self.url,
+                    body.chars().take(300).collect::<String>()
+                );
                 return Err(if status.is_server_error() || status.as_u16() == 429 {
                     OperatorError::Remote(err)
                 } else {
                     OperatorError::Invalid(err)
                 });
             }
-            let mut r: Resp = resp.json().map_err(|e| OperatorError::Remote(format!("bad response: {e}")))?;
+            let mut r: Resp = resp
+                .json()
+                .map_err(|e| OperatorError::Remote(format!("bad response: {e}")))?;
             if r.data.len() != chunk.len() {
                 return Err(OperatorError::Remote(format!(
                     "asked for {} embeddings, got {}",
