@@ -123,72 +123,86 @@ fn main() {
         "Machine: {threads} cores, no GPU. Build: `cargo bench -p benches` (dev profile: dependencies opt-level 2, workspace crates opt-level 1).\n\n"
     );
 
-    // 1. Embedder throughput.
-    let sample: Vec<String> = turns.iter().take(256).cloned().collect();
-    let short: Vec<String> = questions.iter().take(256).cloned().collect();
-    emb.embed(&sample[..8]).unwrap();
-    md.push_str("### Embedder (all-MiniLM-L6-v2, candle, CPU)\n\n| input | batch | sentences/s |\n|---|---:|---:|\n");
-    for (label, texts) in [
-        ("LoCoMo turns with date prefix (~40 tokens)", &sample),
-        ("LoCoMo questions (~12 tokens)", &short),
-    ] {
-        let t = Instant::now();
-        for s in texts.iter().take(64) {
-            emb.embed(std::slice::from_ref(s)).unwrap();
+    let only_search = std::env::var("MEMOS_BENCH_ONLY").is_ok_and(|v| v == "search");
+    let oversampling: usize = std::env::var("MEMOS_BENCH_OVERSAMPLING")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(store::StoreOptions::default().ann_oversampling);
+    if !only_search {
+        // 1. Embedder throughput.
+        let sample: Vec<String> = turns.iter().take(256).cloned().collect();
+        let short: Vec<String> = questions.iter().take(256).cloned().collect();
+        emb.embed(&sample[..8]).unwrap();
+        md.push_str("### Embedder (all-MiniLM-L6-v2, candle, CPU)\n\n| input | gemm threads | batch | sentences/s |\n|---|---:|---:|---:|\n");
+        for threads in [1usize, 2] {
+            // SAFETY: single-threaded at this point of the harness; candle reads this variable on
+            // every matmul to pick its parallelism.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+            for (label, texts) in [
+                ("LoCoMo turns with date prefix (~40 tokens)", &sample),
+                ("LoCoMo questions (~12 tokens)", &short),
+            ] {
+                let t = Instant::now();
+                for s in texts.iter().take(64) {
+                    emb.embed(std::slice::from_ref(s)).unwrap();
+                }
+                let b1 = 64.0 / t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                for c in texts.chunks(32) {
+                    emb.embed(c).unwrap();
+                }
+                let b32 = texts.len() as f64 / t.elapsed().as_secs_f64();
+                md.push_str(&format!("| {label} | {threads} | 1 | {b1:.0} |\n| {label} | {threads} | 32 | {b32:.0} |\n"));
+                println!(
+                    "embedder {label}, {threads} threads: batch 1 {b1:.0}/s, batch 32 {b32:.0}/s"
+                );
+            }
         }
-        let b1 = 64.0 / t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for c in texts.chunks(32) {
-            emb.embed(c).unwrap();
-        }
-        let b32 = texts.len() as f64 / t.elapsed().as_secs_f64();
-        md.push_str(&format!(
-            "| {label} | 1 | {b1:.0} |\n| {label} | 32 | {b32:.0} |\n"
-        ));
-        println!("embedder {label}: batch 1 {b1:.0}/s, batch 32 {b32:.0}/s");
-    }
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("RAYON_NUM_THREADS") };
 
-    // 2. Ingest throughput through the real pipeline stages (window, extract, embed, dedupe, sink).
-    md.push_str("\n### Ingest (pipeline: decode, window, extract, embed, dedupe, one LMDB commit per batch of 256)\n\n| embedder | events | events/s |\n|---|---:|---:|\n");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    for (label, e, n) in [
-        ("all-MiniLM-L6-v2", emb.clone(), 1024usize),
-        (
-            "trivial (hashed trigrams)",
-            Arc::new(HashEmbedder::new(384)) as Arc<dyn Embedder>,
-            4096,
-        ),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = tests::config(dir.path());
-        let st = Arc::new(Store::open(dir.path(), cfg.store_options()).unwrap());
-        let mut p = Processor::new(&cfg, st.clone(), e);
-        let events: Vec<Vec<u8>> = (0..n)
+        // 2. Ingest throughput through the real pipeline stages (window, extract, embed, dedupe, sink).
+        md.push_str("\n### Ingest (pipeline: decode, window, extract, embed, dedupe, one LMDB commit per batch of 256)\n\n| embedder | events | events/s |\n|---|---:|---:|\n");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for (label, e, n) in [
+            ("all-MiniLM-L6-v2", emb.clone(), 1024usize),
+            (
+                "trivial (hashed trigrams)",
+                Arc::new(HashEmbedder::new(384)) as Arc<dyn Embedder>,
+                4096,
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = tests::config(dir.path());
+            let st = Arc::new(Store::open(dir.path(), cfg.store_options()).unwrap());
+            let mut p = Processor::new(&cfg, st.clone(), e);
+            let events: Vec<Vec<u8>> = (0..n)
             .map(|i| {
                 serde_json::to_vec(&json!({"event_id": format!("b{i}"), "kind": "messages", "cube_id": "bench", "user_id": "u",
                     "payload": {"messages": [{"role": if i % 2 == 0 {"user"} else {"assistant"}, "content": turns[i % turns.len()], "chat_time": "1:56 pm on 8 May, 2023"}]}}))
                 .unwrap()
             })
             .collect();
-        let t = Instant::now();
-        for chunk in events.chunks(256) {
-            let (outs, _) = p.process(
-                chunk
-                    .iter()
-                    .map(|b| (Payload::Bytes(b.clone()), "bench".to_string(), None))
-                    .collect(),
-            );
-            assert!(outs.iter().all(|o| matches!(o, Outcome::Stored { .. })));
+            let t = Instant::now();
+            for chunk in events.chunks(256) {
+                let (outs, _) = p.process(
+                    chunk
+                        .iter()
+                        .map(|b| (Payload::Bytes(b.clone()), "bench".to_string(), None))
+                        .collect(),
+                );
+                assert!(outs.iter().all(|o| matches!(o, Outcome::Stored { .. })));
+            }
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            md.push_str(&format!("| {label} | {n} | {rate:.0} |\n"));
+            println!("ingest with {label}: {rate:.0} events/s");
         }
-        let rate = n as f64 / t.elapsed().as_secs_f64();
-        md.push_str(&format!("| {label} | {n} | {rate:.0} |\n"));
-        println!("ingest with {label}: {rate:.0} events/s");
+        drop(rt);
     }
-    drop(rt);
 
     // 3. Search latency at each size.
     let base_vecs = emb
@@ -259,6 +273,9 @@ fn main() {
         );
         print!("search {row}");
         md.push_str(&row);
+    }
+    if only_search {
+        return;
     }
     let out = tests::root().join("BENCHMARKS.md");
     pipelines::eval::write_section(&out, "core", &md).unwrap();

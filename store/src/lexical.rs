@@ -201,7 +201,14 @@ impl LexicalIndex {
         let mut terms = tokenize(query);
         terms.sort();
         terms.dedup();
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        // Dense accumulators: a bitset of the candidates and a score per document id.
+        let bound = candidates.max().map_or(0, |m| m as usize + 1);
+        let mut allowed = vec![0u64; bound.div_ceil(64)];
+        for d in candidates {
+            allowed[d as usize >> 6] |= 1 << (d & 63);
+        }
+        let mut scores = vec![0f32; bound];
+        let mut touched: Vec<u32> = Vec::new();
         for term in terms {
             let prefix = term_prefix(cube, &term);
             let mut blocks = Vec::new();
@@ -219,18 +226,29 @@ impl LexicalIndex {
             }
             let n = docs as f32;
             let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+            let (k1, b) = (p.k1, p.b);
             for v in blocks {
                 for (doc, tf, len) in decode(v) {
-                    if !candidates.contains(doc) {
+                    let d = doc as usize;
+                    if d >= bound || allowed[d >> 6] & (1 << (d & 63)) == 0 {
                         continue;
                     }
                     let tf = tf as f32;
-                    let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
-                    *scores.entry(doc).or_default() += idf * tf * (p.k1 + 1.0) / (tf + norm);
+                    let norm = k1 * (1.0 - b + b * len as f32 / avgdl);
+                    if scores[d] == 0.0 {
+                        touched.push(doc);
+                    }
+                    scores[d] += idf * tf * (k1 + 1.0) / (tf + norm);
                 }
             }
         }
-        Ok(top_k(scores.into_iter().collect(), k))
+        Ok(top_k(
+            touched
+                .into_iter()
+                .map(|d| (d, scores[d as usize]))
+                .collect(),
+            k,
+        ))
     }
 }
 

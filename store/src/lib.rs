@@ -37,7 +37,7 @@ pub use heed;
 pub use lexical::Bm25Params;
 pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
 pub use roaring;
-use vector::{ArroyIndex, VectorIndex, bytes_to_vec, dot, vec_to_bytes};
+use vector::{ArroyIndex, VectorIndex, bytes_to_vec, vec_to_bytes};
 
 /// Store options.
 #[derive(Debug, Clone)]
@@ -502,6 +502,14 @@ impl Store {
         Ok(Some(r))
     }
 
+    /// Cosine of `query` with the stored (unit) embedding of an internal id, without copying it.
+    pub fn cosine(&self, txn: &RoTxn, id: u32, query: &[f32]) -> Result<Option<f32>> {
+        Ok(self
+            .vectors
+            .get(txn, &k32(id))?
+            .map(|b| vector::dot_bytes(query, b)))
+    }
+
     /// The stored embedding of an internal id.
     pub fn embedding(&self, txn: &RoTxn, id: u32) -> Result<Option<Vec<f32>>> {
         Ok(self.vectors.get(txn, &k32(id))?.map(bytes_to_vec))
@@ -854,7 +862,7 @@ impl Store {
         let mut hits = self.vindex.search(txn, query, k, &in_trees)?;
         for id in &in_delta {
             if let Some(b) = self.vectors.get(txn, &k32(id))? {
-                hits.push((id, dot(query, &bytes_to_vec(b))));
+                hits.push((id, vector::dot_bytes(query, b)));
             }
         }
         Ok(lexical::top_k(hits, k))

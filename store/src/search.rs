@@ -38,7 +38,7 @@ pub enum Fusion {
 
 impl Default for Fusion {
     fn default() -> Self {
-        Fusion::Convex { alpha: 0.5 }
+        Fusion::Convex { alpha: 0.65 }
     }
 }
 
@@ -166,16 +166,19 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
     let lex_max = lex_hits.first().map(|x| x.1).unwrap_or(0.0);
     let n_retrievers = (req.query_vec.is_some() as usize + 1) as f32;
 
-    let mut hits = Vec::with_capacity(acc.len());
+    // Score every candidate from ids and vectors only; decode records for the survivors.
+    let session_ids = match req.session_id {
+        Some(sess) if req.session_boost != 0.0 => {
+            Some(store.field_ids(txn, req.cube_id, "session_id", sess)?)
+        }
+        _ => None,
+    };
+    let mut scored: Vec<(u32, f32, Option<f32>, Option<f32>)> = Vec::with_capacity(acc.len());
     for (id, a) in acc {
-        let Some(mut record) = store.record(txn, id)? else {
-            continue;
-        };
-        let embedding = store.embedding(txn, id)?.unwrap_or_default();
         // Exact cosine for items only the lexical retriever found.
         let cos = match (a.vec, req.query_vec) {
             (Some((_, s)), _) => Some(s),
-            (None, Some(q)) if embedding.len() == q.len() => Some(dot(q, &embedding)),
+            (None, Some(q)) => store.cosine(txn, id, q)?,
             _ => None,
         };
         let mut score = match req.fusion {
@@ -199,23 +202,34 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
                 }
             }
         };
-        if let Some(sess) = req.session_id
-            && record.session_id == sess
-        {
+        if session_ids.as_ref().is_some_and(|s| s.contains(id)) {
             score *= 1.0 + req.session_boost;
         }
-        record.embedding = embedding;
+        scored.push((id, score.clamp(0.0, 1.0), cos, a.lex.map(|x| x.1)));
+    }
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if req.relativity > 0.0 {
+        scored.retain(|h| h.1 >= req.relativity);
+    }
+    let keep = if req.dedup == Dedup::No {
+        req.top_k
+    } else {
+        req.top_k * 3
+    };
+    scored.truncate(keep);
+    let mut hits = Vec::with_capacity(scored.len());
+    for (id, score, vector_score, lexical_score) in scored {
+        let Some(mut record) = store.record(txn, id)? else {
+            continue;
+        };
+        record.embedding = store.embedding(txn, id)?.unwrap_or_default();
         hits.push(Hit {
             id,
             record,
-            score: score.clamp(0.0, 1.0),
-            vector_score: cos,
-            lexical_score: a.lex.map(|x| x.1),
+            score,
+            vector_score,
+            lexical_score,
         });
-    }
-    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-    if req.relativity > 0.0 {
-        hits.retain(|h| h.score >= req.relativity);
     }
     Ok(dedup(hits, req.top_k, req.dedup))
 }

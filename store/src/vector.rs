@@ -121,6 +121,27 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Dot product of a vector with little-endian f32 bytes (as stored), without allocating.
+pub fn dot_bytes(a: &[f32], b: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = b.chunks_exact(32).zip(a.chunks_exact(8));
+    let mut done = 0;
+    for (cb, ca) in chunks {
+        for i in 0..8 {
+            let x = f32::from_le_bytes([cb[4 * i], cb[4 * i + 1], cb[4 * i + 2], cb[4 * i + 3]]);
+            acc[i] += x * ca[i];
+        }
+        done += 8;
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (i, x) in a.iter().enumerate().skip(done) {
+        if let Some(c) = b.get(4 * i..4 * i + 4) {
+            sum += x * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
+    sum
+}
+
 /// Encodes a vector as little-endian f32 bytes.
 pub fn vec_to_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -37,9 +37,8 @@ struct Embeddings {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value projections fused into one matrix (one matmul instead of three).
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: LayerNorm,
     intermediate: Linear,
@@ -72,10 +71,18 @@ impl Bert {
         for i in 0..cfg.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let a = l.pp("attention");
+            let (q, k, v) = (
+                linear(h, h, a.pp("self.query"))?,
+                linear(h, h, a.pp("self.key"))?,
+                linear(h, h, a.pp("self.value"))?,
+            );
+            let w = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
+            let bias = match (q.bias(), k.bias(), v.bias()) {
+                (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0)?),
+                _ => None,
+            };
             layers.push(Layer {
-                query: linear(h, h, a.pp("self.query"))?,
-                key: linear(h, h, a.pp("self.key"))?,
-                value: linear(h, h, a.pp("self.value"))?,
+                qkv: Linear::new(w, bias),
                 attn_out: linear(h, h, a.pp("output.dense"))?,
                 attn_norm: ln(a.pp("output.LayerNorm"))?,
                 intermediate: linear(h, cfg.intermediate_size, l.pp("intermediate.dense"))?,
@@ -115,9 +122,11 @@ impl Bert {
                     .transpose(1, 2)?
                     .contiguous()
             };
-            let q = split(l.query.forward(&x)?)?;
-            let k = split(l.key.forward(&x)?)?;
-            let v = split(l.value.forward(&x)?)?;
+            let qkv = l.qkv.forward(&x)?;
+            let h = self.heads * self.head_dim;
+            let q = split(qkv.narrow(2, 0, h)?)?;
+            let k = split(qkv.narrow(2, h, h)?)?;
+            let v = split(qkv.narrow(2, 2 * h, h)?)?;
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx =

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 pub use openai::OpenAiEmbedder;
 
@@ -60,12 +60,9 @@ impl LocalEmbedder {
                 .map_err(|e| OperatorError::ModelFiles(format!("config.json: {e}")))?;
         let mut tokenizer = Tokenizer::from_file(file("tokenizer.json")?)
             .map_err(|e| OperatorError::ModelFiles(format!("tokenizer.json: {e}")))?;
-        // The packaged tokenizer pads and truncates to 128; pad to the batch's longest instead
-        // and truncate at MAX_TOKENS.
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        // The packaged tokenizer pads and truncates to 128. Padding is done per forward pass
+        // instead (to the longest input of that pass); truncation is at MAX_TOKENS.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
@@ -88,18 +85,16 @@ impl LocalEmbedder {
         })
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| OperatorError::Model(format!("tokenize: {e}")))?;
-        let t = enc.first().map(|e| e.get_ids().len()).unwrap_or(0);
+    /// Runs the model on already-tokenised inputs of similar length (padded to the longest).
+    fn forward(&self, enc: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>> {
+        let t = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
         let b = enc.len();
-        let mut ids = Vec::with_capacity(b * t);
-        let mut mask = Vec::with_capacity(b * t);
-        for e in &enc {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
+        let mut ids = vec![0u32; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (row, e) in enc.iter().enumerate() {
+            let n = e.get_ids().len();
+            ids[row * t..row * t + n].copy_from_slice(e.get_ids());
+            mask[row * t..row * t + n].copy_from_slice(&e.get_attention_mask()[..n]);
         }
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, t), &self.device)?;
@@ -119,19 +114,38 @@ impl Embedder for LocalEmbedder {
 
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        // Sort by length so each batch pads little, then restore the input order.
+        // Tokenise without padding, sort by length, and cut into forward passes of at most
+        // `batch_size` inputs and TOKEN_BUDGET padded tokens, so little compute goes to padding.
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| OperatorError::Model(format!("tokenize: {e}")))?;
+        let len = |i: usize| enc[i].get_ids().len();
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
+        order.sort_by_key(|&i| len(i));
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.batch_size) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            for (i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len()
+                && end - start < self.batch_size
+                && (end - start + 1) * len(order[end]) <= TOKEN_BUDGET
+            {
+                end += 1;
+            }
+            let refs: Vec<&tokenizers::Encoding> =
+                order[start..end].iter().map(|&i| &enc[i]).collect();
+            for (i, v) in order[start..end].iter().zip(self.forward(&refs)?) {
                 out[*i] = v;
             }
+            start = end;
         }
         Ok(out)
     }
 }
+
+/// Padded tokens per forward pass (32 sentences of 64 tokens).
+const TOKEN_BUDGET: usize = 2048;
 
 /// A deterministic, model-free embedder (hashed character trigrams). Used to measure the
 /// pipeline without the model's cost, and as a fallback in tests of non-semantic behaviour.
