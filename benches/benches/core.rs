@@ -210,13 +210,14 @@ fn main() {
         .unwrap();
     let qtexts: Vec<String> = questions.iter().take(n_queries).cloned().collect();
     let qvecs = emb.embed(&qtexts).unwrap();
-    md.push_str("\n### Search (one cube, hybrid ANN + BM25, convex fusion, top_k 10)\n\n| memories | build s | p50 ms (no embed) | p99 ms (no embed) | p50 ms (with query embedding) | p99 ms (with query embedding) | RSS MB | LMDB MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n### Search (one cube, hybrid ANN + BM25, convex fusion, top_k 10)\n\n| memories | build s | p50 ms (no embed) | p99 ms (no embed) | p50 ms (with query embedding) | p99 ms (with query embedding) | ANN recall@10 vs exact | RSS MB | LMDB MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for &size in &sizes {
         let dir = tempfile::tempdir().unwrap();
         let st = Store::open(
             dir.path(),
             store::StoreOptions {
                 vector_delta_max: usize::MAX,
+                ann_oversampling: oversampling,
                 ..Default::default()
             },
         )
@@ -262,9 +263,33 @@ fn main() {
             with_embed.push(t.elapsed().as_secs_f64() * 1e3);
             assert!(!hits.is_empty());
         }
+        // ANN quality: the vector retriever's top 10 against an exact scan of the cube.
+        let all = st.candidates(&txn, "bench", None, &f).unwrap();
+        let mut recall = 0.0;
+        let probe = qvecs.len().min(100);
+        for v in qvecs.iter().take(probe) {
+            let ann: Vec<u32> = st
+                .vector_search(&txn, v, 10, &all)
+                .unwrap()
+                .into_iter()
+                .map(|x| x.0)
+                .collect();
+            let mut exact: Vec<(u32, f32)> = all
+                .iter()
+                .map(|id| (id, st.cosine(&txn, id, v).unwrap().unwrap_or(0.0)))
+                .collect();
+            exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+            recall += exact
+                .iter()
+                .take(10)
+                .filter(|(id, _)| ann.contains(id))
+                .count() as f64
+                / 10.0;
+        }
+        let ann_recall = recall / probe as f64;
         let disk = st.stats().unwrap().disk_bytes as f64 / 1048576.0;
         let row = format!(
-            "| {size} | {build:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {disk:.0} |\n",
+            "| {size} | {build:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {ann_recall:.3} | {:.0} | {disk:.0} |\n",
             pct(&mut no_embed, 0.5),
             pct(&mut no_embed, 0.99),
             pct(&mut with_embed, 0.5),
@@ -272,6 +297,10 @@ fn main() {
             rss_mb()
         );
         print!("search {row}");
+        println!(
+            "database sizes at {size}: {:?}",
+            st.stats().unwrap().databases
+        );
         md.push_str(&row);
     }
     if only_search {

@@ -231,9 +231,14 @@ impl Operator for DedupeOperator {
                 out.collect(d);
                 continue;
             }
-            let h = store::model::content_hash(&r.memory);
+            let h = store::model::content_hash(r.memory_type.bucket(), &r.memory);
             if self.cfg.exact {
-                let existing = match ctx.store.find_by_content(&txn, &r.cube_id, &r.memory)? {
+                let existing = match ctx.store.find_by_content(
+                    &txn,
+                    &r.cube_id,
+                    r.memory_type.bucket(),
+                    &r.memory,
+                )? {
                     Some(id) => ctx.store.record(&txn, id)?.map(|x| x.id),
                     None => None,
                 };

@@ -236,6 +236,9 @@ impl Operator for ExtractOperator {
                 }
             }
             let base_seq = 1000 + d.seq * 100;
+            let parent = d.clone();
+            out.collect(d);
+            let d = parent;
             for (i, (ty, polarity, text, src)) in derived.into_iter().enumerate() {
                 let mut r = d.record.clone();
                 let seq = base_seq + i as u32;
@@ -264,7 +267,6 @@ impl Operator for ExtractOperator {
                     action: d.action.clone(),
                 });
             }
-            out.collect(d);
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use arroy::distances::Cosine;
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +61,7 @@ impl Default for StoreOptions {
             map_size: 64 << 30,
             vector_delta_max: 2000,
             bm25: Bm25Params::default(),
-            ann_oversampling: 4,
+            ann_oversampling: 2,
         }
     }
 }
@@ -139,6 +139,8 @@ pub struct StoreStats {
     pub vectors_pending: u64,
     /// Bytes used on disk.
     pub disk_bytes: u64,
+    /// Bytes in use per LMDB database (the file also holds free pages for reuse).
+    pub databases: std::collections::BTreeMap<String, u64>,
 }
 
 const META_NEXT_ID: &str = "next_id";
@@ -455,7 +457,10 @@ impl Store {
         for k in keys {
             self.bitmap_update(wtxn, &k, id, add)?;
         }
-        let hk = join(&[cube.as_bytes(), &model::content_hash(&r.memory)]);
+        let hk = join(&[
+            cube.as_bytes(),
+            &model::content_hash(r.memory_type.bucket(), &r.memory),
+        ]);
         if add {
             if r.status == Status::Activated {
                 self.hashes.put(wtxn, &hk, &k32(id))?;
@@ -528,8 +533,12 @@ impl Store {
         }
         let id = self.next_id(wtxn)?;
         self.ids.put(wtxn, &r.id, &k32(id))?;
-        self.records.put(wtxn, &k32(id), &r.encode()?)?;
-        self.vectors.put(wtxn, &k32(id), &vec_to_bytes(embedding))?;
+        // Ids only grow, so new records and vectors are appended: LMDB then fills pages
+        // completely instead of splitting them in half (half the file size for vectors).
+        self.records
+            .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &r.encode()?)?;
+        self.vectors
+            .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &vec_to_bytes(embedding))?;
         let mut pending = self.pending(wtxn)?;
         pending.insert(id);
         self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
@@ -699,9 +708,15 @@ impl Store {
         Ok(())
     }
 
-    /// The activated memory of a cube with exactly this (normalised) text, if any.
-    pub fn find_by_content(&self, txn: &RoTxn, cube: &str, text: &str) -> Result<Option<u32>> {
-        let hk = join(&[cube.as_bytes(), &model::content_hash(text)]);
+    /// The activated memory of a cube's bucket with exactly this (normalised) text, if any.
+    pub fn find_by_content(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        bucket: Bucket,
+        text: &str,
+    ) -> Result<Option<u32>> {
+        let hk = join(&[cube.as_bytes(), &model::content_hash(bucket, text)]);
         Ok(self
             .hashes
             .get(txn, &hk)?
@@ -931,6 +946,24 @@ impl Store {
             vectors_indexed: self.vindex.indexed(&txn)?.len(),
             vectors_pending: self.pending(&txn)?.len(),
             disk_bytes: self.env.real_disk_size().unwrap_or(0),
+            databases: self.database_sizes(&txn)?,
         })
+    }
+
+    fn database_sizes(&self, txn: &RoTxn) -> Result<std::collections::BTreeMap<String, u64>> {
+        let size = |s: heed::DatabaseStat| s.non_free_page_size() as u64;
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("meta".into(), size(self.meta.stat(txn)?));
+        m.insert("records".into(), size(self.records.stat(txn)?));
+        m.insert("ids".into(), size(self.ids.stat(txn)?));
+        m.insert("vectors".into(), size(self.vectors.stat(txn)?));
+        m.insert("postings".into(), size(self.lexical.postings.stat(txn)?));
+        m.insert("hashes".into(), size(self.hashes.stat(txn)?));
+        m.insert("events".into(), size(self.events.stat(txn)?));
+        m.insert("history".into(), size(self.history.stat(txn)?));
+        m.insert("fields".into(), size(self.fields.stat(txn)?));
+        m.insert("dead_letters".into(), size(self.dead_letters.stat(txn)?));
+        m.insert("arroy".into(), size(self.vindex.stat(txn)?));
+        Ok(m)
     }
 }

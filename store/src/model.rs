@@ -314,15 +314,20 @@ mod json_map {
     }
 }
 
-/// Content hash used for exact dedupe (sha256 of the whitespace-normalised, lowercased text).
-pub fn content_hash(text: &str) -> [u8; 16] {
+/// Content hash used for exact dedupe: sha256 of the bucket and the whitespace-normalised,
+/// lowercased text. The same sentence as a preference and as a conversation turn are two
+/// memories (they serve different buckets); within a bucket they are one.
+pub fn content_hash(bucket: Bucket, text: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let norm: String = text
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase();
-    let d = Sha256::digest(norm.as_bytes());
+    let mut h = Sha256::new();
+    h.update(format!("{bucket:?}\0").as_bytes());
+    h.update(norm.as_bytes());
+    let d = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out

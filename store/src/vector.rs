@@ -52,6 +52,14 @@ impl ArroyIndex {
         }
     }
 
+    /// LMDB statistics of the arroy database.
+    pub fn stat(&self, rtxn: &RoTxn) -> Result<heed::DatabaseStat> {
+        Ok(self
+            .db
+            .remap_types::<heed::types::Bytes, heed::types::Bytes>()
+            .stat(rtxn)?)
+    }
+
     fn writer(&self) -> arroy::Writer<Cosine> {
         arroy::Writer::new(self.db, 0, self.dims)
     }

@@ -188,7 +188,7 @@ async fn dedupe_merges_duplicates_but_never_different_facts() {
     {
         let t = m.store.read_txn().unwrap();
         let r = m.store.get(&t, &id).unwrap().unwrap();
-        assert_eq!(r.version, 3);
+        assert_eq!(r.version, 3, "{:#?}", r.history);
         assert_eq!(r.history.len(), 2);
         assert_eq!(
             r.history[0].memory,

@@ -1,4 +1,11 @@
 //! An embedder for any OpenAI-compatible `/v1/embeddings` endpoint (vLLM, Ollama, TEI, OpenAI…).
+//!
+//! The HTTP client lives on its own worker thread: a blocking client must never be created or
+//! dropped inside an async runtime, and this embedder is owned by async code.
+
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -6,14 +13,13 @@ use serde_json::json;
 use super::Embedder;
 use crate::error::{OperatorError, Result};
 
+type Job = (Vec<String>, mpsc::Sender<Result<Vec<Vec<f32>>>>);
+
 /// Calls `POST {base_url}/embeddings` with `{"model", "input": [...]}`.
 pub struct OpenAiEmbedder {
-    client: reqwest::blocking::Client,
-    url: String,
+    jobs: Mutex<mpsc::Sender<Job>>,
     model: String,
-    key: Option<String>,
     dims: usize,
-    batch_size: usize,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +33,15 @@ struct Item {
     index: Option<usize>,
 }
 
+struct Worker {
+    client: reqwest::blocking::Client,
+    url: String,
+    model: String,
+    key: Option<String>,
+    dims: usize,
+    batch_size: usize,
+}
+
 impl OpenAiEmbedder {
     /// `base_url` such as `http://127.0.0.1:8080/v1`.
     pub fn new(
@@ -34,19 +49,46 @@ impl OpenAiEmbedder {
         model: &str,
         key: Option<String>,
         dims: usize,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<Self> {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| OperatorError::Remote(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let url = format!("{}/embeddings", base_url.trim_end_matches('/'));
+        let model_name = model.to_string();
+        std::thread::Builder::new()
+            .name("memos-embed-http".into())
+            .spawn(move || {
+                let client = match reqwest::blocking::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(OperatorError::Remote(e.to_string())));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let w = Worker {
+                    client,
+                    url,
+                    model: model_name,
+                    key,
+                    dims,
+                    batch_size: 64,
+                };
+                // Ends when the embedder (the only sender) is dropped.
+                while let Ok((texts, reply)) = rx.recv() {
+                    let _ = reply.send(w.embed(&texts));
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| OperatorError::Remote("embedding worker did not start".into()))??;
         Ok(OpenAiEmbedder {
-            client,
-            url: format!("{}/embeddings", base_url.trim_end_matches('/')),
+            jobs: Mutex::new(tx),
             model: model.to_string(),
-            key,
             dims,
-            batch_size: 64,
         })
     }
 }
@@ -59,13 +101,7 @@ fn normalise(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-impl Embedder for OpenAiEmbedder {
-    fn dimensions(&self) -> usize {
-        self.dims
-    }
-    fn model_id(&self) -> &str {
-        &self.model
-    }
+impl Worker {
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.batch_size) {
@@ -117,5 +153,24 @@ impl Embedder for OpenAiEmbedder {
             }
         }
         Ok(out)
+    }
+}
+
+impl Embedder for OpenAiEmbedder {
+    fn dimensions(&self) -> usize {
+        self.dims
+    }
+    fn model_id(&self) -> &str {
+        &self.model
+    }
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((texts.to_vec(), tx))
+            .map_err(|_| OperatorError::Remote("embedding worker stopped".into()))?;
+        rx.recv()
+            .map_err(|_| OperatorError::Remote("embedding worker stopped".into()))?
     }
 }

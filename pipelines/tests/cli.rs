@@ -1,0 +1,171 @@
+//! The `memos` binary end to end: `serve` (embedded defaults overridden by env), `add`,
+//! `search`, `import`, `status`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn memos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_memos"))
+}
+
+fn model_dir() -> std::path::PathBuf {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+    let st = memos()
+        .env("MEMOS_MODEL_DIR", &dir)
+        .args(["model", "fetch"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dir
+}
+
+/// Kills the server if the test fails before stopping it.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_add_search_then_import_and_status() {
+    let model = model_dir();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = Guard(
+        memos()
+            .arg("serve")
+            .env("MEMOS_DATA_DIR", data.path())
+            .env("MEMOS_MODEL_DIR", &model)
+            .env("MEMOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut up = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "server did not start");
+    let out = memos()
+        .args([
+            "add",
+            "I adore climbing in Yosemite every spring.",
+            "--user",
+            "alice",
+            "--url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        added.contains("PreferenceMemory") && added.contains("UserMemory"),
+        "{added}"
+    );
+    let out = memos()
+        .args([
+            "search",
+            "Where does alice climb?",
+            "--user",
+            "alice",
+            "--url",
+            &url,
+            "--top-k",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let found = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(found.contains("Yosemite"), "{found}");
+    let out = memos()
+        .args([
+            "search",
+            "x",
+            "--user",
+            "alice",
+            "--url",
+            &url,
+            "--filter",
+            "{\"memory_type\": {\"near\": 1}}",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operator"));
+    // SIGTERM: graceful shutdown.
+    let _ = Command::new("kill").arg(server.0.id().to_string()).status();
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Offline import of a JSONL file (one bad line is dead-lettered, the rest stored).
+    let file = data.path().join("events.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..5 {
+        lines.push(serde_json::json!({"event_id": format!("imp-{i}"), "kind": "messages", "cube_id": "bob", "user_id": "bob",
+            "payload": {"messages": [{"role": "user", "content": format!("Imported fact number {i}")}]}}).to_string());
+    }
+    lines.push("{\"kind\": \"nope\"}".into());
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = memos()
+        .arg("import")
+        .arg(&file)
+        .env("MEMOS_DATA_DIR", data.path())
+        .env("MEMOS_MODEL_DIR", &model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("5 stored, 0 already present, 1 dead-lettered"),
+        "{text}"
+    );
+    // Importing again changes nothing.
+    let out = memos()
+        .arg("import")
+        .arg(&file)
+        .env("MEMOS_DATA_DIR", data.path())
+        .env("MEMOS_MODEL_DIR", &model)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("0 stored, 5 already present, 1 dead-lettered")
+    );
+    let out = memos()
+        .arg("status")
+        .env("MEMOS_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cubes"], 2);
+    assert_eq!(v["dead_letters"], 2);
+    assert!(v["memories"].as_u64().unwrap() >= 7);
+}
