@@ -525,7 +525,21 @@ pub fn spawn(
     let batch_size = cfg.pipeline.batch_size.max(1);
     let linger = Duration::from_millis(cfg.pipeline.linger_ms);
     let idle = Duration::from_millis(cfg.pipeline.index_idle_ms.max(1));
-    let mut processor = Some(Processor::new(cfg, store.clone(), embedder));
+    // The operators and the sink run on one dedicated OS thread (CPU-bound model inference and
+    // the LMDB writer); the async task only batches and replies.
+    type Work = (Vec<BatchItem>, oneshot::Sender<(Vec<Outcome>, BatchStats)>);
+    let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
+    let mut processor = Processor::new(cfg, store.clone(), embedder);
+    let worker = std::thread::Builder::new()
+        .name("memos-pipeline".into())
+        .spawn(move || {
+            while let Ok((items, reply)) = work_rx.recv() {
+                let _ = reply.send(processor.process(items));
+            }
+        });
+    if let Err(e) = &worker {
+        tracing::error!(error = %e, "could not start the pipeline thread");
+    }
     let task = tokio::spawn(async move {
         loop {
             let first = match tokio::time::timeout(idle, rx.recv()).await {
@@ -559,23 +573,16 @@ pub fn spawn(
                 replies.push(i.reply);
                 items.push((i.payload, i.source, i.position));
             }
-            let mut p = processor
-                .take()
-                .expect("processor is returned after each batch");
             let started = Instant::now();
-            let (p, outcomes, stats) = match tokio::task::spawn_blocking(move || {
-                let (o, s) = p.process(items);
-                (p, o, s)
-            })
-            .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "pipeline worker panicked");
-                    break;
-                }
+            let (tx, rx) = oneshot::channel();
+            if work_tx.send((items, tx)).is_err() {
+                tracing::error!("pipeline thread stopped");
+                break;
+            }
+            let Ok((outcomes, stats)) = rx.await else {
+                tracing::error!("pipeline thread panicked");
+                break;
             };
-            processor = Some(p);
             tracing::debug!(
                 events = stats.events,
                 inserted = stats.inserted,
@@ -589,6 +596,10 @@ pub fn spawn(
                     let _ = r.send(o);
                 }
             }
+        }
+        drop(work_tx);
+        if let Ok(w) = worker {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
         let s = store.clone();
         let _ = tokio::task::spawn_blocking(move || s.index_pending()).await;
