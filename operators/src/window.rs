@@ -340,3 +340,125 @@ impl Operator for WindowOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use serde_json::json;
+
+    fn ev(kind: &str, payload: serde_json::Value) -> IdentifiedEvent {
+        let e: Event = serde_json::from_value(json!({"event_id": "e1", "kind": kind, "cube_id": "c", "user_id": "u",
+            "time": "2024-03-01T10:00:00Z", "info": {"k": 1, "memory": "reserved"}, "payload": payload}))
+        .unwrap();
+        e.validate().unwrap();
+        IdentifiedEvent {
+            id: "e1".into(),
+            event: e,
+        }
+    }
+
+    fn run(cfg: WindowConfig, ie: IdentifiedEvent) -> Vec<Draft> {
+        let mut out = Collector::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            store::Store::open(dir.path(), store::StoreOptions::default()).unwrap(),
+        );
+        cfg.build()
+            .process(vec![ie], &OpContext { store }, &mut out)
+            .unwrap();
+        let (items, failed) = out.finish();
+        assert!(failed.is_empty());
+        items
+    }
+
+    #[test]
+    fn turns_rounds_tools_documents() {
+        let msgs = json!({"messages": [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "name": "Ann", "content": "Hi, I moved to Lisbon.", "chat_time": "1:56 pm on 8 May, 2023"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Nice!"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]},
+            {"role": "user", "content": "Thanks"}]});
+        let turns = run(WindowConfig::default(), ev("messages", msgs.clone()));
+        assert_eq!(turns.len(), 3, "system messages are not memories");
+        assert_eq!(
+            turns[0].record.memory,
+            "[1:56 pm on 8 May, 2023] Ann: Hi, I moved to Lisbon."
+        );
+        assert_eq!(turns[0].record.memory_type, MemoryType::UserMemory);
+        assert_eq!(
+            store::time::micros_to_rfc3339(turns[0].record.event_time.unwrap()),
+            "2023-05-08T13:56:00Z"
+        );
+        assert_eq!(
+            turns[0].record.sources[0].chat_time.as_deref(),
+            Some("1:56 pm on 8 May, 2023")
+        );
+        assert_eq!(
+            turns[1].record.memory,
+            "assistant: Nice!\n[image: http://x/y.png]"
+        );
+        assert_eq!(turns[1].record.memory_type, MemoryType::LongTermMemory);
+        assert_eq!(
+            turns[2].record.event_time,
+            store::time::parse_time("2024-03-01T10:00:00Z")
+        );
+        assert_eq!(turns[0].record.info.get("k"), Some(&json!(1)));
+        assert!(
+            turns[0].record.info.get("memory").is_none(),
+            "reserved info keys are dropped"
+        );
+        let ids: std::collections::HashSet<_> = turns.iter().map(|d| d.record.id.clone()).collect();
+        assert_eq!(ids.len(), 3);
+
+        let rounds = run(
+            WindowConfig {
+                granularity: Granularity::Round,
+                ..Default::default()
+            },
+            ev("messages", msgs),
+        );
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(rounds[0].record.sources.len(), 2);
+        assert_eq!(rounds[0].record.memory_type, MemoryType::LongTermMemory);
+
+        let tool = run(
+            WindowConfig::default(),
+            ev(
+                "tool_call",
+                json!({"name": "weather", "arguments": {"city": "Oslo"}, "result": "rain", "success": false}),
+            ),
+        );
+        assert_eq!(tool[0].record.memory_type, MemoryType::ToolTrajectoryMemory);
+        assert_eq!(
+            tool[0].record.memory,
+            "tool weather({\"city\":\"Oslo\"}) failed: rain"
+        );
+
+        let text = "First paragraph about memory systems. ".repeat(40);
+        let doc = run(
+            WindowConfig {
+                chunk_chars: 300,
+                chunk_overlap: 50,
+                ..Default::default()
+            },
+            ev(
+                "document",
+                json!({"text": text, "filename": "a.txt", "file_id": "f1"}),
+            ),
+        );
+        assert!(doc.len() > 4);
+        assert!(
+            doc.iter()
+                .all(|d| d.record.memory.chars().count() <= 300 && d.record.file_ids == ["f1"])
+        );
+        assert_eq!(doc[0].record.memory_type, MemoryType::RawFileMemory);
+        assert!(
+            doc[1]
+                .record
+                .tags
+                .iter()
+                .any(|t| t == &format!("chunk:2/{}", doc.len()))
+        );
+    }
+}

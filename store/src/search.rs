@@ -260,7 +260,13 @@ pub fn dedup(hits: Vec<Hit>, top_k: usize, method: Dedup) -> Vec<Hit> {
             while selected.len() < top_k && !pool.is_empty() {
                 let mut best: Option<(usize, f32)> = None;
                 for (i, h) in pool.iter().enumerate() {
-                    if selected.iter().any(|s| s.record.memory == h.record.memory) {
+                    // Like MemOS: a candidate that repeats a selected memory (same text, or a
+                    // close embedding with nearly the same characters) is skipped outright.
+                    if selected.iter().any(|s| {
+                        s.record.memory == h.record.memory
+                            || (dot(&s.record.embedding, &h.record.embedding) > 0.9
+                                && char_dice(&s.record.memory, &h.record.memory) >= 0.8)
+                    }) {
                         continue;
                     }
                     let mut div = selected
@@ -285,6 +291,29 @@ pub fn dedup(hits: Vec<Hit>, top_k: usize, method: Dedup) -> Vec<Hit> {
             selected
         }
     }
+}
+
+/// Dice coefficient of the character bigrams of two texts (case-insensitive), in [0, 1].
+pub fn char_dice(a: &str, b: &str) -> f32 {
+    use std::collections::HashMap;
+    let grams = |s: &str| {
+        let c: Vec<char> = s.to_lowercase().chars().collect();
+        let mut m: HashMap<(char, char), usize> = HashMap::new();
+        for w in c.windows(2) {
+            *m.entry((w[0], w[1])).or_default() += 1;
+        }
+        m
+    };
+    let (ga, gb) = (grams(a), grams(b));
+    let total: usize = ga.values().sum::<usize>() + gb.values().sum::<usize>();
+    if total == 0 {
+        return if a == b { 1.0 } else { 0.0 };
+    }
+    let shared: usize = ga
+        .iter()
+        .map(|(k, n)| (*n).min(*gb.get(k).unwrap_or(&0)))
+        .sum();
+    2.0 * shared as f32 / total as f32
 }
 
 /// Keeps the `k` best (id, score) pairs; re-exported for callers that fuse their own lists.

@@ -436,3 +436,65 @@ fn search_never_crosses_cubes() {
     .unwrap();
     assert!(hits.is_empty());
 }
+
+#[test]
+fn dedup_modes_and_session_priority() {
+    use store::search::Dedup;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    let mut w = s.write_txn().unwrap();
+    // Two near-identical memories (same vector) and one different; m2 is in session s2.
+    s.insert(
+        &mut w,
+        &rec("m0", "c", "coffee with oat milk every morning"),
+        &unit(1),
+    )
+    .unwrap();
+    s.insert(
+        &mut w,
+        &rec("m1", "c", "coffee with oat milk each morning"),
+        &unit(1),
+    )
+    .unwrap();
+    let mut r2 = rec("m2", "c", "coffee beans from Ethiopia");
+    r2.session_id = "s2".into();
+    s.insert(&mut w, &r2, &unit(2)).unwrap();
+    s.commit(w).unwrap();
+    let t = s.read_txn().unwrap();
+    let f = Filter::True;
+    let q = unit(1);
+    let run = |dedup: Dedup, session: Option<&str>| -> Vec<String> {
+        let mut req = SearchRequest::new("c", "coffee oat milk morning", Some(&q), 2, &f);
+        req.dedup = dedup;
+        req.session_id = session;
+        req.session_boost = 2.0;
+        search(&s, &t, &req)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.record.id)
+            .collect()
+    };
+    // Without dedup the two near-identical memories fill the top 2.
+    let mut no = run(Dedup::No, None);
+    no.sort();
+    assert_eq!(no, ["m0", "m1"]);
+    // sim and mmr keep one of them and make room for the different memory.
+    for d in [Dedup::Sim, Dedup::Mmr] {
+        let got = run(d, None);
+        assert_eq!(got.len(), 2, "{d:?}");
+        assert!(got.contains(&"m2".to_string()), "{d:?}: {got:?}");
+    }
+    // Session soft priority: with a query between the two topics, the lexical match wins
+    // without a session, and the session's memory wins with it.
+    let mid: Vec<f32> = unit(1).iter().zip(unit(2)).map(|(a, b)| a + b).collect();
+    let n = mid.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mid: Vec<f32> = mid.iter().map(|x| x / n).collect();
+    let top = |session: Option<&str>| {
+        let mut req = SearchRequest::new("c", "coffee oat milk morning", Some(&mid), 1, &f);
+        req.session_id = session;
+        req.session_boost = 2.0;
+        search(&s, &t, &req).unwrap()[0].record.id.clone()
+    };
+    assert_ne!(top(None), "m2");
+    assert_eq!(top(Some("s2")), "m2");
+}
