@@ -284,6 +284,26 @@ fn main() {
             with_embed.push(t.elapsed().as_secs_f64() * 1e3);
             assert!(!hits.is_empty());
         }
+        // Where the time goes (means over the queries, ms): candidates, ANN, BM25.
+        let (mut tc, mut tv, mut tl) = (0.0, 0.0, 0.0);
+        for (q, v) in qtexts.iter().zip(&qvecs) {
+            let t = Instant::now();
+            let c = st.candidates(&txn, "bench", None, &f).unwrap();
+            tc += t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            st.vector_search(&txn, v, 100, &c).unwrap();
+            tv += t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            st.bm25_search(&txn, "bench", q, 100, &c).unwrap();
+            tl += t.elapsed().as_secs_f64() * 1e3;
+        }
+        let nq = qtexts.len() as f64;
+        println!(
+            "breakdown at {size}: candidates {:.2} ms, ann {:.2} ms, bm25 {:.2} ms",
+            tc / nq,
+            tv / nq,
+            tl / nq
+        );
         // ANN quality: the vector retriever's top 10 against an exact scan of the cube.
         let all = st.candidates(&txn, "bench", None, &f).unwrap();
         let mut recall = 0.0;

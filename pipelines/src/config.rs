@@ -90,8 +90,10 @@ pub struct PipelineConfig {
 pub struct SearchConfig {
     /// Fusion method.
     pub fusion: Fusion,
-    /// Candidates per retriever.
+    /// Lexical candidates before fusion.
     pub pool: usize,
+    /// Vector candidates before fusion.
+    pub vector_pool: usize,
     /// Same-session boost.
     pub session_boost: f32,
     /// Largest accepted top_k.

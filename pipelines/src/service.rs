@@ -487,6 +487,7 @@ impl Memos {
                         s.fusion = cfg.fusion;
                         s.session_boost = cfg.session_boost;
                         s.pool = cfg.pool;
+                        s.vector_pool = cfg.vector_pool;
                         for h in search(&store, &txn, &s)? {
                             if *name == "pref_mem" {
                                 pref_lines.push(h.record.memory.clone());

@@ -80,8 +80,11 @@ pub struct SearchRequest<'a> {
     pub fusion: Fusion,
     /// Multiplicative boost for hits of `session_id`.
     pub session_boost: f32,
-    /// Candidates fetched from each retriever before fusion (at least `3 · top_k`).
+    /// Candidates fetched from the lexical retriever before fusion (at least `3 · top_k`).
     pub pool: usize,
+    /// Candidates fetched from the vector retriever (at least `3 · top_k`). Smaller than `pool`
+    /// because every lexical candidate gets its exact cosine anyway; ANN cost grows with it.
+    pub vector_pool: usize,
 }
 
 impl<'a> SearchRequest<'a> {
@@ -106,6 +109,7 @@ impl<'a> SearchRequest<'a> {
             fusion: Fusion::default(),
             session_boost: 0.1,
             pool: 100,
+            vector_pool: 30,
         }
     }
 }
@@ -136,7 +140,7 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
     }
     let pool = req.pool.max(req.top_k * 3);
     let vec_hits = match req.query_vec {
-        Some(q) => store.vector_search(txn, q, pool, &candidates)?,
+        Some(q) => store.vector_search(txn, q, req.vector_pool.max(req.top_k * 3), &candidates)?,
         None => Vec::new(),
     };
     let lex_hits = store.bm25_search(txn, req.cube_id, req.query, pool, &candidates)?;
