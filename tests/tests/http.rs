@@ -184,3 +184,67 @@ async fn add_search_delete_and_restart() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tests::config(dir.path());
+    cfg.limits.max_body_bytes = 10_000;
+    cfg.limits.max_messages_per_add = 3;
+    cfg.limits.max_query_chars = 50;
+    cfg.search.max_top_k = 20;
+    cfg.search.timeout_ms = 0;
+    let s = tests::Server::start(cfg).await;
+    let (st, body) = s
+        .post(
+            "/product/add",
+            json!({"user_id": "u", "async_mode": "sync", "messages": "x".repeat(20_000)}),
+        )
+        .await;
+    assert_eq!(st, 413, "{body}");
+    let msgs: Vec<_> = (0..4)
+        .map(|i| json!({"role": "user", "content": format!("m{i}")}))
+        .collect();
+    let (st, body) = s
+        .post(
+            "/product/add",
+            json!({"user_id": "u", "async_mode": "sync", "messages": msgs}),
+        )
+        .await;
+    assert_eq!(st, 413);
+    assert!(
+        body["message"].as_str().unwrap().contains("limit is 3"),
+        "{body}"
+    );
+    let (st, _) = s
+        .post(
+            "/product/search",
+            json!({"query": "q".repeat(51), "user_id": "u"}),
+        )
+        .await;
+    assert_eq!(st, 413);
+    let (st, _) = s
+        .post(
+            "/product/search",
+            json!({"query": "q", "user_id": "u", "top_k": 21}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    // A query time limit of 0 ms: a clear timeout, and the server keeps serving.
+    let (st, body) = s
+        .post(
+            "/product/search",
+            json!({"query": "anything", "user_id": "u"}),
+        )
+        .await;
+    assert_eq!(st, 504, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 0 ms")
+    );
+    let (st, _) = s.get("/health").await;
+    assert_eq!(st, 200);
+    s.stop().await;
+}
