@@ -471,6 +471,15 @@ impl Memos {
             ];
             let mut pref_lines = Vec::new();
             for (cube, filter) in cubes.iter().zip(&filters) {
+                // BM25 once per cube over every requested bucket, shared by the bucket searches.
+                let wanted: Vec<MemoryType> = specs
+                    .iter()
+                    .filter(|(_, _, k, on)| *on && *k > 0)
+                    .flat_map(|(_, t, _, _)| t.iter().copied())
+                    .filter(|t| only_type.is_none_or(|o| o == *t))
+                    .collect();
+                let all = store.candidates(&txn, cube, Some(&wanted), filter)?;
+                let lexical = store.bm25_scores(&txn, cube, &req2.query, &all)?;
                 for (name, types, k, on) in &specs {
                     let types: Vec<MemoryType> = types
                         .iter()
@@ -488,6 +497,7 @@ impl Memos {
                         s.session_boost = cfg.session_boost;
                         s.pool = cfg.pool;
                         s.vector_pool = cfg.vector_pool;
+                        s.lexical = Some(&lexical);
                         for h in search(&store, &txn, &s)? {
                             if *name == "pref_mem" {
                                 pref_lines.push(h.record.memory.clone());

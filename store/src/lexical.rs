@@ -193,8 +193,23 @@ impl LexicalIndex {
         candidates: &RoaringBitmap,
         p: Bm25Params,
     ) -> Result<Vec<(u32, f32)>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(top_k(self.scores(txn, cube, query, candidates, p)?, k))
+    }
+
+    /// BM25 scores of every document of `candidates` that matches a query term, unsorted.
+    pub fn scores(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        query: &str,
+        candidates: &RoaringBitmap,
+        p: Bm25Params,
+    ) -> Result<Vec<(u32, f32)>> {
         let (docs, total) = self.stats(txn, cube)?;
-        if docs == 0 || k == 0 || candidates.is_empty() {
+        if docs == 0 || candidates.is_empty() {
             return Ok(Vec::new());
         }
         let avgdl = (total as f32 / docs as f32).max(1.0);
@@ -242,13 +257,10 @@ impl LexicalIndex {
                 }
             }
         }
-        Ok(top_k(
-            touched
-                .into_iter()
-                .map(|d| (d, scores[d as usize]))
-                .collect(),
-            k,
-        ))
+        Ok(touched
+            .into_iter()
+            .map(|d| (d, scores[d as usize]))
+            .collect())
     }
 }
 

@@ -85,6 +85,9 @@ pub struct SearchRequest<'a> {
     /// Candidates fetched from the vector retriever (at least `3 · top_k`). Smaller than `pool`
     /// because every lexical candidate gets its exact cosine anyway; ANN cost grows with it.
     pub vector_pool: usize,
+    /// BM25 scores computed once for a superset of this request's candidates (see
+    /// [`Store::bm25_scores`]); None computes them here.
+    pub lexical: Option<&'a [(u32, f32)]>,
 }
 
 impl<'a> SearchRequest<'a> {
@@ -110,6 +113,7 @@ impl<'a> SearchRequest<'a> {
             session_boost: 0.1,
             pool: 100,
             vector_pool: 30,
+            lexical: None,
         }
     }
 }
@@ -143,7 +147,16 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
         Some(q) => store.vector_search(txn, q, req.vector_pool.max(req.top_k * 3), &candidates)?,
         None => Vec::new(),
     };
-    let lex_hits = store.bm25_search(txn, req.cube_id, req.query, pool, &candidates)?;
+    let lex_hits = match req.lexical {
+        Some(all) => lexical::top_k(
+            all.iter()
+                .copied()
+                .filter(|(id, _)| candidates.contains(*id))
+                .collect(),
+            pool,
+        ),
+        None => store.bm25_search(txn, req.cube_id, req.query, pool, &candidates)?,
+    };
 
     use std::collections::HashMap;
     struct Acc {
