@@ -501,14 +501,7 @@ impl Processor {
                 ids
             } else {
                 let f = Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?;
-                let all = self.store.cube_ids(wtxn, cube)?;
-                let mut ids = Vec::new();
-                for id in &self.store.filter_ids(wtxn, cube, &f, &all)? {
-                    if let Some(r) = self.store.record(wtxn, id)? {
-                        ids.push(r.id);
-                    }
-                }
-                ids
+                self.store.matching_ids(wtxn, cube, &f)?
             };
         Ok(self.store.delete(wtxn, &ids)?.ids)
     }

@@ -498,6 +498,7 @@ impl Memos {
                         s.pool = cfg.pool;
                         s.vector_pool = cfg.vector_pool;
                         s.lexical = Some(&lexical);
+                        s.within = Some(&all);
                         for h in search(&store, &txn, &s)? {
                             if *name == "pref_mem" {
                                 pref_lines.push(h.record.memory.clone());
@@ -611,12 +612,7 @@ impl Memos {
                 };
                 let mut ids = Vec::new();
                 for c in &cubes {
-                    let all = store.cube_ids(&wtxn, c)?;
-                    for id in &store.filter_ids(&wtxn, c, &filter, &all)? {
-                        if let Some(r) = store.record(&wtxn, id)? {
-                            ids.push(r.id);
-                        }
-                    }
+                    ids.extend(store.matching_ids(&wtxn, c, &filter)?);
                 }
                 ids
             };

@@ -852,13 +852,31 @@ impl Store {
     ) -> Result<RoaringBitmap> {
         let mut base = self.field_ids(txn, cube, "status", Status::Activated.as_str())?;
         if let Some(types) = types {
-            let mut t = RoaringBitmap::new();
-            for ty in types {
-                t |= self.field_ids(txn, cube, "memory_type", ty.as_str())?;
-            }
-            base &= t;
+            base &= self.type_ids(txn, cube, types)?;
         }
         self.filter_ids(txn, cube, filter, &base)
+    }
+
+    /// Ids of a cube (any status) whose memory type is one of `types`.
+    pub fn type_ids(&self, txn: &RoTxn, cube: &str, types: &[MemoryType]) -> Result<RoaringBitmap> {
+        let mut t = RoaringBitmap::new();
+        for ty in types {
+            t |= self.field_ids(txn, cube, "memory_type", ty.as_str())?;
+        }
+        Ok(t)
+    }
+
+    /// Uuids of every memory of a cube (any status) that satisfies `filter`: what a delete by
+    /// filter removes.
+    pub fn matching_ids(&self, txn: &RoTxn, cube: &str, filter: &Filter) -> Result<Vec<String>> {
+        let all = self.cube_ids(txn, cube)?;
+        let mut ids = Vec::new();
+        for id in &self.filter_ids(txn, cube, filter, &all)? {
+            if let Some(r) = self.record(txn, id)? {
+                ids.push(r.id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Nearest neighbours among `candidates`: arroy trees for indexed items plus an exact scan

@@ -88,6 +88,9 @@ pub struct SearchRequest<'a> {
     /// BM25 scores computed once for a superset of this request's candidates (see
     /// [`Store::bm25_scores`]); None computes them here.
     pub lexical: Option<&'a [(u32, f32)]>,
+    /// Activated ids already filtered by `filter` (a superset over several types, computed
+    /// once per cube); None evaluates the filter here.
+    pub within: Option<&'a roaring::RoaringBitmap>,
 }
 
 impl<'a> SearchRequest<'a> {
@@ -114,6 +117,7 @@ impl<'a> SearchRequest<'a> {
             pool: 100,
             vector_pool: 30,
             lexical: None,
+            within: None,
         }
     }
 }
@@ -138,7 +142,11 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
     if req.top_k == 0 {
         return Ok(Vec::new());
     }
-    let candidates = store.candidates(txn, req.cube_id, req.types, req.filter)?;
+    let candidates = match (req.within, req.types) {
+        (Some(w), Some(types)) => store.type_ids(txn, req.cube_id, types)? & w,
+        (Some(w), None) => w.clone(),
+        (None, _) => store.candidates(txn, req.cube_id, req.types, req.filter)?,
+    };
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
