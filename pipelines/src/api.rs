@@ -1,12 +1,14 @@
-//! MemOS request and response shapes (memos-spec §1.3, §4.9). Unknown request fields are
-//! ignored, as MemOS (pydantic) does; deprecated fields are normalised as MemOS does.
+//! MemOS request and response shapes (memos-spec §1.3, §1.6, §1.7, §4.9). Unknown request
+//! fields are ignored, as MemOS (pydantic) does; deprecated fields are normalised as MemOS does.
+//! Wrong types are 400s with the field named.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use store::MemoryRecord;
+use utoipa::ToSchema;
 
 /// `POST /product/add`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct AddRequest {
     /// End user.
@@ -26,8 +28,11 @@ pub struct AddRequest {
     /// Tags.
     pub custom_tags: Option<Vec<String>>,
     /// Info stored on every memory.
+    #[schema(value_type = Option<Object>)]
     pub info: Option<Map<String, Value>>,
-    /// Messages (any MemOS format).
+    /// Messages: a string, OpenAI chat messages (with `chat_time`, `tool_calls`, content parts
+    /// text/file/image_url) or raw content parts.
+    #[schema(value_type = Object)]
     pub messages: Option<Value>,
     /// Deprecated: text appended as a text part.
     pub memory_content: Option<String>,
@@ -43,10 +48,13 @@ pub struct AddRequest {
     pub event_id: Option<String>,
     /// Route to feedback.
     pub is_feedback: bool,
+    /// Context for extraction (kept as the feedback history when `is_feedback`).
+    #[schema(value_type = Option<Object>)]
+    pub chat_history: Option<Value>,
 }
 
 /// `POST /product/search`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct SearchRequest {
     /// Query text.
@@ -80,6 +88,7 @@ pub struct SearchRequest {
     /// skill_mem size.
     pub skill_mem_top_k: usize,
     /// Filter (§4.8).
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     /// All or one memory type.
     pub search_memory_type: String,
@@ -113,7 +122,7 @@ impl Default for SearchRequest {
 }
 
 /// `POST /product/delete_memory`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct DeleteRequest {
     /// Mode (a): ids.
@@ -125,6 +134,7 @@ pub struct DeleteRequest {
     /// Deprecated single cube.
     pub mem_cube_id: Option<String>,
     /// Mode (c): filter.
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     /// Quick constraint.
     pub user_id: Option<String>,
@@ -132,6 +142,376 @@ pub struct DeleteRequest {
     pub session_id: Option<String>,
     /// Alias of session_id.
     pub conversation_id: Option<String>,
+}
+
+/// `POST /product/feedback`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct FeedbackRequest {
+    /// End user (required).
+    pub user_id: Option<String>,
+    /// Conversation.
+    pub session_id: Option<String>,
+    /// Business task id.
+    pub task_id: Option<String>,
+    /// The conversation the feedback is about.
+    #[schema(value_type = Option<Object>)]
+    pub history: Option<Value>,
+    /// Memories the answer used.
+    pub retrieved_memory_ids: Option<Vec<String>>,
+    /// What the user said (required).
+    pub feedback_content: Option<String>,
+    /// When.
+    pub feedback_time: Option<String>,
+    /// Cubes (fallback `[user_id]`).
+    pub writable_cube_ids: Option<Vec<String>>,
+    /// Deprecated single cube.
+    pub mem_cube_id: Option<String>,
+    /// sync | async (default async).
+    pub async_mode: Option<String>,
+    /// Also produce a corrected answer (needs the LLM stage).
+    pub corrected_answer: bool,
+    /// Info.
+    #[schema(value_type = Option<Object>)]
+    pub info: Option<Map<String, Value>>,
+}
+
+/// `POST /product/get_memory`: a paginated export of one cube.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct GetMemoryRequest {
+    /// Cube (required).
+    pub mem_cube_id: Option<String>,
+    /// User (scope check).
+    pub user_id: Option<String>,
+    /// Include pref_mem.
+    pub include_preference: bool,
+    /// Include tool_mem.
+    pub include_tool_memory: bool,
+    /// Include skill_mem.
+    pub include_skill_memory: bool,
+    /// Filter (§4.8).
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// 1-based page; with `page_size`. Both absent = export all (up to `limits.max_export`).
+    pub page: Option<usize>,
+    /// Items per page.
+    pub page_size: Option<usize>,
+}
+
+impl Default for GetMemoryRequest {
+    fn default() -> Self {
+        GetMemoryRequest {
+            mem_cube_id: None,
+            user_id: None,
+            include_preference: true,
+            include_tool_memory: true,
+            include_skill_memory: true,
+            filter: None,
+            page: None,
+            page_size: None,
+        }
+    }
+}
+
+/// `POST /product/get_all`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct GetAllRequest {
+    /// User.
+    pub user_id: Option<String>,
+    /// text_mem | act_mem | param_mem | para_mem (required).
+    pub memory_type: Option<String>,
+    /// Cubes (fallback `[user_id]`).
+    pub mem_cube_ids: Option<Vec<String>>,
+    /// Only memories relevant to this query.
+    pub search_query: Option<String>,
+    /// fulltext (default) | embedding.
+    pub search_type: Option<String>,
+}
+
+/// `POST /product/create_cube`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct CreateCubeRequest {
+    /// Name (required).
+    pub cube_name: Option<String>,
+    /// Owner (required).
+    pub owner_id: Option<String>,
+    /// Accepted for compatibility; cubes live in the data dir.
+    pub cube_path: Option<String>,
+    /// Id (default: a new uuid).
+    pub cube_id: Option<String>,
+}
+
+/// `POST /product/exist_mem_cube_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct ExistCubeRequest {
+    /// Cube (required).
+    pub mem_cube_id: Option<String>,
+}
+
+/// Cloud `POST add/message` (SDK `MemOSClient.add_message`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct CloudAddRequest {
+    /// Messages (required).
+    #[schema(value_type = Object)]
+    pub messages: Option<Value>,
+    /// User (required).
+    pub user_id: Option<String>,
+    /// Conversation.
+    pub conversation_id: Option<String>,
+    /// Info.
+    #[schema(value_type = Option<Object>)]
+    pub info: Option<Map<String, Value>>,
+    /// Source.
+    pub source: Option<String>,
+    /// App.
+    pub app_id: Option<String>,
+    /// Agent.
+    pub agent_id: Option<String>,
+    /// The SDK sends `asyncMode`; default true.
+    #[serde(alias = "asyncMode")]
+    pub async_mode: Option<bool>,
+    /// Tags.
+    pub tags: Option<Vec<String>>,
+    /// Accepted; public memory is not shared across keys.
+    pub allow_public: Option<bool>,
+    /// Knowledge bases the extraction may consult (accepted).
+    pub allow_knowledgebase_ids: Option<Vec<String>>,
+}
+
+/// Cloud `POST search/memory`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CloudSearchRequest {
+    /// Query (required).
+    pub query: String,
+    /// User (required).
+    pub user_id: Option<String>,
+    /// Conversation (soft priority).
+    pub conversation_id: Option<String>,
+    /// Agent (filter).
+    pub agent_id: Option<String>,
+    /// Facts wanted.
+    pub memory_limit_number: usize,
+    /// Include preferences.
+    pub include_preference: bool,
+    /// Knowledge bases searched too.
+    pub knowledgebase_ids: Option<Vec<String>>,
+    /// Filter (§4.8).
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Source.
+    pub source: Option<String>,
+    /// Include tool memory.
+    pub include_tool_memory: bool,
+    /// Preferences wanted.
+    pub preference_limit_number: usize,
+    /// Tool memories wanted.
+    pub tool_memory_limit_number: usize,
+    /// Minimum score.
+    pub relativity: Option<f32>,
+    /// Include skills.
+    pub include_skill: bool,
+    /// Skills wanted.
+    pub skill_limit_number: usize,
+}
+
+impl Default for CloudSearchRequest {
+    fn default() -> Self {
+        CloudSearchRequest {
+            query: String::new(),
+            user_id: None,
+            conversation_id: None,
+            agent_id: None,
+            memory_limit_number: 6,
+            include_preference: true,
+            knowledgebase_ids: None,
+            filter: None,
+            source: None,
+            include_tool_memory: false,
+            preference_limit_number: 6,
+            tool_memory_limit_number: 6,
+            relativity: None,
+            include_skill: false,
+            skill_limit_number: 6,
+        }
+    }
+}
+
+/// Cloud `POST get/memory`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CloudGetMemoryRequest {
+    /// User (this or agent_id).
+    pub user_id: Option<String>,
+    /// Agent.
+    pub agent_id: Option<String>,
+    /// Include preferences.
+    pub include_preference: bool,
+    /// Include tool memory.
+    pub include_tool_memory: bool,
+    /// 1-based page.
+    pub page: usize,
+    /// Page size.
+    pub size: usize,
+    /// Filter.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+}
+
+impl Default for CloudGetMemoryRequest {
+    fn default() -> Self {
+        CloudGetMemoryRequest {
+            user_id: None,
+            agent_id: None,
+            include_preference: true,
+            include_tool_memory: false,
+            page: 1,
+            size: 10,
+            filter: None,
+        }
+    }
+}
+
+/// Cloud `POST delete/memory`: exactly one of memory_ids, user_id, agent_id, filter.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct CloudDeleteRequest {
+    /// Ids.
+    pub memory_ids: Option<Vec<String>>,
+    /// All of a user's memories.
+    pub user_id: Option<String>,
+    /// All of an agent's memories (within the key's cubes).
+    pub agent_id: Option<String>,
+    /// Filter (within the key's cubes).
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Restrict to one memory type.
+    pub memory_type: Option<String>,
+}
+
+/// Cloud `POST add/feedback`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct CloudFeedbackRequest {
+    /// User (required).
+    pub user_id: Option<String>,
+    /// Conversation.
+    pub conversation_id: Option<String>,
+    /// Feedback (required).
+    pub feedback_content: Option<String>,
+    /// Agent.
+    pub agent_id: Option<String>,
+    /// App.
+    pub app_id: Option<String>,
+    /// When.
+    pub feedback_time: Option<String>,
+    /// Accepted.
+    pub allow_public: Option<bool>,
+    /// Accepted.
+    pub allow_knowledgebase_ids: Option<Vec<String>>,
+}
+
+/// Cloud `POST get/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct CloudStatusRequest {
+    /// Task (required).
+    pub task_id: Option<String>,
+}
+
+/// Cloud `POST create/knowledgebase`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct CreateKbRequest {
+    /// Name (required).
+    #[serde(alias = "name")]
+    pub knowledgebase_name: Option<String>,
+    /// Description.
+    #[serde(alias = "description")]
+    pub knowledgebase_description: Option<String>,
+}
+
+/// Cloud `POST delete/knowledgebase`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct DeleteKbRequest {
+    /// Knowledge base (required).
+    pub knowledgebase_id: Option<String>,
+}
+
+/// One file of `add/knowledgebase-file`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct KbFile {
+    /// File id (default: a new uuid).
+    pub file_id: Option<String>,
+    /// Name.
+    #[serde(alias = "filename", alias = "name")]
+    pub file_name: Option<String>,
+    /// Text content.
+    #[serde(alias = "text", alias = "file_data")]
+    pub content: Option<String>,
+    /// MIME type.
+    #[serde(alias = "type")]
+    pub mime: Option<String>,
+}
+
+/// Cloud `POST add/knowledgebase-file` (JSON form).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct AddKbFileRequest {
+    /// Knowledge base (required).
+    pub knowledgebase_id: Option<String>,
+    /// Files with text content.
+    pub file: Vec<KbFile>,
+}
+
+/// `POST /admin/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Name (required).
+    pub name: String,
+    /// Cube patterns ("*", "prefix*", exact).
+    pub cubes: Vec<String>,
+    /// User patterns.
+    pub users: Vec<String>,
+    /// May read.
+    pub read: bool,
+    /// May write.
+    pub write: bool,
+    /// Requests per minute (0 = server default).
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for CreateKeyRequest {
+    fn default() -> Self {
+        CreateKeyRequest {
+            name: String::new(),
+            cubes: vec![],
+            users: vec!["*".into()],
+            read: true,
+            write: true,
+            rate_limit_per_minute: 0,
+        }
+    }
+}
+
+/// The envelope every `/product` and cloud response uses.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Envelope {
+    /// 200 on success (`/product`), 0 (cloud), the HTTP status on errors.
+    pub code: i32,
+    /// What happened.
+    pub message: String,
+    /// The payload; null on errors.
+    #[schema(value_type = Object)]
+    pub data: Value,
 }
 
 /// The MemOS envelope.

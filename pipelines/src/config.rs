@@ -42,6 +42,8 @@ pub struct Config {
     pub search: SearchConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// API keys, scopes and rate limits.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Embedder settings.
@@ -114,6 +116,10 @@ pub struct LimitsConfig {
     pub max_messages_per_add: usize,
     /// Longest query.
     pub max_query_chars: usize,
+    /// Most memories one export (`get_all`, unpaginated `get_memory`) returns.
+    pub max_export: usize,
+    /// Most ids in one `get_memory_by_ids` or delete by ids.
+    pub max_ids: usize,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {

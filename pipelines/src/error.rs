@@ -17,6 +17,23 @@ pub enum PipelineError {
     /// Not found.
     #[error("{0}")]
     NotFound(String),
+    /// No or an unknown API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// Over the key's rate limit.
+    #[error("{message}")]
+    RateLimited {
+        /// What happened.
+        message: String,
+        /// Seconds until a request is admitted again.
+        retry_after_secs: u64,
+    },
     /// The query took longer than allowed.
     #[error("{0}")]
     Timeout(String),
@@ -43,6 +60,10 @@ impl PipelineError {
             PipelineError::BadRequest(_) => 400,
             PipelineError::TooLarge(_) => 413,
             PipelineError::NotFound(_) => 404,
+            PipelineError::Unauthorized(_) => 401,
+            PipelineError::Forbidden(_) => 403,
+            PipelineError::Conflict(_) => 409,
+            PipelineError::RateLimited { .. } => 429,
             PipelineError::Timeout(_) => 504,
             PipelineError::Unavailable(_) => 503,
             PipelineError::Io(_) => 500,

@@ -252,7 +252,7 @@ pub async fn run(
             ..Default::default()
         };
         let t = Instant::now();
-        let data = m.search(&req).await?;
+        let data = m.search(&req, &crate::auth::Principal::local()).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
         let mut ranked: Vec<String> = Vec::new();
         for b in data["text_mem"].as_array().into_iter().flatten() {

@@ -21,6 +21,9 @@ struct Cli {
     /// TOML configuration file (overrides the embedded defaults; MEMOS_* env vars override it).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// API key for `add` and `search` against a server with keys.
+    #[arg(long, global = true, env = "MEMOS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -83,6 +86,8 @@ enum Cmd {
     },
     /// Show store size and counts.
     Status,
+    /// Print the OpenAPI document (what `openapi.json` holds).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -139,13 +144,12 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn post(url: &str, body: Value) -> Result<Value> {
-    let resp = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+async fn post(url: &str, key: Option<&str>, body: Value) -> Result<Value> {
+    let mut req = reqwest::Client::new().post(url).json(&body);
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Token {k}"));
+    }
+    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
     let status = resp.status();
     let v: Value = resp.json().await.context("response is not JSON")?;
     if !status.is_success() {
@@ -157,7 +161,10 @@ async fn post(url: &str, body: Value) -> Result<Value> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let cfg = Config::load(cli.config.as_deref(), std::env::vars())?;
+    let cfg = Config::load(
+        cli.config.as_deref(),
+        std::env::vars().filter(|(k, _)| k != "MEMOS_API_KEY"),
+    )?;
     init_logs(&cfg);
     match cli.cmd {
         Cmd::Serve => {
@@ -191,7 +198,7 @@ async fn main() -> Result<()> {
         } => {
             let body = json!({"user_id": user, "writable_cube_ids": [cube.unwrap_or(user.clone())], "session_id": session,
                               "async_mode": "sync", "messages": [{"role": "user", "content": text}]});
-            let v = post(&format!("{url}/product/add"), body).await?;
+            let v = post(&format!("{url}/product/add"), cli.api_key.as_deref(), body).await?;
             for m in v["data"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {}  {}",
@@ -214,7 +221,12 @@ async fn main() -> Result<()> {
                 .transpose()
                 .context("--filter is not JSON")?;
             let body = json!({"query": query, "user_id": user, "readable_cube_ids": [cube.unwrap_or(user.clone())], "top_k": top_k, "filter": filter});
-            let v = post(&format!("{url}/product/search"), body).await?;
+            let v = post(
+                &format!("{url}/product/search"),
+                cli.api_key.as_deref(),
+                body,
+            )
+            .await?;
             for bucket in ["text_mem", "pref_mem", "tool_mem"] {
                 for b in v["data"][bucket].as_array().into_iter().flatten() {
                     for m in b["memories"].as_array().into_iter().flatten() {
@@ -320,6 +332,7 @@ async fn main() -> Result<()> {
             }
             let _ = Arc::new(());
         }
+        Cmd::Openapi => println!("{}", http::openapi::json()),
         Cmd::Status => {
             let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
             println!("{}", serde_json::to_string_pretty(&store.stats()?)?);

@@ -136,6 +136,8 @@ pub struct BatchStats {
     pub inserted: usize,
     /// Memories merged.
     pub merged: usize,
+    /// Feedback records kept.
+    pub feedback: usize,
     /// Dead letters.
     pub dead_lettered: usize,
 }
@@ -377,6 +379,40 @@ impl Processor {
                         continue;
                     }
                 },
+                EventKind::Feedback => {
+                    // Kept as received; the feedback stage (memory control) processes it.
+                    let f = store::FeedbackRecord {
+                        id: p.ie.id.clone(),
+                        cube_id: ev.cube_id.clone(),
+                        user_id: ev.user_id.clone(),
+                        session_id: ev.session_id.clone(),
+                        feedback_content: ev
+                            .payload
+                            .get("feedback_content")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                        history: ev
+                            .payload
+                            .get("history")
+                            .map(|h| h.to_string())
+                            .unwrap_or_default(),
+                        retrieved_memory_ids: ev
+                            .payload
+                            .get("retrieved_memory_ids")
+                            .and_then(|v| serde_json::from_value(v.clone()).ok())
+                            .unwrap_or_default(),
+                        feedback_time: ev
+                            .payload
+                            .get("feedback_time")
+                            .and_then(|v| v.as_str())
+                            .map(String::from),
+                        status: "pending".into(),
+                        created_at: now,
+                    };
+                    self.store.put_feedback(&mut wtxn, &f)?;
+                    stats.feedback += 1;
+                }
                 _ => {
                     for d in by_event.remove(&p.ie.id).unwrap_or_default() {
                         match d.action {

@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 use store::search::{Dedup, SearchRequest as StoreSearch, search};
 use store::{Filter, MemoryType, Store};
 
-use crate::api::{AddRequest, DeleteRequest, SearchRequest, format_item};
+use crate::api::{AddRequest, DeleteRequest, FeedbackRequest, SearchRequest, format_item};
+use crate::auth::{Access, Auth, Principal};
 use crate::config::Config;
 use crate::error::PipelineError;
 use crate::runtime::{self, AddedMemory, Outcome, Payload, PipelineHandle};
@@ -30,7 +31,33 @@ pub struct TaskStatus {
     pub memories: Vec<AddedMemory>,
     /// Error (when failed).
     pub error: Option<String>,
+    /// Submitted, unix micros.
+    pub created_at: i64,
+    /// Cubes it writes.
+    pub cubes: Vec<String>,
 }
+
+/// Counts of tasks by status (MemOS `TaskSummary`).
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct TaskSummary {
+    /// Queued.
+    pub waiting: usize,
+    /// Running.
+    pub in_progress: usize,
+    /// Fetched, not acknowledged (always 0: the pipeline acknowledges on commit).
+    pub pending: usize,
+    /// Done.
+    pub completed: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Cancelled (never: tasks are not cancellable).
+    pub cancelled: usize,
+    /// All tracked.
+    pub total: usize,
+}
+
+/// Finished tasks kept for status queries; the oldest finished ones are forgotten beyond this.
+const MAX_FINISHED_TASKS: usize = 100_000;
 
 /// Asynchronous tasks known to this process.
 #[derive(Default)]
@@ -40,10 +67,41 @@ pub struct Tasks {
 
 impl Tasks {
     fn set(&self, t: TaskStatus) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(t.task_id.clone(), t);
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(t.task_id.clone(), t);
+        if g.len() > MAX_FINISHED_TASKS {
+            let mut done: Vec<(i64, String)> = g
+                .values()
+                .filter(|t| t.status == "completed" || t.status == "failed")
+                .map(|t| (t.created_at, t.task_id.clone()))
+                .collect();
+            done.sort();
+            let excess = g.len() - MAX_FINISHED_TASKS;
+            for (_, id) in done.into_iter().take(excess) {
+                g.remove(&id);
+            }
+        }
+    }
+
+    /// Counts by status, optionally of one user.
+    pub fn summary(&self, user: Option<&str>) -> TaskSummary {
+        let mut s = TaskSummary::default();
+        for t in self.list(user) {
+            match t.status.as_str() {
+                "waiting" => s.waiting += 1,
+                "in_progress" => s.in_progress += 1,
+                "completed" => s.completed += 1,
+                _ => s.failed += 1,
+            }
+            s.total += 1;
+        }
+        s
+    }
+
+    /// Unfinished tasks, optionally of one user.
+    pub fn active_of(&self, user: Option<&str>) -> usize {
+        let s = self.summary(user);
+        s.waiting + s.in_progress
     }
     /// One task.
     pub fn get(&self, id: &str) -> Option<TaskStatus> {
@@ -70,6 +128,29 @@ impl Tasks {
     }
 }
 
+/// The search buckets, in MemOS order.
+pub const BUCKETS: [&str; 4] = ["text_mem", "pref_mem", "tool_mem", "skill_mem"];
+
+/// One bucket of one cube.
+pub struct BucketHits {
+    /// text_mem | pref_mem | tool_mem | skill_mem.
+    pub name: &'static str,
+    /// Cube.
+    pub cube: String,
+    /// Hits, best first.
+    pub hits: Vec<store::search::Hit>,
+}
+
+/// What a search found.
+pub struct SearchHits {
+    /// Per bucket and cube.
+    pub buckets: Vec<BucketHits>,
+    /// Instruction that goes with the preferences ("" without any).
+    pub pref_note: String,
+    /// Preferences as a numbered prompt block ("" without any).
+    pub pref_string: String,
+}
+
 /// The running service.
 pub struct Memos {
     /// Configuration.
@@ -82,6 +163,8 @@ pub struct Memos {
     pub pipeline: PipelineHandle,
     /// Asynchronous tasks.
     pub tasks: Tasks,
+    /// API keys and rate limits.
+    pub auth: Auth,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -128,7 +211,9 @@ pub fn load_embedder(cfg: &Config) -> Result<Arc<dyn Embedder>, PipelineError> {
     })
 }
 
-fn cube_list(
+/// The cubes a request names: its list, else the deprecated single cube, else `[user_id]`;
+/// de-duplicated and validated.
+pub fn cube_list(
     primary: &Option<Vec<String>>,
     deprecated: &Option<String>,
     user: &Option<String>,
@@ -165,7 +250,7 @@ impl Memos {
         })
         .await
         .map_err(|e| PipelineError::Unavailable(e.to_string()))??;
-        Ok(Self::with_parts(cfg, store, embedder))
+        Self::with_parts(cfg, store, embedder)
     }
 
     /// Starts the pipeline over an opened store and embedder.
@@ -173,27 +258,45 @@ impl Memos {
         cfg: Config,
         store: Arc<Store>,
         embedder: Arc<dyn Embedder>,
-    ) -> (Arc<Memos>, tokio::task::JoinHandle<()>) {
+    ) -> Result<(Arc<Memos>, tokio::task::JoinHandle<()>), PipelineError> {
+        let stored = {
+            let txn = store.read_txn()?;
+            store.api_keys(&txn)?
+        };
+        let auth = Auth::new(&cfg.auth, &stored)?;
         let (pipeline, task) = runtime::spawn(&cfg, store.clone(), embedder.clone());
-        (
+        Ok((
             Arc::new(Memos {
                 cfg,
                 store,
                 embedder,
                 pipeline,
                 tasks: Tasks::default(),
+                auth,
             }),
             task,
-        )
+        ))
+    }
+
+    /// Runs `f` over the store on a blocking thread.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, PipelineError> + Send + 'static,
+    ) -> Result<T, PipelineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| PipelineError::Unavailable(e.to_string()))?
     }
 
     /// Builds the events of an add (one per writable cube).
-    pub fn add_events(&self, req: &AddRequest) -> Result<Vec<Event>, PipelineError> {
+    pub fn add_events(&self, req: &AddRequest, p: &Principal) -> Result<Vec<Event>, PipelineError> {
         let user = req
             .user_id
             .clone()
             .ok_or_else(|| PipelineError::BadRequest("user_id is required".into()))?;
         let cubes = cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+        p.check(Access::Write, &cubes, Some(&user))?;
         let mut messages = req.messages.clone().unwrap_or(Value::Null);
         let mut extra_parts = Vec::new();
         if let Some(t) = &req.memory_content {
@@ -245,13 +348,30 @@ impl Memos {
             EventKind::Messages
         };
         let payload = if req.is_feedback {
-            let text = operators::event::parse_messages(&messages)?
-                .into_iter()
-                .rev()
-                .find(|m| m.role == "user")
-                .map(|m| m.content)
+            // MemOS: the last user message of chat_history + messages is the feedback, the
+            // messages before it are its history.
+            let mut all = match &req.chat_history {
+                Some(Value::Array(a)) => a.clone(),
+                _ => vec![],
+            };
+            match &messages {
+                Value::Array(a) => all.extend(a.iter().cloned()),
+                Value::String(s) => all.push(json!({"role": "user", "content": s})),
+                _ => {}
+            }
+            let all = Value::Array(all);
+            let parsed = operators::event::parse_messages(&all)?;
+            let last_user = parsed
+                .iter()
+                .rposition(|m| m.role == "user")
+                .ok_or_else(|| {
+                    PipelineError::BadRequest("is_feedback needs a user message".into())
+                })?;
+            let history: Vec<Value> = all
+                .as_array()
+                .map(|a| a.iter().take(last_user).cloned().collect())
                 .unwrap_or_default();
-            json!({"feedback_content": text, "history": messages})
+            json!({"feedback_content": parsed[last_user].content, "history": history})
         } else {
             json!({"messages": messages})
         };
@@ -285,6 +405,19 @@ impl Memos {
 
     /// Adds synchronously: returns after the memories are committed.
     pub async fn add_sync(&self, events: Vec<Event>) -> Result<Vec<AddedMemory>, PipelineError> {
+        Ok(self
+            .add_sync_each(events)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Adds synchronously; the memories of each event, in order.
+    pub async fn add_sync_each(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<Vec<AddedMemory>>, PipelineError> {
         let rxs = self.submit_all(events).await?;
         let mut out = Vec::new();
         for rx in rxs {
@@ -293,7 +426,7 @@ impl Memos {
             })?;
             match o {
                 Outcome::Stored { memories, .. } | Outcome::Duplicate { memories, .. } => {
-                    out.extend(memories)
+                    out.push(memories)
                 }
                 Outcome::DeadLettered { reason } => return Err(PipelineError::BadRequest(reason)),
                 Outcome::Failed { reason } => return Err(PipelineError::Unavailable(reason)),
@@ -330,23 +463,29 @@ impl Memos {
         user: &str,
     ) -> Result<String, PipelineError> {
         let task_id = task_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let cubes: Vec<String> = events.iter().map(|e| e.cube_id.clone()).collect();
         self.tasks.set(TaskStatus {
+            cubes: cubes.clone(),
             task_id: task_id.clone(),
             status: "waiting".into(),
             user_id: user.into(),
             memories: vec![],
             error: None,
+            created_at: store::time::now_micros(),
         });
         let rxs = self.submit_all(events).await?;
         let me = self.clone();
         let (tid, uid) = (task_id.clone(), user.to_string());
+        let created_at = store::time::now_micros();
         tokio::spawn(async move {
             let mut st = TaskStatus {
+                cubes,
                 task_id: tid,
                 status: "in_progress".into(),
                 user_id: uid,
                 memories: vec![],
                 error: None,
+                created_at,
             };
             me.tasks.set(st.clone());
             for rx in rxs {
@@ -381,8 +520,39 @@ impl Memos {
             .ok_or_else(|| PipelineError::Unavailable("embedder returned nothing".into()))
     }
 
-    /// MemOS search (§4): per cube, per bucket, hybrid retrieval. Returns the `data` object.
-    pub async fn search(&self, req: &SearchRequest) -> Result<Value, PipelineError> {
+    /// MemOS search (§4.9 shape): the `data` object.
+    pub async fn search(&self, req: &SearchRequest, p: &Principal) -> Result<Value, PipelineError> {
+        let include_embedding = req.include_embedding;
+        let res = self.search_hits(req, p).await?;
+        let mut data = json!({"act_mem": [], "para_mem": [], "pref_note": res.pref_note, "pref_string": res.pref_string});
+        for name in BUCKETS {
+            let list: Vec<Value> = res
+                .buckets
+                .iter()
+                .filter(|b| b.name == name)
+                .map(|b| {
+                    let memories: Vec<Value> = b
+                        .hits
+                        .iter()
+                        .map(|h| {
+                            let extra = json!({"vector_score": h.vector_score, "lexical_score": h.lexical_score});
+                            format_item(&h.record, Some(h.score), Some(extra), include_embedding)
+                        })
+                        .collect();
+                    json!({"cube_id": b.cube, "memories": memories, "total_nodes": b.hits.len()})
+                })
+                .collect();
+            data[name] = Value::Array(list);
+        }
+        Ok(data)
+    }
+
+    /// Search (§4): per cube, per bucket (text, preference, tool, skill), hybrid retrieval.
+    pub async fn search_hits(
+        &self,
+        req: &SearchRequest,
+        p: &Principal,
+    ) -> Result<SearchHits, PipelineError> {
         if req.query.trim().is_empty() {
             return Err(PipelineError::BadRequest("query is required".into()));
         }
@@ -399,6 +569,7 @@ impl Memos {
             )));
         }
         let cubes = cube_list(&req.readable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+        p.check(Access::Read, &cubes, req.user_id.as_deref())?;
         let dedup = match req.dedup.as_deref() {
             None | Some("mmr") => Dedup::Mmr,
             Some("sim") => Dedup::Sim,
@@ -431,10 +602,10 @@ impl Memos {
         let store = self.store.clone();
         let req2 = req.clone();
         let cfg = self.cfg.search.clone();
-        let work = tokio::task::spawn_blocking(move || -> Result<Value, PipelineError> {
+        let work = tokio::task::spawn_blocking(move || -> Result<SearchHits, PipelineError> {
             let txn = store.read_txn()?;
-            let mut buckets: HashMap<&str, Vec<Value>> = HashMap::new();
-            let specs: [(&str, Vec<MemoryType>, usize, bool); 4] = [
+            let mut buckets: Vec<BucketHits> = Vec::new();
+            let specs: [(&'static str, Vec<MemoryType>, usize, bool); 4] = [
                 (
                     "text_mem",
                     vec![
@@ -486,7 +657,7 @@ impl Memos {
                         .copied()
                         .filter(|t| only_type.is_none_or(|o| o == *t))
                         .collect();
-                    let mut memories = Vec::new();
+                    let mut hits = Vec::new();
                     if *on && *k > 0 && !types.is_empty() {
                         let mut s = StoreSearch::new(cube, &req2.query, Some(&qv), *k, filter);
                         s.types = Some(&types);
@@ -499,24 +670,16 @@ impl Memos {
                         s.vector_pool = cfg.vector_pool;
                         s.lexical = Some(&lexical);
                         s.within = Some(&all);
-                        for h in search(&store, &txn, &s)? {
-                            if *name == "pref_mem" {
-                                pref_lines.push(h.record.memory.clone());
-                            }
-                            let extra = json!({"vector_score": h.vector_score, "lexical_score": h.lexical_score});
-                            memories.push(format_item(
-                                &h.record,
-                                Some(h.score),
-                                Some(extra),
-                                req2.include_embedding,
-                            ));
+                        hits = search(&store, &txn, &s)?;
+                        if *name == "pref_mem" {
+                            pref_lines.extend(hits.iter().map(|h| h.record.memory.clone()));
                         }
                     }
-                    let n = memories.len();
-                    buckets
-                        .entry(name)
-                        .or_default()
-                        .push(json!({"cube_id": cube, "memories": memories, "total_nodes": n}));
+                    buckets.push(BucketHits {
+                        name: *name,
+                        cube: cube.clone(),
+                        hits,
+                    });
                 }
             }
             let note = "In addition to the user's explicit preferences listed above, follow them when answering.";
@@ -530,11 +693,15 @@ impl Memos {
                     .collect();
                 format!("Explicit Preference:\n{}\n{note}", list.join("\n"))
             };
-            let mut data = json!({"act_mem": [], "para_mem": [], "pref_note": if pref_lines.is_empty() { "" } else { note }, "pref_string": pref_string});
-            for (name, v) in buckets {
-                data[name] = Value::Array(v);
-            }
-            Ok(data)
+            Ok(SearchHits {
+                buckets,
+                pref_note: if pref_lines.is_empty() {
+                    String::new()
+                } else {
+                    note.to_string()
+                },
+                pref_string,
+            })
         });
         tokio::time::timeout_at(deadline.into(), work)
             .await
@@ -547,8 +714,11 @@ impl Memos {
             .map_err(|e| PipelineError::Unavailable(e.to_string()))?
     }
 
-    /// MemOS delete (§1.3): exactly one of memory_ids, file_ids, or filter + quick constraints.
-    pub async fn delete(&self, req: &DeleteRequest) -> Result<Value, PipelineError> {
+    /// MemOS delete (§1.3): exactly one of memory_ids, file_ids, or filter + quick constraints
+    /// (user_id, session_id/conversation_id), within the caller's writable cubes. Unknown or
+    /// out-of-scope ids are a 404 and nothing is deleted.
+    pub async fn delete(&self, req: &DeleteRequest, p: &Principal) -> Result<Value, PipelineError> {
+        p.check(Access::Write, &[], None)?;
         let session = match (&req.session_id, &req.conversation_id) {
             (Some(a), Some(b)) if a != b => {
                 return Err(PipelineError::BadRequest(
@@ -557,62 +727,96 @@ impl Memos {
             }
             (a, b) => a.clone().or(b.clone()),
         };
-        let has_filter = req.filter.as_ref().is_some_and(|f| !f.is_null())
-            || req.user_id.is_some()
-            || session.is_some();
+        let raw_filter = req.filter.as_ref().filter(|f| !f.is_null());
+        let has_filter = raw_filter.is_some() || req.user_id.is_some() || session.is_some();
         let modes =
             req.memory_ids.is_some() as u8 + req.file_ids.is_some() as u8 + has_filter as u8;
         if modes != 1 {
             return Err(PipelineError::BadRequest("give exactly one of memory_ids, file_ids, or filter (with user_id/session_id constraints)".into()));
         }
-        let store = self.store.clone();
+        if let Some(ids) = &req.memory_ids {
+            if ids.is_empty() {
+                return Err(PipelineError::BadRequest("memory_ids is empty".into()));
+            }
+            if ids.len() > self.cfg.limits.max_ids {
+                return Err(PipelineError::TooLarge(format!(
+                    "{} ids; the limit is {}",
+                    ids.len(),
+                    self.cfg.limits.max_ids
+                )));
+            }
+        }
+        if let Some(f) = raw_filter {
+            check_constraint_conflicts(f, "user_id", req.user_id.as_deref())?;
+            check_constraint_conflicts(f, "session_id", session.as_deref())?;
+        }
+        let named_cubes: Option<Vec<String>> = match (&req.writable_cube_ids, &req.mem_cube_id) {
+            (Some(c), _) if !c.is_empty() => Some(c.clone()),
+            (_, Some(c)) => Some(vec![c.clone()]),
+            _ => None,
+        };
+        if let Some(c) = &named_cubes {
+            p.check(Access::Write, c, req.user_id.as_deref())?;
+        } else if let Some(u) = &req.user_id {
+            p.check(Access::Write, &[], Some(u))?;
+        }
         let req = req.clone();
-        tokio::task::spawn_blocking(move || -> Result<Value, PipelineError> {
+        let p = p.clone();
+        self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
             let ids: Vec<String> = if let Some(ids) = &req.memory_ids {
+                let mut missing = Vec::new();
+                for id in ids {
+                    match store.get(&wtxn, id)? {
+                        Some(r) if p.allows_cube(&r.cube_id) => {}
+                        _ => missing.push(id.clone()),
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(PipelineError::NotFound(format!(
+                        "memories not found: {}; nothing was deleted",
+                        missing.join(", ")
+                    )));
+                }
                 ids.clone()
             } else {
-                let cubes = match (&req.writable_cube_ids, &req.mem_cube_id) {
-                    (Some(c), _) => c.clone(),
-                    (None, Some(c)) => vec![c.clone()],
-                    (None, None) => store.cubes(&wtxn)?.into_iter().map(|c| c.cube_id).collect(),
-                };
-                let filter = if let Some(f) = &req.file_ids {
-                    Filter::Cond {
-                        field: "file_ids".into(),
-                        op: store::filter::Op::In,
-                        value: json!(f),
-                    }
-                } else {
-                    let mut parts = vec![];
-                    if let Some(f) = req.filter.as_ref().filter(|f| !f.is_null()) {
-                        let f = Filter::parse(f)?;
-                        if f.is_true() && req.user_id.is_none() && session.is_none() {
-                            return Err(PipelineError::BadRequest(
-                                "an empty filter would delete everything; refused".into(),
-                            ));
-                        }
-                        parts.push(f);
-                    }
-                    if let Some(u) = &req.user_id {
-                        parts.push(Filter::Cond {
-                            field: "user_id".into(),
-                            op: store::filter::Op::Eq,
-                            value: json!(u),
-                        });
-                    }
-                    if let Some(s) = &session {
-                        parts.push(Filter::Cond {
-                            field: "session_id".into(),
-                            op: store::filter::Op::Eq,
-                            value: json!(s),
-                        });
-                    }
-                    Filter::And(parts)
+                let cubes: Vec<String> = match &named_cubes {
+                    Some(c) => c.clone(),
+                    None => store
+                        .cubes(&wtxn)?
+                        .into_iter()
+                        .map(|c| c.cube_id)
+                        .filter(|c| p.allows_cube(c))
+                        .collect(),
                 };
                 let mut ids = Vec::new();
-                for c in &cubes {
-                    ids.extend(store.matching_ids(&wtxn, c, &filter)?);
+                for cube in &cubes {
+                    let filter = if let Some(f) = &req.file_ids {
+                        Filter::Cond {
+                            field: "file_ids".into(),
+                            op: store::filter::Op::In,
+                            value: json!(f),
+                        }
+                    } else {
+                        let mut parts = vec![];
+                        if let Some(f) = req.filter.as_ref().filter(|f| !f.is_null()) {
+                            let f = Filter::parse_for_cube(f, cube, &cubes)?;
+                            if f.is_true() && req.user_id.is_none() && session.is_none() {
+                                return Err(PipelineError::BadRequest(
+                                    "an empty filter would delete everything; refused".into(),
+                                ));
+                            }
+                            parts.push(f);
+                        }
+                        if let Some(u) = &req.user_id {
+                            parts.push(eq("user_id", u));
+                        }
+                        if let Some(s) = &session {
+                            parts.push(eq("session_id", s));
+                        }
+                        Filter::And(parts)
+                    };
+                    ids.extend(store.matching_ids(&wtxn, cube, &filter)?);
                 }
                 ids
             };
@@ -621,6 +825,197 @@ impl Memos {
             Ok(json!({"status": "success", "deleted": receipt.ids.len(), "receipt": receipt}))
         })
         .await
-        .map_err(|e| PipelineError::Unavailable(e.to_string()))?
     }
+
+    /// Builds feedback events (one per writable cube); the pipeline keeps them as
+    /// [`store::FeedbackRecord`]s.
+    pub fn feedback_events(
+        &self,
+        req: &FeedbackRequest,
+        p: &Principal,
+    ) -> Result<Vec<Event>, PipelineError> {
+        let user = req
+            .user_id
+            .clone()
+            .ok_or_else(|| PipelineError::BadRequest("user_id is required".into()))?;
+        let content = req
+            .feedback_content
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| PipelineError::BadRequest("feedback_content is required".into()))?;
+        let cubes = cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+        p.check(Access::Write, &cubes, Some(&user))?;
+        let payload = json!({
+            "feedback_content": content,
+            "history": req.history.clone().unwrap_or(Value::Null),
+            "retrieved_memory_ids": req.retrieved_memory_ids.clone().unwrap_or_default(),
+            "feedback_time": req.feedback_time,
+            "corrected_answer": req.corrected_answer,
+        });
+        let base_id = uuid::Uuid::new_v4().to_string();
+        let events: Vec<Event> = cubes
+            .iter()
+            .map(|cube| Event {
+                version: operators::event::EVENT_VERSION,
+                event_id: Some(base_id.clone()),
+                kind: EventKind::Feedback,
+                cube_id: cube.clone(),
+                user_id: user.clone(),
+                session_id: req.session_id.clone(),
+                agent_id: None,
+                app_id: None,
+                time: Some(store::time::micros_to_rfc3339(store::time::now_micros())),
+                mode: Mode::Fast,
+                tags: vec![],
+                info: req.info.clone().unwrap_or_default(),
+                payload: payload.clone(),
+            })
+            .collect();
+        for e in &events {
+            e.validate()?;
+        }
+        Ok(events)
+    }
+
+    /// Activated memories of a cube of `types` matching `filter`, in insertion order, one page
+    /// (1-based) or all (then at most `limits.max_export`, else 413). Returns (page, total).
+    pub async fn export(
+        &self,
+        cube: &str,
+        filter: Filter,
+        types: Vec<MemoryType>,
+        page: Option<(usize, usize)>,
+    ) -> Result<(Vec<store::MemoryRecord>, usize), PipelineError> {
+        let cube = cube.to_string();
+        let max = self.cfg.limits.max_export;
+        self.blocking(move |store| {
+            let txn = store.read_txn()?;
+            let ids = store.candidates(&txn, &cube, Some(&types), &filter)?;
+            let total = ids.len() as usize;
+            let (skip, take) = match page {
+                Some((page, size)) => ((page - 1).saturating_mul(size), size),
+                None if total > max => {
+                    return Err(PipelineError::TooLarge(format!(
+                        "{total} memories match; an export returns at most {max}: use page and page_size"
+                    )));
+                }
+                None => (0, total),
+            };
+            let mut out = Vec::new();
+            for id in ids.iter().skip(skip).take(take) {
+                if let Some(r) = store.record(&txn, id)? {
+                    out.push(r);
+                }
+            }
+            Ok((out, total))
+        })
+        .await
+    }
+
+    /// Memories by id that the caller may read; returns (found, missing).
+    pub async fn get_by_ids(
+        &self,
+        ids: Vec<String>,
+        p: &Principal,
+    ) -> Result<(Vec<store::MemoryRecord>, Vec<String>), PipelineError> {
+        p.check(Access::Read, &[], None)?;
+        if ids.len() > self.cfg.limits.max_ids {
+            return Err(PipelineError::TooLarge(format!(
+                "{} ids; the limit is {}",
+                ids.len(),
+                self.cfg.limits.max_ids
+            )));
+        }
+        let p = p.clone();
+        self.blocking(move |store| {
+            let txn = store.read_txn()?;
+            let (mut found, mut missing) = (Vec::new(), Vec::new());
+            for id in ids {
+                match store.get(&txn, &id)? {
+                    Some(r) if p.allows_cube(&r.cube_id) => found.push(r),
+                    _ => missing.push(id),
+                }
+            }
+            Ok((found, missing))
+        })
+        .await
+    }
+
+    /// Registers a cube or knowledge base; 409 if the id exists (as a cube or in memories).
+    pub async fn create_cube(
+        &self,
+        info: store::CubeInfo,
+    ) -> Result<store::CubeInfo, PipelineError> {
+        self.blocking(move |store| {
+            let mut wtxn = store.write_txn()?;
+            if store.cube(&wtxn, &info.cube_id)?.is_some() {
+                return Err(PipelineError::Conflict(format!(
+                    "cube \"{}\" already exists",
+                    info.cube_id
+                )));
+            }
+            store.put_cube(&mut wtxn, &info)?;
+            store.commit(wtxn)?;
+            Ok(info)
+        })
+        .await
+    }
+
+    /// A cube's info (cubes are registered on their first memory or by `create_cube`).
+    pub async fn cube_info(&self, cube: &str) -> Result<Option<store::CubeInfo>, PipelineError> {
+        let cube = cube.to_string();
+        self.blocking(move |store| {
+            let txn = store.read_txn()?;
+            Ok(store.cube(&txn, &cube)?)
+        })
+        .await
+    }
+
+    /// Deletes every memory of a cube and its registration, in one transaction.
+    pub async fn drop_cube(&self, cube: &str) -> Result<usize, PipelineError> {
+        let cube = cube.to_string();
+        self.blocking(move |store| {
+            let mut wtxn = store.write_txn()?;
+            let ids = store.matching_ids(&wtxn, &cube, &Filter::And(vec![]))?;
+            let receipt = store.delete(&mut wtxn, &ids)?;
+            store.remove_cube(&mut wtxn, &cube)?;
+            store.commit(wtxn)?;
+            Ok(receipt.ids.len())
+        })
+        .await
+    }
+}
+
+fn eq(field: &str, v: &str) -> Filter {
+    Filter::Cond {
+        field: field.into(),
+        op: store::filter::Op::Eq,
+        value: json!(v),
+    }
+}
+
+/// MemOS merges quick constraints into a filter and rejects a filter that already pins the same
+/// field to a different value (§1.3): top-level conditions and every and/or branch are checked.
+fn check_constraint_conflicts(
+    filter: &Value,
+    field: &str,
+    quick: Option<&str>,
+) -> Result<(), PipelineError> {
+    let Some(q) = quick else { return Ok(()) };
+    let mut conds: Vec<&Value> = vec![filter];
+    for k in ["and", "or"] {
+        if let Some(Value::Array(a)) = filter.get(k) {
+            conds.extend(a.iter());
+        }
+    }
+    for c in conds {
+        if let Some(Value::String(v)) = c.get(field)
+            && v != q
+        {
+            return Err(PipelineError::BadRequest(format!(
+                "the filter sets {field} = \"{v}\" but the request's {field} is \"{q}\""
+            )));
+        }
+    }
+    Ok(())
 }

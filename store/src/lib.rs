@@ -105,6 +105,58 @@ pub struct CubeInfo {
     pub owner_id: String,
     /// Creation time, unix micros.
     pub created_at: i64,
+    /// `cube` or `knowledgebase`.
+    pub kind: String,
+    /// Free text (knowledge bases).
+    pub description: String,
+}
+
+/// An API key as stored: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public key id (shown in listings and logs).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub key_sha256: String,
+    /// Cube patterns this key may use (`*` = any, `prefix*` = prefix).
+    pub cubes: Vec<String>,
+    /// User patterns this key may act for.
+    pub users: Vec<String>,
+    /// May read (search, get).
+    pub read: bool,
+    /// May write (add, delete, feedback).
+    pub write: bool,
+    /// Requests per minute (0 = the server default).
+    pub rate_limit_per_minute: u32,
+    /// Creation time, unix micros.
+    pub created_at: i64,
+}
+
+/// Feedback on memories, kept as received until the feedback stage processes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRecord {
+    /// Feedback id.
+    pub id: String,
+    /// Cube it applies to.
+    pub cube_id: String,
+    /// User.
+    pub user_id: String,
+    /// Session.
+    pub session_id: Option<String>,
+    /// What the user said.
+    pub feedback_content: String,
+    /// The conversation before it (JSON text).
+    pub history: String,
+    /// Memories the answer used.
+    pub retrieved_memory_ids: Vec<String>,
+    /// When the user gave it (as sent).
+    pub feedback_time: Option<String>,
+    /// `pending` until processed.
+    pub status: String,
+    /// Received, unix micros.
+    pub created_at: i64,
 }
 
 /// What a delete removed, per index.
@@ -163,6 +215,8 @@ pub struct Store {
     cubes: Database<'static, Str, Bytes>,
     dead_letters: Database<'static, Bytes, Bytes>,
     offsets: Database<'static, Str, Bytes>,
+    api_keys: Database<'static, Str, Bytes>,
+    feedback: Database<'static, Bytes, Bytes>,
     lexical: lexical::LexicalIndex,
     vindex: ArroyIndex,
 }
@@ -273,11 +327,13 @@ impl Store {
             })?
             .unwrap_commit();
         let wtxn = env.write_txn()?;
-        let (dead_letters, offsets) = env
+        let (dead_letters, offsets, api_keys, feedback) = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     dbo.create_database(wtxn, Some("dead_letters"))?,
                     dbo.create_database(wtxn, Some("offsets"))?,
+                    dbo.create_database(wtxn, Some("api_keys"))?,
+                    dbo.create_database(wtxn, Some("feedback"))?,
                 )))
             })?
             .unwrap_commit();
@@ -297,6 +353,8 @@ impl Store {
             cubes,
             dead_letters,
             offsets,
+            api_keys,
+            feedback,
             lexical: lexical::LexicalIndex { postings, stats },
             vindex,
             opts,
@@ -552,6 +610,8 @@ impl Store {
                 name: r.cube_id.clone(),
                 owner_id: r.user_id.clone(),
                 created_at: r.created_at,
+                kind: "cube".into(),
+                description: String::new(),
             };
             self.put_cube(wtxn, &info)?;
         }
@@ -736,6 +796,11 @@ impl Store {
             .get(txn, cube)?
             .map(|b| Ok(postcard::from_bytes(b)?))
             .transpose()
+    }
+
+    /// Removes a cube's info (its memories are deleted separately, in the same transaction).
+    pub fn remove_cube(&self, wtxn: &mut RwTxn, cube: &str) -> Result<bool> {
+        Ok(self.cubes.delete(wtxn, cube)?)
     }
 
     /// All cubes.
@@ -966,6 +1031,51 @@ impl Store {
             .map(|b| String::from_utf8_lossy(b).into_owned()))
     }
 
+    /// Stores (or replaces) an API key, keyed by its id.
+    pub fn put_api_key(&self, wtxn: &mut RwTxn, k: &ApiKeyRecord) -> Result<()> {
+        validate_key_part("key id", &k.id)?;
+        self.api_keys.put(wtxn, &k.id, &postcard::to_stdvec(k)?)?;
+        Ok(())
+    }
+
+    /// Removes an API key; false if there was none.
+    pub fn delete_api_key(&self, wtxn: &mut RwTxn, id: &str) -> Result<bool> {
+        Ok(self.api_keys.delete(wtxn, id)?)
+    }
+
+    /// All stored API keys.
+    pub fn api_keys(&self, txn: &RoTxn) -> Result<Vec<ApiKeyRecord>> {
+        let mut out = Vec::new();
+        for item in self.api_keys.iter(txn)? {
+            let (_, v) = item?;
+            out.push(postcard::from_bytes(v)?);
+        }
+        Ok(out)
+    }
+
+    /// Records feedback under its cube, in arrival order.
+    pub fn put_feedback(&self, wtxn: &mut RwTxn, f: &FeedbackRecord) -> Result<()> {
+        validate_key_part("cube_id", &f.cube_id)?;
+        let mut key = f.cube_id.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&f.created_at.to_be_bytes());
+        key.extend_from_slice(f.id.as_bytes());
+        self.feedback.put(wtxn, &key, &postcard::to_stdvec(f)?)?;
+        Ok(())
+    }
+
+    /// A cube's feedback, oldest first.
+    pub fn feedback(&self, txn: &RoTxn, cube: &str) -> Result<Vec<FeedbackRecord>> {
+        let mut prefix = cube.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.feedback.prefix_iter(txn, &prefix)? {
+            let (_, v) = item?;
+            out.push(postcard::from_bytes(v)?);
+        }
+        Ok(out)
+    }
+
     /// Store-wide counts.
     pub fn stats(&self) -> Result<StoreStats> {
         let txn = self.read_txn()?;
@@ -994,6 +1104,8 @@ impl Store {
         m.insert("history".into(), size(self.history.stat(txn)?));
         m.insert("fields".into(), size(self.fields.stat(txn)?));
         m.insert("dead_letters".into(), size(self.dead_letters.stat(txn)?));
+        m.insert("api_keys".into(), size(self.api_keys.stat(txn)?));
+        m.insert("feedback".into(), size(self.feedback.stat(txn)?));
         m.insert("arroy".into(), size(self.vindex.stat(txn)?));
         Ok(m)
     }

@@ -62,7 +62,7 @@ impl Server {
     pub async fn start(cfg: Config) -> Server {
         let store =
             Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).expect("open store"));
-        let (memos, pipeline) = Memos::with_parts(cfg, store, embedder());
+        let (memos, pipeline) = Memos::with_parts(cfg, store, embedder()).expect("service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

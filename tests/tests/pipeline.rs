@@ -15,7 +15,7 @@ fn event(id: &str, cube: &str, text: &str) -> Value {
 async fn service(dir: &std::path::Path) -> (Arc<Memos>, tokio::task::JoinHandle<()>) {
     let cfg = tests::config(dir);
     let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    Memos::with_parts(cfg, store, tests::embedder())
+    Memos::with_parts(cfg, store, tests::embedder()).expect("service")
 }
 
 async fn send(m: &Memos, v: &Value) -> Outcome {

@@ -1,0 +1,405 @@
+//! API keys, scopes and rate limits.
+//!
+//! A key is configured (`[[auth.keys]]`) or created through `POST /admin/keys` with the master
+//! key (then persisted in LMDB, only its SHA-256). A key is scoped to cube and user patterns and
+//! to read and/or write. Requests carry `Authorization: Token <key>` (the MemOS cloud scheme) or
+//! `Bearer <key>`. With no key and no master key configured the server is in open mode and only
+//! listens on loopback addresses.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use store::ApiKeyRecord;
+
+use crate::error::PipelineError;
+
+/// `[auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Master key: admin endpoints and full access. Empty = none.
+    pub master_key: String,
+    /// Default requests per minute per key (0 = unlimited).
+    pub rate_limit_per_minute: u32,
+    /// Configured keys.
+    pub keys: Vec<KeyConfig>,
+}
+
+fn any() -> Vec<String> {
+    vec!["*".into()]
+}
+fn yes() -> bool {
+    true
+}
+
+/// One configured key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name (shown in logs and listings).
+    pub name: String,
+    /// The secret.
+    #[serde(default)]
+    pub key: String,
+    /// Or its hex SHA-256.
+    #[serde(default)]
+    pub key_sha256: String,
+    /// Cube patterns.
+    #[serde(default = "any")]
+    pub cubes: Vec<String>,
+    /// User patterns.
+    #[serde(default = "any")]
+    pub users: Vec<String>,
+    /// May read.
+    #[serde(default = "yes")]
+    pub read: bool,
+    /// May write.
+    #[serde(default = "yes")]
+    pub write: bool,
+    /// Own rate limit (0 = the default).
+    #[serde(default)]
+    pub rate_limit_per_minute: u32,
+}
+
+/// Read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Search, get, export.
+    Read,
+    /// Add, delete, feedback, cube and knowledge-base changes.
+    Write,
+}
+
+/// Who is calling, and what they may touch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    /// Key id (`open` in open mode, `master` for the master key).
+    pub id: String,
+    /// Key name.
+    pub name: String,
+    /// Cube patterns.
+    pub cubes: Vec<String>,
+    /// User patterns.
+    pub users: Vec<String>,
+    /// May read.
+    pub read: bool,
+    /// May write.
+    pub write: bool,
+    /// May use /admin.
+    pub admin: bool,
+    /// Requests per minute (0 = unlimited).
+    pub rate_limit_per_minute: u32,
+}
+
+fn matches(patterns: &[String], s: &str) -> bool {
+    patterns.iter().any(|p| {
+        p == "*"
+            || match p.strip_suffix('*') {
+                Some(prefix) => s.starts_with(prefix),
+                None => p == s,
+            }
+    })
+}
+
+impl Principal {
+    fn full(id: &str, admin: bool, rate: u32) -> Principal {
+        Principal {
+            id: id.into(),
+            name: id.into(),
+            cubes: any(),
+            users: any(),
+            read: true,
+            write: true,
+            admin,
+            rate_limit_per_minute: rate,
+        }
+    }
+
+    /// In-process callers (CLI, evaluation): everything, no rate limit.
+    pub fn local() -> Principal {
+        Principal::full("local", true, 0)
+    }
+
+    /// Whether this caller may use `cube`.
+    pub fn allows_cube(&self, cube: &str) -> bool {
+        matches(&self.cubes, cube)
+    }
+
+    /// Whether this caller may act for `user`.
+    pub fn allows_user(&self, user: &str) -> bool {
+        matches(&self.users, user)
+    }
+
+    /// 403 unless the caller has `access` on every cube and may act for `user`.
+    pub fn check(
+        &self,
+        access: Access,
+        cubes: &[String],
+        user: Option<&str>,
+    ) -> Result<(), PipelineError> {
+        let (ok, what) = match access {
+            Access::Read => (self.read, "read"),
+            Access::Write => (self.write, "write"),
+        };
+        if !ok {
+            return Err(PipelineError::Forbidden(format!(
+                "key \"{}\" may not {what}",
+                self.name
+            )));
+        }
+        if let Some(c) = cubes.iter().find(|c| !self.allows_cube(c)) {
+            return Err(PipelineError::Forbidden(format!(
+                "key \"{}\" may not {what} cube \"{c}\"",
+                self.name
+            )));
+        }
+        if let Some(u) = user
+            && !self.allows_user(u)
+        {
+            return Err(PipelineError::Forbidden(format!(
+                "key \"{}\" may not act for user \"{u}\"",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Keys, the master key and per-key token buckets.
+pub struct Auth {
+    open: bool,
+    default_rate: u32,
+    master_sha: Option<String>,
+    keys: RwLock<HashMap<String, Arc<Principal>>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Hex SHA-256 of a secret.
+pub fn key_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn from_record(r: &ApiKeyRecord) -> Principal {
+    Principal {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        cubes: r.cubes.clone(),
+        users: r.users.clone(),
+        read: r.read,
+        write: r.write,
+        admin: false,
+        rate_limit_per_minute: r.rate_limit_per_minute,
+    }
+}
+
+impl Auth {
+    /// Builds the key table from the configuration and the keys stored in LMDB.
+    pub fn new(cfg: &AuthConfig, stored: &[ApiKeyRecord]) -> Result<Auth, PipelineError> {
+        let mut keys = HashMap::new();
+        for k in &cfg.keys {
+            let sha = match (k.key.is_empty(), k.key_sha256.is_empty()) {
+                (false, true) => key_hash(&k.key),
+                (true, false) => k.key_sha256.to_lowercase(),
+                _ => {
+                    return Err(PipelineError::Config(format!(
+                        "auth key \"{}\" needs exactly one of key or key_sha256",
+                        k.name
+                    )));
+                }
+            };
+            let p = Principal {
+                id: format!("cfg:{}", k.name),
+                name: k.name.clone(),
+                cubes: k.cubes.clone(),
+                users: k.users.clone(),
+                read: k.read,
+                write: k.write,
+                admin: false,
+                rate_limit_per_minute: k.rate_limit_per_minute,
+            };
+            if keys.insert(sha, Arc::new(p)).is_some() {
+                return Err(PipelineError::Config(format!(
+                    "auth key \"{}\" is configured twice",
+                    k.name
+                )));
+            }
+        }
+        for r in stored {
+            keys.insert(r.key_sha256.clone(), Arc::new(from_record(r)));
+        }
+        let master_sha = (!cfg.master_key.is_empty()).then(|| key_hash(&cfg.master_key));
+        Ok(Auth {
+            open: cfg.keys.is_empty() && master_sha.is_none(),
+            default_rate: cfg.rate_limit_per_minute,
+            master_sha,
+            keys: RwLock::new(keys),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Open mode: no keys, no master key.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Who sent `authorization` (the header value, if any). 401 when a key is needed and
+    /// missing or unknown.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Arc<Principal>, PipelineError> {
+        if self.open {
+            return Ok(Arc::new(Principal::full("open", true, self.default_rate)));
+        }
+        let h = authorization.ok_or_else(|| {
+            PipelineError::Unauthorized(
+                "missing Authorization header (use \"Token <key>\" or \"Bearer <key>\")".into(),
+            )
+        })?;
+        let (scheme, secret) = h.trim().split_once(' ').ok_or_else(|| {
+            PipelineError::Unauthorized(
+                "Authorization must be \"Token <key>\" or \"Bearer <key>\"".into(),
+            )
+        })?;
+        if !scheme.eq_ignore_ascii_case("token") && !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(PipelineError::Unauthorized(format!(
+                "unsupported Authorization scheme \"{scheme}\" (use Token or Bearer)"
+            )));
+        }
+        let sha = key_hash(secret.trim());
+        if self.master_sha.as_deref() == Some(sha.as_str()) {
+            return Ok(Arc::new(Principal::full("master", true, 0)));
+        }
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sha)
+            .cloned()
+            .ok_or_else(|| PipelineError::Unauthorized("unknown API key".into()))
+    }
+
+    /// Takes one request from the caller's bucket; 429 with the wait when it is empty.
+    pub fn admit(&self, p: &Principal) -> Result<(), PipelineError> {
+        let rate = if p.rate_limit_per_minute > 0 {
+            p.rate_limit_per_minute
+        } else if p.id == "master" {
+            0
+        } else {
+            self.default_rate
+        };
+        if rate == 0 {
+            return Ok(());
+        }
+        let cap = rate as f64;
+        let per_sec = cap / 60.0;
+        let now = Instant::now();
+        let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = g.entry(p.id.clone()).or_insert(Bucket {
+            tokens: cap,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(cap);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - b.tokens) / per_sec).ceil() as u64;
+            Err(PipelineError::RateLimited {
+                message: format!(
+                    "key \"{}\" is over its limit of {rate} requests per minute",
+                    p.name
+                ),
+                retry_after_secs: wait.max(1),
+            })
+        }
+    }
+
+    /// Adds a created key to the live table.
+    pub fn insert(&self, r: &ApiKeyRecord) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.key_sha256.clone(), Arc::new(from_record(r)));
+    }
+
+    /// Removes a created key from the live table.
+    pub fn remove(&self, r: &ApiKeyRecord) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&r.key_sha256);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(keys: Vec<KeyConfig>, master: &str) -> AuthConfig {
+        AuthConfig {
+            master_key: master.into(),
+            rate_limit_per_minute: 2,
+            keys,
+        }
+    }
+
+    fn key(name: &str, secret: &str, cubes: &[&str]) -> KeyConfig {
+        KeyConfig {
+            name: name.into(),
+            key: secret.into(),
+            key_sha256: String::new(),
+            cubes: cubes.iter().map(|s| s.to_string()).collect(),
+            users: any(),
+            read: true,
+            write: false,
+            rate_limit_per_minute: 0,
+        }
+    }
+
+    #[test]
+    fn schemes_scopes_and_buckets() {
+        let a = Auth::new(&cfg(vec![key("a", "sa", &["team-a-*"])], ""), &[]).unwrap();
+        assert!(!a.is_open());
+        assert!(a.authenticate(None).is_err());
+        assert!(a.authenticate(Some("Basic sa")).is_err());
+        assert!(a.authenticate(Some("Token nope")).is_err());
+        let p = a.authenticate(Some("Token sa")).unwrap();
+        assert_eq!(a.authenticate(Some("bearer sa")).unwrap().name, "a");
+        assert!(
+            p.check(Access::Read, &["team-a-1".into()], Some("u"))
+                .is_ok()
+        );
+        let e = p.check(Access::Read, &["team-b".into()], None).unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert_eq!(
+            p.check(Access::Write, &["team-a-1".into()], None)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert!(a.admit(&p).is_ok() && a.admit(&p).is_ok());
+        assert_eq!(a.admit(&p).unwrap_err().status(), 429);
+    }
+
+    #[test]
+    fn open_mode_and_bad_config() {
+        let a = Auth::new(&cfg(vec![], ""), &[]).unwrap();
+        assert!(a.is_open());
+        assert!(a.authenticate(None).unwrap().admin);
+        let mut k = key("x", "s", &["*"]);
+        k.key_sha256 = key_hash("s");
+        assert!(Auth::new(&cfg(vec![k], ""), &[]).is_err());
+        let m = Auth::new(&cfg(vec![], "m"), &[]).unwrap();
+        assert!(!m.is_open());
+        assert!(m.authenticate(Some("Token m")).unwrap().admin);
+    }
+}

@@ -1,0 +1,519 @@
+//! The MemOS cloud API shapes (memos-spec §1.6-1.7) under [`BASE`], for the official SDK
+//! (`MemOSClient(base_url="http://host:8000/api/openmem/v1", api_key=…)`) and the cloud
+//! plugins. Success envelopes carry `code: 0`, as the cloud does. A cloud `user_id` is the cube.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+use store::{Filter, MemoryRecord, MemoryType};
+
+use super::product::{bucket_types, new_cube_id};
+use super::{AppState, Body};
+use crate::api::{
+    AddKbFileRequest, AddRequest, CloudAddRequest, CloudDeleteRequest, CloudFeedbackRequest,
+    CloudGetMemoryRequest, CloudSearchRequest, CloudStatusRequest, CreateKbRequest,
+    DeleteKbRequest, DeleteRequest, FeedbackRequest, SearchRequest,
+};
+use crate::auth::{Access, Principal};
+use crate::error::PipelineError;
+use crate::service::Memos;
+
+/// Where the cloud routes live.
+pub const BASE: &str = "/api/openmem/v1";
+
+type P = Extension<Arc<Principal>>;
+type R = Result<Json<Value>, PipelineError>;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/add/message", post(add_message))
+        .route("/search/memory", post(search_memory))
+        .route("/get/memory", post(get_memory))
+        .route("/get/memory/{id}", get(get_memory_by_id))
+        .route("/delete/memory", post(delete_memory))
+        .route("/add/feedback", post(add_feedback))
+        .route("/get/status", post(get_status))
+        .route("/create/knowledgebase", post(create_knowledgebase))
+        .route("/delete/knowledgebase", post(delete_knowledgebase))
+        .route("/add/knowledgebase-file", post(add_knowledgebase_file))
+}
+
+fn ok(data: Value) -> Json<Value> {
+    Json(json!({"code": 0, "message": "ok", "data": data}))
+}
+
+fn millis(micros: i64) -> i64 {
+    micros / 1000
+}
+
+fn required(v: &Option<String>, name: &str) -> Result<String, PipelineError> {
+    v.clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| PipelineError::BadRequest(format!("{name} is required")))
+}
+
+/// A record in the cloud's item shape for its bucket.
+pub fn cloud_item(r: &MemoryRecord, relativity: Option<f32>) -> Value {
+    let mut v = match r.memory_type {
+        MemoryType::PreferenceMemory => {
+            let info = &r.info;
+            json!({
+                "id": r.id,
+                "preference": r.memory,
+                "preference_type": info.get("preference_type").cloned().unwrap_or(json!("explicit_preference")),
+                "reasoning": info.get("reasoning").cloned().unwrap_or(json!("")),
+            })
+        }
+        MemoryType::ToolSchemaMemory | MemoryType::ToolTrajectoryMemory => json!({
+            "id": r.id,
+            "tool_type": r.memory_type.as_str(),
+            "tool_value": serde_json::from_str::<Value>(&r.memory).unwrap_or_else(|_| json!(r.memory)),
+        }),
+        _ => json!({
+            "id": r.id,
+            "memory_key": r.key.clone().unwrap_or_else(|| r.memory.chars().take(60).collect()),
+            "memory_value": r.memory,
+            "memory_type": r.memory_type.as_str(),
+            "tags": r.tags,
+            "confidence": r.confidence,
+            "file_ids": r.file_ids,
+        }),
+    };
+    v["create_time"] = json!(millis(r.created_at));
+    v["update_time"] = json!(millis(r.updated_at));
+    v["conversation_id"] = json!(r.session_id);
+    v["status"] = json!(r.status.as_str());
+    v["cube_id"] = json!(r.cube_id);
+    if let Some(s) = relativity {
+        v["relativity"] = json!(s);
+    }
+    v
+}
+
+/// Adds messages for a user (async by default: `asyncMode`); `{success, task_id, status}`.
+#[utoipa::path(post, path = "/api/openmem/v1/add/message", tag = "cloud", request_body = CloudAddRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 401, body = crate::api::Envelope), (status = 403, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn add_message(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CloudAddRequest>,
+) -> R {
+    let user = required(&req.user_id, "user_id")?;
+    if req.messages.as_ref().is_none_or(|v| v.is_null()) {
+        return Err(PipelineError::BadRequest("messages is required".into()));
+    }
+    let add = AddRequest {
+        user_id: Some(user.clone()),
+        session_id: req.conversation_id.clone(),
+        info: req.info.clone(),
+        messages: req.messages.clone(),
+        source: req.source.clone(),
+        agent_id: req.agent_id.clone(),
+        app_id: req.app_id.clone(),
+        custom_tags: req.tags.clone(),
+        ..Default::default()
+    };
+    let events = m.add_events(&add, &p)?;
+    if req.async_mode.unwrap_or(true) {
+        let task_id = m.add_async(events, None, &user).await?;
+        Ok(ok(
+            json!({"success": true, "task_id": task_id, "status": "running"}),
+        ))
+    } else {
+        let added = m.add_sync(events).await?;
+        Ok(ok(json!({
+            "success": true,
+            "task_id": uuid::Uuid::new_v4().to_string(),
+            "status": "completed",
+            "memory_ids": added.iter().map(|a| a.memory_id.clone()).collect::<Vec<_>>(),
+        })))
+    }
+}
+
+/// Searches a user's memories (plus knowledge bases): `memory_detail_list`,
+/// `preference_detail_list`, `tool_memory_detail_list`, `skill_detail_list`, `preference_note`.
+#[utoipa::path(post, path = "/api/openmem/v1/search/memory", tag = "cloud", request_body = CloudSearchRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 401, body = crate::api::Envelope), (status = 403, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn search_memory(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CloudSearchRequest>,
+) -> R {
+    let user = required(&req.user_id, "user_id")?;
+    let mut cubes = vec![user.clone()];
+    cubes.extend(req.knowledgebase_ids.clone().unwrap_or_default());
+    let mut filter = req.filter.clone();
+    if let Some(a) = &req.agent_id {
+        let cond = json!({"agent_id": a});
+        filter = Some(match filter {
+            Some(f) if !f.is_null() => json!({"and": [f, cond]}),
+            _ => cond,
+        });
+    }
+    let s = SearchRequest {
+        query: req.query.clone(),
+        user_id: Some(user),
+        readable_cube_ids: Some(cubes),
+        session_id: req.conversation_id.clone(),
+        top_k: req.memory_limit_number,
+        relativity: req.relativity,
+        include_preference: req.include_preference,
+        pref_top_k: req.preference_limit_number,
+        search_tool_memory: req.include_tool_memory,
+        tool_mem_top_k: req.tool_memory_limit_number,
+        include_skill_memory: req.include_skill,
+        skill_mem_top_k: req.skill_limit_number,
+        filter,
+        ..Default::default()
+    };
+    let res = m.search_hits(&s, &p).await?;
+    let mut lists: std::collections::HashMap<&str, Vec<(f32, Value)>> = Default::default();
+    for b in &res.buckets {
+        let list = match b.name {
+            "text_mem" => "memory_detail_list",
+            "pref_mem" => "preference_detail_list",
+            "tool_mem" => "tool_memory_detail_list",
+            _ => "skill_detail_list",
+        };
+        for h in &b.hits {
+            lists
+                .entry(list)
+                .or_default()
+                .push((h.score, cloud_item(&h.record, Some(h.score))));
+        }
+    }
+    let mut data = json!({
+        "preference_note": res.pref_note,
+        "profile_detail_list": [], "event_detail_list": [],
+    });
+    for (list, k) in [
+        ("memory_detail_list", req.memory_limit_number),
+        ("preference_detail_list", req.preference_limit_number),
+        ("tool_memory_detail_list", req.tool_memory_limit_number),
+        ("skill_detail_list", req.skill_limit_number),
+    ] {
+        // Across the user's cube and knowledge bases: best first, the requested number.
+        let mut v = lists.remove(list).unwrap_or_default();
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+        data[list] = Value::Array(v.into_iter().take(k).map(|(_, x)| x).collect());
+    }
+    Ok(ok(data))
+}
+
+/// A user's (or an agent's) memories, paged: the lists plus `total, size, current, pages`.
+#[utoipa::path(post, path = "/api/openmem/v1/get/memory", tag = "cloud", request_body = CloudGetMemoryRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 403, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn get_memory(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CloudGetMemoryRequest>,
+) -> R {
+    if req.page == 0 || req.size == 0 || req.size > 1000 {
+        return Err(PipelineError::BadRequest(
+            "page must be >= 1 and size 1..=1000".into(),
+        ));
+    }
+    let (cube, mut cond) = match (&req.user_id, &req.agent_id) {
+        (Some(u), a) => (u.clone(), a.as_ref().map(|a| json!({"agent_id": a}))),
+        (None, Some(a)) => (a.clone(), None),
+        (None, None) => {
+            return Err(PipelineError::BadRequest(
+                "user_id or agent_id is required".into(),
+            ));
+        }
+    };
+    p.check(
+        Access::Read,
+        std::slice::from_ref(&cube),
+        req.user_id.as_deref(),
+    )?;
+    if let Some(f) = req.filter.clone().filter(|f| !f.is_null()) {
+        cond = Some(match cond {
+            Some(c) => json!({"and": [f, c]}),
+            None => f,
+        });
+    }
+    let filter = Filter::parse_for_cube(
+        cond.as_ref().unwrap_or(&Value::Null),
+        &cube,
+        std::slice::from_ref(&cube),
+    )?;
+    let page = Some((req.page, req.size));
+    let (facts, total) = m
+        .export(&cube, filter.clone(), bucket_types("text_mem"), page)
+        .await?;
+    let prefs = if req.include_preference {
+        m.export(&cube, filter.clone(), bucket_types("pref_mem"), page)
+            .await?
+            .0
+    } else {
+        vec![]
+    };
+    let tools = if req.include_tool_memory {
+        m.export(&cube, filter, bucket_types("tool_mem"), page)
+            .await?
+            .0
+    } else {
+        vec![]
+    };
+    let items = |v: &[MemoryRecord]| v.iter().map(|r| cloud_item(r, None)).collect::<Vec<_>>();
+    Ok(ok(json!({
+        "memory_detail_list": items(&facts),
+        "preference_detail_list": items(&prefs),
+        "tool_memory_detail_list": items(&tools),
+        "total": total, "size": req.size, "current": req.page,
+        "pages": total.div_ceil(req.size),
+    })))
+}
+
+/// One memory (404 when unknown or outside the key's cubes).
+#[utoipa::path(get, path = "/api/openmem/v1/get/memory/{id}", tag = "cloud",
+    params(("id" = String, Path, description = "Memory id")),
+    responses((status = 200, body = crate::api::Envelope), (status = 404, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn get_memory_by_id(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Path(id): Path<String>,
+) -> R {
+    let (found, _) = m.get_by_ids(vec![id.clone()], &p).await?;
+    let r = found
+        .first()
+        .ok_or_else(|| PipelineError::NotFound(format!("memory {id} not found")))?;
+    Ok(ok(cloud_item(r, None)))
+}
+
+/// Deletes by exactly one of `memory_ids`, `user_id`, `agent_id`, `filter` (optionally of one
+/// `memory_type`): `{success}`.
+#[utoipa::path(post, path = "/api/openmem/v1/delete/memory", tag = "cloud", request_body = CloudDeleteRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 403, body = crate::api::Envelope), (status = 404, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn delete_memory(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CloudDeleteRequest>,
+) -> R {
+    let filter_given = req.filter.as_ref().is_some_and(|f| !f.is_null());
+    let n = req.memory_ids.is_some() as u8
+        + req.user_id.is_some() as u8
+        + req.agent_id.is_some() as u8
+        + filter_given as u8;
+    if n != 1 {
+        return Err(PipelineError::BadRequest(
+            "give exactly one of memory_ids, user_id, agent_id or filter".into(),
+        ));
+    }
+    let type_cond = match &req.memory_type {
+        Some(t) => {
+            MemoryType::parse(t).ok_or_else(|| {
+                PipelineError::BadRequest(format!("memory_type \"{t}\" is unknown"))
+            })?;
+            Some(json!({"memory_type": t}))
+        }
+        None => None,
+    };
+    let with_type = |f: Value| match &type_cond {
+        Some(c) => json!({"and": [f, c]}),
+        None => f,
+    };
+    let d = if let Some(ids) = &req.memory_ids {
+        DeleteRequest {
+            memory_ids: Some(ids.clone()),
+            ..Default::default()
+        }
+    } else if let Some(u) = &req.user_id {
+        DeleteRequest {
+            user_id: Some(u.clone()),
+            filter: type_cond.clone(),
+            ..Default::default()
+        }
+    } else if let Some(a) = &req.agent_id {
+        DeleteRequest {
+            filter: Some(with_type(json!({"agent_id": a}))),
+            ..Default::default()
+        }
+    } else {
+        DeleteRequest {
+            filter: req.filter.clone().map(with_type),
+            ..Default::default()
+        }
+    };
+    let res = m.delete(&d, &p).await?;
+    Ok(ok(json!({"success": true, "deleted": res["deleted"]})))
+}
+
+/// Records feedback for a user: `{success, task_id, status}`.
+#[utoipa::path(post, path = "/api/openmem/v1/add/feedback", tag = "cloud", request_body = CloudFeedbackRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 403, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn add_feedback(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CloudFeedbackRequest>,
+) -> R {
+    let user = required(&req.user_id, "user_id")?;
+    let f = FeedbackRequest {
+        user_id: Some(user.clone()),
+        session_id: req.conversation_id.clone(),
+        feedback_content: req.feedback_content.clone(),
+        feedback_time: req.feedback_time.clone(),
+        ..Default::default()
+    };
+    let events = m.feedback_events(&f, &p)?;
+    let task_id = m.add_async(events, None, &user).await?;
+    Ok(ok(
+        json!({"success": true, "task_id": task_id, "status": "running"}),
+    ))
+}
+
+/// Status of a task: `[{task_id, status}]` (status: waiting, in_progress, completed, failed).
+#[utoipa::path(post, path = "/api/openmem/v1/get/status", tag = "cloud", request_body = CloudStatusRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 404, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn get_status(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CloudStatusRequest>,
+) -> R {
+    let id = required(&req.task_id, "task_id")?;
+    let t = m
+        .tasks
+        .get(&id)
+        .filter(|t| p.allows_user(&t.user_id) && t.cubes.iter().all(|c| p.allows_cube(c)))
+        .ok_or_else(|| PipelineError::NotFound(format!("task {id} not found")))?;
+    Ok(ok(json!([{
+        "task_id": t.task_id, "status": t.status, "error": t.error,
+        "memory_ids": t.memories.iter().map(|a| a.memory_id.clone()).collect::<Vec<_>>(),
+    }])))
+}
+
+async fn knowledge_base(
+    m: &Memos,
+    p: &Principal,
+    id: &str,
+    access: Access,
+) -> Result<store::CubeInfo, PipelineError> {
+    p.check(access, &[id.to_string()], None)?;
+    m.cube_info(id)
+        .await?
+        .filter(|c| c.kind == "knowledgebase")
+        .ok_or_else(|| PipelineError::NotFound(format!("knowledge base {id} not found")))
+}
+
+/// Creates a knowledge base (a cube of kind `knowledgebase`, id inside the key's scope): `{id}`.
+#[utoipa::path(post, path = "/api/openmem/v1/create/knowledgebase", tag = "cloud", request_body = CreateKbRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 403, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn create_knowledgebase(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<CreateKbRequest>,
+) -> R {
+    let name = required(&req.knowledgebase_name, "knowledgebase_name")?;
+    let id = new_cube_id(&p, "kb")?;
+    p.check(Access::Write, std::slice::from_ref(&id), None)?;
+    let info = m
+        .create_cube(store::CubeInfo {
+            cube_id: id,
+            name,
+            owner_id: p.id.clone(),
+            created_at: store::time::now_micros(),
+            kind: "knowledgebase".into(),
+            description: req.knowledgebase_description.clone().unwrap_or_default(),
+        })
+        .await?;
+    Ok(ok(json!({"id": info.cube_id, "name": info.name})))
+}
+
+/// Deletes a knowledge base and every memory in it: `{success}`.
+#[utoipa::path(post, path = "/api/openmem/v1/delete/knowledgebase", tag = "cloud", request_body = DeleteKbRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 403, body = crate::api::Envelope), (status = 404, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn delete_knowledgebase(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<DeleteKbRequest>,
+) -> R {
+    let id = required(&req.knowledgebase_id, "knowledgebase_id")?;
+    knowledge_base(&m, &p, &id, Access::Write).await?;
+    let deleted = m.drop_cube(&id).await?;
+    Ok(ok(json!({"success": true, "deleted": deleted})))
+}
+
+/// Adds text files to a knowledge base (chunked, embedded, searchable by `knowledgebase_ids`);
+/// returns one entry per file with its memory ids. JSON only (the SDK's multipart form variant
+/// is answered with a 400).
+#[utoipa::path(post, path = "/api/openmem/v1/add/knowledgebase-file", tag = "cloud", request_body = AddKbFileRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 403, body = crate::api::Envelope), (status = 404, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn add_knowledgebase_file(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<AddKbFileRequest>,
+) -> R {
+    let id = required(&req.knowledgebase_id, "knowledgebase_id")?;
+    if req.file.is_empty() {
+        return Err(PipelineError::BadRequest(
+            "file must list at least one file".into(),
+        ));
+    }
+    let kb = knowledge_base(&m, &p, &id, Access::Write).await?;
+    let mut events = Vec::new();
+    let mut files = Vec::new();
+    for (i, f) in req.file.iter().enumerate() {
+        let text = f
+            .content
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| PipelineError::BadRequest(format!("file[{i}].content is required")))?;
+        let file_id = f
+            .file_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let name = f.file_name.clone().unwrap_or_else(|| file_id.clone());
+        events.push(operators::event::Event {
+            version: operators::event::EVENT_VERSION,
+            event_id: Some(format!("{id}/{file_id}")),
+            kind: operators::event::EventKind::Document,
+            cube_id: id.clone(),
+            user_id: kb.owner_id.clone(),
+            session_id: None,
+            agent_id: None,
+            app_id: None,
+            time: Some(store::time::micros_to_rfc3339(store::time::now_micros())),
+            mode: operators::event::Mode::Fast,
+            tags: vec!["knowledgebase".into()],
+            info: Default::default(),
+            payload: json!({"text": text, "filename": name, "file_id": file_id, "kb_id": id, "mime": f.mime}),
+        });
+        files.push((file_id, name));
+    }
+    for e in &events {
+        e.validate()?;
+    }
+    let added = m.add_sync_each(events).await?;
+    let out: Vec<Value> = files
+        .into_iter()
+        .zip(added)
+        .map(|((fid, name), mems)| {
+            let ids: Vec<String> = mems.into_iter().map(|a| a.memory_id).collect();
+            json!({"file_id": fid, "file_name": name, "status": "completed", "knowledgebase_id": id, "memory_ids": ids})
+        })
+        .collect();
+    Ok(ok(json!(out)))
+}

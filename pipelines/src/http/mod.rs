@@ -1,0 +1,175 @@
+//! The REST API: a testable [`app`] and a server with graceful shutdown.
+//!
+//! - `product`: the self-hosted MemOS API (`/product/*`, memos-spec §1.2), envelope
+//!   `{"code": 200, "message", "data"}`.
+//! - `cloud`: the MemOS cloud shapes the official SDK calls (`/api/openmem/v1/*`, §1.6-1.7),
+//!   envelope `{"code": 0, …}`.
+//! - `admin`: API keys (master key only).
+//! - `openapi`: the OpenAPI document, generated from these handlers.
+//!
+//! Every route but `/health` and `/openapi.json` goes through [`authenticate`]: API key, scope
+//! and rate limit. Errors are JSON `{"code": <status>, "message", "data": null}` with a 4xx/5xx
+//! status (see [`PipelineError::status`]); no failure is a 200.
+
+pub mod admin;
+pub mod cloud;
+pub mod openapi;
+pub mod product;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::error::PipelineError;
+use crate::service::Memos;
+
+impl IntoResponse for PipelineError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let retry = match &self {
+            PipelineError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let mut r = (
+            status,
+            Json(json!({"code": status.as_u16(), "message": self.to_string(), "data": null})),
+        )
+            .into_response();
+        if let Some(s) = retry
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Token"));
+        }
+        r
+    }
+}
+
+/// JSON body extractor whose rejections are MemOS-shaped 4xx errors with a message (missing
+/// body, wrong content type, malformed JSON, wrong field types, too large).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = PipelineError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => PipelineError::TooLarge(e.body_text()),
+                _ => PipelineError::BadRequest(e.body_text()),
+            }),
+        }
+    }
+}
+
+/// Query-string extractor with the same 400s.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = PipelineError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| PipelineError::BadRequest(e.body_text()))
+    }
+}
+
+pub(crate) type AppState = Arc<Memos>;
+
+/// The MemOS envelope (`code` 200).
+pub fn ok(message: &str, data: Value) -> Json<Value> {
+    Json(json!({"code": 200, "message": message, "data": data}))
+}
+
+/// Resolves the API key, checks the rate limit and hands the [`crate::auth::Principal`] to the
+/// handler as a request extension.
+pub async fn authenticate(
+    State(m): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, PipelineError> {
+    let h = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let p = m.auth.authenticate(h)?;
+    m.auth.admit(&p)?;
+    req.extensions_mut().insert(p);
+    Ok(next.run(req).await)
+}
+
+/// The router over a running service.
+pub fn app(m: Arc<Memos>) -> Router {
+    let limit = m.cfg.limits.max_body_bytes;
+    let protected = Router::new()
+        .merge(product::routes())
+        .nest(cloud::BASE, cloud::routes())
+        .merge(admin::routes())
+        .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi::serve))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(m)
+}
+
+async fn not_found(req: Request) -> PipelineError {
+    PipelineError::NotFound(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+/// Liveness and the embedder in use.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "Healthy", body = Object)))]
+pub async fn health(State(m): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "service": "memos",
+        "version": env!("CARGO_PKG_VERSION"),
+        "embedder": m.embedder.model_id(),
+        "auth": if m.auth.is_open() { "open" } else { "keys" },
+    }))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; in-flight requests finish first.
+/// Refuses a non-loopback listener in open mode (no API keys).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    m: Arc<Memos>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    if m.auth.is_open() && !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to serve {addr} without API keys: configure [auth] keys or a master key, or bind 127.0.0.1"
+            ),
+        ));
+    }
+    axum::serve(listener, app(m))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
