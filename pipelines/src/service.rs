@@ -676,7 +676,7 @@ impl Memos {
                         }
                     }
                     buckets.push(BucketHits {
-                        name: *name,
+                        name,
                         cube: cube.clone(),
                         hits,
                     });

@@ -97,6 +97,43 @@ impl Server {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Sends `method path` with an optional `Authorization: Token <key>` and JSON body; returns
+    /// (status, body).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = reqwest::Client::new().request(m, format!("{}{}", self.url, path));
+        if let Some(k) = key {
+            r = r.header("Authorization", format!("Token {k}"));
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// POSTs JSON as `key`.
+    pub async fn post_as(
+        &self,
+        key: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call("POST", path, Some(key), Some(body)).await
+    }
+
+    /// GETs as `key`.
+    pub async fn get_as(&self, key: &str, path: &str) -> (u16, serde_json::Value) {
+        self.call("GET", path, Some(key), None).await
+    }
+
     /// GETs and returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = reqwest::get(format!("{}{}", self.url, path))

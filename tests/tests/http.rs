@@ -147,7 +147,8 @@ async fn add_search_delete_and_restart() {
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["data"]["status"], "success");
     assert_eq!(body["data"]["deleted"], 1);
-    let (_, body) = s.get(&format!("/product/get_memory/{id}")).await;
+    let (st, body) = s.get(&format!("/product/get_memory/{id}")).await;
+    assert_eq!(st, 404);
     assert!(body["data"].is_null());
 
     // Restart on the same directory keeps the data.
