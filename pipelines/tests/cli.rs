@@ -116,6 +116,50 @@ fn serve_add_search_then_import_and_status() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operator"));
+    // The README's API examples, verbatim but for the port.
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let block = readme
+        .split("<!-- readme-test:begin -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- readme-test:end -->").next())
+        .expect("README has a readme-test block");
+    let joined = block.replace("\\\n", " ");
+    let commands: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl "))
+        .collect();
+    assert_eq!(commands.len(), 3, "{block}");
+    let mut outputs = Vec::new();
+    for c in &commands {
+        let c = c.replace("localhost:8000", &format!("127.0.0.1:{port}"));
+        let out = Command::new("sh").arg("-c").arg(&c).output().unwrap();
+        assert!(out.status.success(), "{c}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{c}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert!(v["code"] == 200 || v["code"] == 0, "{c}: {v}");
+        outputs.push(v);
+    }
+    assert!(
+        outputs[0]["data"].to_string().contains("I like strawberry"),
+        "{}",
+        outputs[0]
+    );
+    let hits = outputs[1]["data"]["text_mem"][0]["memories"].to_string()
+        + &outputs[1]["data"]["pref_mem"][0]["memories"].to_string();
+    assert!(hits.contains("strawberry"), "{}", outputs[1]);
+    assert!(
+        outputs[2]["data"]["memory_detail_list"][0]["memory_value"]
+            .as_str()
+            .unwrap()
+            .contains("strawberry"),
+        "{}",
+        outputs[2]
+    );
+
     // SIGTERM: graceful shutdown.
     let _ = Command::new("kill").arg(server.0.id().to_string()).status();
     let status = server.0.wait().unwrap();
@@ -165,7 +209,7 @@ fn serve_add_search_then_import_and_status() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["cubes"], 2);
+    assert_eq!(v["cubes"], 3, "alice, demo (README examples), bob");
     assert_eq!(v["dead_letters"], 2);
     assert!(v["memories"].as_u64().unwrap() >= 7);
 }
