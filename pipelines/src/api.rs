@@ -252,6 +252,26 @@ pub struct ExistCubeRequest {
     pub mem_cube_id: Option<String>,
 }
 
+/// A string or a list of strings (the SDK accepts both for `user_id` and `agent_id`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// Cloud `POST add/message` (SDK `MemOSClient.add_message`).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
 #[serde(default)]
@@ -259,8 +279,8 @@ pub struct CloudAddRequest {
     /// Messages (required).
     #[schema(value_type = Object)]
     pub messages: Option<Value>,
-    /// User (required).
-    pub user_id: Option<String>,
+    /// User or users (each is a cube); this or agent_id is required.
+    pub user_id: Option<OneOrMany>,
     /// Conversation.
     pub conversation_id: Option<String>,
     /// Info.
@@ -270,8 +290,8 @@ pub struct CloudAddRequest {
     pub source: Option<String>,
     /// App.
     pub app_id: Option<String>,
-    /// Agent.
-    pub agent_id: Option<String>,
+    /// Agent or agents (the cube when no user_id is given).
+    pub agent_id: Option<OneOrMany>,
     /// The SDK sends `asyncMode`; default true.
     #[serde(alias = "asyncMode")]
     pub async_mode: Option<bool>,
@@ -289,7 +309,7 @@ pub struct CloudAddRequest {
 pub struct CloudSearchRequest {
     /// Query (required).
     pub query: String,
-    /// User (required).
+    /// User (this or agent_id is required).
     pub user_id: Option<String>,
     /// Conversation (soft priority).
     pub conversation_id: Option<String>,

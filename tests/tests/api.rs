@@ -502,6 +502,40 @@ async fn product_endpoints_happy_paths_and_errors() {
         .await;
     assert_eq!((st, b["data"]["deleted"].as_u64()), (200, Some(0)));
 
+    // Raw content parts (no roles) with a file part; deleted again by file id.
+    let (st, b) = s.post("/product/add", json!({"user_id": "alice", "writable_cube_ids": ["a2"], "async_mode": "sync",
+        "messages": [{"type": "text", "text": "Quarterly report attached."},
+                     {"type": "file", "file": {"file_id": "f-42", "filename": "q3.txt", "file_data": "Revenue grew 12 percent in Q3."}}]})).await;
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = s
+        .post(
+            "/product/add",
+            json!({"user_id": "alice", "writable_cube_ids": ["a2"], "async_mode": "sync",
+        "doc_path": "/srv/docs/handbook.pdf"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(b["data"].to_string().contains("handbook.pdf"), "{b}");
+    let rev = json!({"query": "How much did revenue grow?", "user_id": "alice", "readable_cube_ids": ["a2"], "top_k": 1});
+    let (_, b) = s.post("/product/search", rev.clone()).await;
+    assert!(
+        b["data"]["text_mem"][0]["memories"][0]["memory"]
+            .as_str()
+            .unwrap()
+            .contains("12 percent"),
+        "{b}"
+    );
+    let (st, b) = s
+        .post(
+            "/product/delete_memory",
+            json!({"file_ids": ["f-42"], "writable_cube_ids": ["a2"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(b["data"]["deleted"].as_u64().unwrap() >= 1);
+    let (_, b) = s.post("/product/search", rev).await;
+    assert!(!b.to_string().contains("12 percent"), "{b}");
+
     // Unknown routes and methods are JSON 404/405s.
     let (st, b) = s.get("/product/nothing").await;
     assert_eq!(st, 404);

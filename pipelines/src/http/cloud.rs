@@ -103,22 +103,42 @@ pub async fn add_message(
     Extension(p): P,
     Body(req): Body<CloudAddRequest>,
 ) -> R {
-    let user = required(&req.user_id, "user_id")?;
+    let users = req.user_id.as_ref().map(|u| u.to_vec()).unwrap_or_default();
+    let agents = req
+        .agent_id
+        .as_ref()
+        .map(|a| a.to_vec())
+        .unwrap_or_default();
+    // Each user is a cube; with no user, each agent is.
+    let owners = if users.is_empty() {
+        agents.clone()
+    } else {
+        users
+    };
+    if owners.is_empty() || owners.iter().any(|o| o.trim().is_empty()) {
+        return Err(PipelineError::BadRequest(
+            "user_id or agent_id is required".into(),
+        ));
+    }
     if req.messages.as_ref().is_none_or(|v| v.is_null()) {
         return Err(PipelineError::BadRequest("messages is required".into()));
     }
-    let add = AddRequest {
-        user_id: Some(user.clone()),
-        session_id: req.conversation_id.clone(),
-        info: req.info.clone(),
-        messages: req.messages.clone(),
-        source: req.source.clone(),
-        agent_id: req.agent_id.clone(),
-        app_id: req.app_id.clone(),
-        custom_tags: req.tags.clone(),
-        ..Default::default()
-    };
-    let events = m.add_events(&add, &p)?;
+    let mut events = Vec::new();
+    for owner in &owners {
+        let add = AddRequest {
+            user_id: Some(owner.clone()),
+            session_id: req.conversation_id.clone(),
+            info: req.info.clone(),
+            messages: req.messages.clone(),
+            source: req.source.clone(),
+            agent_id: agents.first().cloned(),
+            app_id: req.app_id.clone(),
+            custom_tags: req.tags.clone(),
+            ..Default::default()
+        };
+        events.extend(m.add_events(&add, &p)?);
+    }
+    let user = owners[0].clone();
     if req.async_mode.unwrap_or(true) {
         let task_id = m.add_async(events, None, &user).await?;
         Ok(ok(
@@ -146,11 +166,20 @@ pub async fn search_memory(
     Extension(p): P,
     Body(req): Body<CloudSearchRequest>,
 ) -> R {
-    let user = required(&req.user_id, "user_id")?;
+    // The user's cube, or the agent's when no user is given (as add/message stores it).
+    let user = match (&req.user_id, &req.agent_id) {
+        (Some(u), _) if !u.trim().is_empty() => u.clone(),
+        (_, Some(a)) if !a.trim().is_empty() => a.clone(),
+        _ => {
+            return Err(PipelineError::BadRequest(
+                "user_id or agent_id is required".into(),
+            ));
+        }
+    };
     let mut cubes = vec![user.clone()];
     cubes.extend(req.knowledgebase_ids.clone().unwrap_or_default());
     let mut filter = req.filter.clone();
-    if let Some(a) = &req.agent_id {
+    if let (Some(a), Some(_)) = (&req.agent_id, &req.user_id) {
         let cond = json!({"agent_id": a});
         filter = Some(match filter {
             Some(f) if !f.is_null() => json!({"and": [f, cond]}),
