@@ -66,6 +66,15 @@ r = c.search_memory("How many days of annual leave?", user_id=user, conversation
 assert "25 days" in r.memories[0].memory_value, r
 ok("knowledge base create + file + search")
 
+with open("travel.md", "w") as fh:
+    fh.write("Business trips are booked in economy class for flights under six hours.")
+files = c.add_knowledgebase_file_form(kb, ["travel.md"])
+assert files.memories[0]["file_name"] == "travel.md", files
+r = c.search_memory("Which class for short business flights?", user_id=user, conversation_id=conv,
+                    knowledgebase_ids=[kb], memory_limit_number=1)
+assert "economy" in r.memories[0].memory_value, r
+ok("knowledge base multipart file")
+
 f = c.add_feedback(user_id=user, conversation_id=conv, feedback_content="Actually I prefer raspberries.")
 assert f.success, f
 ok("add_feedback")

@@ -83,6 +83,7 @@ async fn official_memos_sdk_works_unchanged() {
         "ok search_memory",
         "ok get_memory + get_memory_by_id",
         "ok knowledge base create + file + search",
+        "ok knowledge base multipart file",
         "ok add_feedback",
         "ok delete_memory",
         "ok delete_knowledgebase",

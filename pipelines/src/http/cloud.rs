@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
@@ -483,18 +483,76 @@ pub async fn delete_knowledgebase(
     Ok(ok(json!({"success": true, "deleted": deleted})))
 }
 
+/// The SDK's form variant: `?knowledgebase_id=…` and one multipart `file` field per file
+/// (UTF-8 text files; anything else is a 400 naming the file).
+async fn multipart_files(req: Request) -> Result<AddKbFileRequest, PipelineError> {
+    #[derive(serde::Deserialize)]
+    struct Kb {
+        knowledgebase_id: Option<String>,
+    }
+    let kb = axum::extract::Query::<Kb>::try_from_uri(req.uri())
+        .map_err(|e| PipelineError::BadRequest(e.body_text()))?
+        .0
+        .knowledgebase_id;
+    let mut mp = axum::extract::Multipart::from_request(req, &())
+        .await
+        .map_err(|e| PipelineError::BadRequest(e.body_text()))?;
+    let mut files = Vec::new();
+    while let Some(field) = mp.next_field().await.map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => PipelineError::TooLarge(e.body_text()),
+        _ => PipelineError::BadRequest(e.body_text()),
+    })? {
+        let name = field.file_name().map(String::from);
+        let mime = field.content_type().map(String::from);
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| PipelineError::BadRequest(e.body_text()))?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            PipelineError::BadRequest(format!(
+                "file {} is not UTF-8 text; only text files are supported",
+                name.as_deref().unwrap_or("?")
+            ))
+        })?;
+        files.push(crate::api::KbFile {
+            file_id: None,
+            file_name: name,
+            content: Some(text),
+            mime,
+        });
+    }
+    Ok(AddKbFileRequest {
+        knowledgebase_id: kb,
+        file: files,
+    })
+}
+
 /// Adds text files to a knowledge base (chunked, embedded, searchable by `knowledgebase_ids`);
-/// returns one entry per file with its memory ids. JSON only (the SDK's multipart form variant
-/// is answered with a 400).
-#[utoipa::path(post, path = "/api/openmem/v1/add/knowledgebase-file", tag = "cloud", request_body = AddKbFileRequest,
+/// returns one entry per file with its memory ids. JSON (`{knowledgebase_id, file: [...]}`) or
+/// the SDK's multipart form (`?knowledgebase_id=`, `file` fields with UTF-8 text).
+#[utoipa::path(post, path = "/api/openmem/v1/add/knowledgebase-file", tag = "cloud",
+    request_body(content((AddKbFileRequest = "application/json"), (Object = "multipart/form-data"))),
+    params(("knowledgebase_id" = Option<String>, Query, description = "Knowledge base (multipart form only)")),
     responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
         (status = 403, body = crate::api::Envelope), (status = 404, body = crate::api::Envelope)),
     security(("token" = [])))]
 pub async fn add_knowledgebase_file(
     State(m): State<AppState>,
     Extension(p): P,
-    Body(req): Body<AddKbFileRequest>,
+    request: Request,
 ) -> R {
+    let multipart = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let req = if multipart {
+        multipart_files(request).await?
+    } else {
+        Body::<AddKbFileRequest>::from_request(request, &())
+            .await?
+            .0
+    };
     let id = required(&req.knowledgebase_id, "knowledgebase_id")?;
     if req.file.is_empty() {
         return Err(PipelineError::BadRequest(
