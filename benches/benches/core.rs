@@ -1,4 +1,4 @@
-//! The core benchmark harness (`cargo bench -p benches`): embedder throughput, search latency
+//! The core benchmark harness (`cargo bench --profile dev -p benches`): embedder throughput, search latency
 //! at 10k and 100k memories in one cube, ingest throughput, resident memory. Results are
 //! printed and written to the `core` section of BENCHMARKS.md.
 //!
@@ -120,7 +120,7 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut md = format!(
-        "Machine: {threads} cores, no GPU. Build: `cargo bench -p benches` (dev profile: dependencies opt-level 2, workspace crates opt-level 1).\n\n"
+        "Machine: {threads} cores, no GPU. Build: `cargo bench --profile dev -p benches` (dev profile: dependencies opt-level 2, workspace crates opt-level 1).\n\n"
     );
 
     let only_search = std::env::var("MEMOS_BENCH_ONLY").is_ok_and(|v| v == "search");

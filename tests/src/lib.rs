@@ -62,6 +62,11 @@ impl Server {
     pub async fn start(cfg: Config) -> Server {
         let store =
             Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).expect("open store"));
+        Self::start_with_store(cfg, store).await
+    }
+
+    /// Starts the service and the REST API on port 0 over an already opened store.
+    pub async fn start_with_store(cfg: Config, store: Arc<store::Store>) -> Server {
         let (memos, pipeline) = Memos::with_parts(cfg, store, embedder()).expect("service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

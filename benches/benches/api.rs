@@ -1,0 +1,220 @@
+//! REST API overhead: the same searches in-process (`Memos::search`) and over real HTTP with an
+//! API key (auth, scope check, rate limiter, JSON), plus request throughput of a lookup that
+//! needs no embedding, with and without keys. Writes the `api` section of BENCHMARKS.md.
+//!
+//! `cargo bench --profile dev -p benches --bench api`; `MEMOS_BENCH_API_SIZE` (default 10000) and
+//! `MEMOS_BENCH_QUERIES` (default 200) adjust the run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use operators::embed::{Embedder, HashEmbedder};
+use pipelines::auth::{KeyConfig, Principal};
+use serde_json::{Value, json};
+use store::{MemoryRecord, MemoryType, Status};
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn texts() -> Vec<String> {
+    let path = tests::root().join("../shared/data/locomo/locomo10.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("LoCoMo data"))
+        .expect("LoCoMo JSON");
+    let mut out = Vec::new();
+    for conv in d.as_array().unwrap() {
+        let c = &conv["conversation"];
+        for (k, v) in c.as_object().unwrap() {
+            if k.starts_with("session_") && v.is_array() {
+                for t in v.as_array().unwrap() {
+                    if let Some(s) = t["text"].as_str() {
+                        out.push(format!("{}: {s}", t["speaker"].as_str().unwrap_or("")));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn record(i: usize, text: String) -> MemoryRecord {
+    MemoryRecord {
+        id: format!("00000000-0000-4000-8000-{i:012}"),
+        memory: text,
+        cube_id: "bench".into(),
+        user_id: "u".into(),
+        session_id: format!("s{}", i / 20),
+        agent_id: None,
+        app_id: None,
+        memory_type: MemoryType::LongTermMemory,
+        status: Status::Activated,
+        key: None,
+        tags: vec![],
+        info: serde_json::Map::new(),
+        source: Some("conversation".into()),
+        sources: vec![],
+        confidence: 0.99,
+        created_at: i as i64,
+        updated_at: i as i64,
+        event_time: None,
+        version: 1,
+        history: vec![],
+        event_id: format!("e{i}"),
+        file_ids: vec![],
+        embedding: vec![],
+    }
+}
+
+async fn throughput(url: &str, key: Option<&str>, body: Value, total: usize, conc: usize) -> f64 {
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, url, body) = (client.clone(), url.to_string(), body.clone());
+        let key = key.map(String::from);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..total / conc {
+                let mut r = client.post(&url).json(&body);
+                if let Some(k) = &key {
+                    r = r.header("Authorization", format!("Token {k}"));
+                }
+                let resp = r.send().await.unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                let _ = resp.bytes().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let size: usize = std::env::var("MEMOS_BENCH_API_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tests::config(dir.path());
+    cfg.auth.keys = vec![KeyConfig {
+        name: "bench".into(),
+        key: "bench-key".into(),
+        key_sha256: String::new(),
+        cubes: vec!["bench*".into()],
+        users: vec!["*".into()],
+        read: true,
+        write: true,
+        rate_limit_per_minute: 10_000_000,
+    }];
+    // The store: LoCoMo turns repeated to `size`, vectors from the hashed embedder (the queries
+    // go through the real model, so latency includes a real query embedding).
+    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let corpus = texts();
+    let hash = HashEmbedder::new(384);
+    let mut wtxn = store.write_txn().unwrap();
+    for chunk in (0..size).collect::<Vec<_>>().chunks(1000) {
+        let t: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("{} (#{i})", corpus[i % corpus.len()]))
+            .collect();
+        let v = hash.embed(&t).unwrap();
+        for (j, i) in chunk.iter().enumerate() {
+            store
+                .insert(&mut wtxn, &record(*i, t[j].clone()), &v[j])
+                .unwrap();
+        }
+    }
+    store.finish(&mut wtxn, true).unwrap();
+    store.commit(wtxn).unwrap();
+    let questions: Vec<String> = corpus.iter().step_by(7).take(n_queries).cloned().collect();
+
+    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
+    let m = s.memos.clone();
+    let local = Principal::local();
+    let req = |q: &str| pipelines::api::SearchRequest {
+        query: q.into(),
+        user_id: Some("u".into()),
+        readable_cube_ids: Some(vec!["bench".into()]),
+        top_k: 10,
+        ..Default::default()
+    };
+    // Warm up both paths.
+    for q in questions.iter().take(10) {
+        m.search(&req(q), &local).await.unwrap();
+    }
+    let mut direct = Vec::new();
+    for q in &questions {
+        let t = Instant::now();
+        m.search(&req(q), &local).await.unwrap();
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let client = reqwest::Client::new();
+    let mut http = Vec::new();
+    for q in &questions {
+        let body = json!({"query": q, "user_id": "u", "readable_cube_ids": ["bench"], "top_k": 10});
+        let t = Instant::now();
+        let r = client
+            .post(format!("{}/product/search", s.url))
+            .header("Authorization", "Token bench-key")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let _: Value = r.json().await.unwrap();
+        http.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let ids: Vec<String> = (0..10).map(|i| record(i * 97, String::new()).id).collect();
+    let by_ids = format!("{}/product/get_memory_by_ids", s.url);
+    let _ = throughput(&by_ids, Some("bench-key"), json!(ids), 200, 8).await;
+    let keyed = throughput(&by_ids, Some("bench-key"), json!(ids), 4000, 8).await;
+    let denied = {
+        let t = Instant::now();
+        for _ in 0..500 {
+            let r = client
+                .post(format!("{}/product/search", s.url))
+                .header("Authorization", "Token wrong")
+                .json(&json!({"query": "x", "user_id": "u"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 401);
+        }
+        500.0 / t.elapsed().as_secs_f64()
+    };
+    s.stop().await;
+    // Open mode, same store.
+    let mut open_cfg = cfg.clone();
+    open_cfg.auth.keys.clear();
+    let s = tests::Server::start_with_store(open_cfg, store.clone()).await;
+    let by_ids = format!("{}/product/get_memory_by_ids", s.url);
+    let _ = throughput(&by_ids, None, json!(ids), 200, 8).await;
+    let open = throughput(&by_ids, None, json!(ids), 4000, 8).await;
+    s.stop().await;
+
+    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
+    let (h50, h99) = (pct(&mut http, 0.5), pct(&mut http, 0.99));
+    let md = format!(
+        "REST API overhead (`cargo bench --profile dev -p benches --bench api`): {size} memories in one cube, {n} LoCoMo questions, top_k 10, real query embedding, client and server on the same 2 cores.\n\n\
+| path | p50 ms | p99 ms |\n|---|---|---|\n\
+| `Memos::search` in-process | {d50:.2} | {d99:.2} |\n\
+| `POST /product/search` over HTTP with an API key (auth, scope, rate limit, JSON) | {h50:.2} | {h99:.2} |\n\
+| difference | {:.2} | |\n\n\
+| request (no embedding), 8 concurrent clients | requests/s |\n|---|---|\n\
+| `get_memory_by_ids` (10 ids) with an API key | {keyed:.0} |\n\
+| `get_memory_by_ids` (10 ids), open mode | {open:.0} |\n\
+| rejected with 401 (unknown key), 1 client | {denied:.0} |\n",
+        h50 - d50,
+        n = questions.len()
+    );
+    println!("{md}");
+    let out = tests::root().join("BENCHMARKS.md");
+    pipelines::eval::write_section(&out, "api", &md).unwrap();
+}
