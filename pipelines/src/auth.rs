@@ -201,10 +201,43 @@ fn from_record(r: &ApiKeyRecord) -> Principal {
 }
 
 impl Auth {
-    /// Builds the key table from the configuration and the keys stored in LMDB.
-    pub fn new(cfg: &AuthConfig, stored: &[ApiKeyRecord]) -> Result<Auth, PipelineError> {
+    /// Builds the key table from the configuration, `MEMOS_API_KEYS` (`env_keys`) and the keys
+    /// stored in LMDB.
+    pub fn new(
+        cfg: &AuthConfig,
+        env_keys: &str,
+        stored: &[ApiKeyRecord],
+    ) -> Result<Auth, PipelineError> {
         let mut keys = HashMap::new();
-        for k in &cfg.keys {
+        let mut configured = cfg.keys.clone();
+        for (i, entry) in env_keys
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let (key, cubes) = match entry.split_once(':') {
+                Some((k, c)) => (k, c.split('+').map(|c| c.trim().to_string()).collect()),
+                None => (entry, any()),
+            };
+            if key.is_empty() || cubes.iter().any(String::is_empty) {
+                return Err(PipelineError::Config(format!(
+                    "MEMOS_API_KEYS entry {} is not KEY or KEY:CUBE+CUBE",
+                    i + 1
+                )));
+            }
+            configured.push(KeyConfig {
+                name: format!("env-{}", i + 1),
+                key: key.into(),
+                key_sha256: String::new(),
+                cubes,
+                users: any(),
+                read: true,
+                write: true,
+                rate_limit_per_minute: 0,
+            });
+        }
+        for k in &configured {
             let sha = match (k.key.is_empty(), k.key_sha256.is_empty()) {
                 (false, true) => key_hash(&k.key),
                 (true, false) => k.key_sha256.to_lowercase(),
@@ -237,7 +270,7 @@ impl Auth {
         }
         let master_sha = (!cfg.master_key.is_empty()).then(|| key_hash(&cfg.master_key));
         Ok(Auth {
-            open: cfg.keys.is_empty() && master_sha.is_none(),
+            open: configured.is_empty() && master_sha.is_none(),
             default_rate: cfg.rate_limit_per_minute,
             master_sha,
             keys: RwLock::new(keys),
@@ -367,7 +400,7 @@ mod tests {
 
     #[test]
     fn schemes_scopes_and_buckets() {
-        let a = Auth::new(&cfg(vec![key("a", "sa", &["team-a-*"])], ""), &[]).unwrap();
+        let a = Auth::new(&cfg(vec![key("a", "sa", &["team-a-*"])], ""), "", &[]).unwrap();
         assert!(!a.is_open());
         assert!(a.authenticate(None).is_err());
         assert!(a.authenticate(Some("Basic sa")).is_err());
@@ -392,13 +425,21 @@ mod tests {
 
     #[test]
     fn open_mode_and_bad_config() {
-        let a = Auth::new(&cfg(vec![], ""), &[]).unwrap();
+        let a = Auth::new(&cfg(vec![], ""), "", &[]).unwrap();
         assert!(a.is_open());
+        // MEMOS_API_KEYS: KEY (every cube) or KEY:CUBE+CUBE.
+        let e = Auth::new(&cfg(vec![], ""), "k1, k2:c1+c2", &[]).unwrap();
+        assert!(!e.is_open());
+        let k1 = e.authenticate(Some("Token k1")).unwrap();
+        assert!(k1.allows_cube("anything"));
+        let k2 = e.authenticate(Some("Token k2")).unwrap();
+        assert!(k2.allows_cube("c2") && !k2.allows_cube("c3"));
+        assert!(Auth::new(&cfg(vec![], ""), "k3:", &[]).is_err());
         assert!(a.authenticate(None).unwrap().admin);
         let mut k = key("x", "s", &["*"]);
         k.key_sha256 = key_hash("s");
-        assert!(Auth::new(&cfg(vec![k], ""), &[]).is_err());
-        let m = Auth::new(&cfg(vec![], "m"), &[]).unwrap();
+        assert!(Auth::new(&cfg(vec![k], ""), "", &[]).is_err());
+        let m = Auth::new(&cfg(vec![], "m"), "", &[]).unwrap();
         assert!(!m.is_open());
         assert!(m.authenticate(Some("Token m")).unwrap().admin);
     }

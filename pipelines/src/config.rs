@@ -42,6 +42,8 @@ pub struct Config {
     pub search: SearchConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// `MEMOS_API_KEYS`: comma-separated `KEY` (every cube) or `KEY:CUBE+CUBE` (those cubes).
+    pub api_keys: String,
     /// API keys, scopes and rate limits.
     pub auth: crate::auth::AuthConfig,
 }
@@ -229,9 +231,11 @@ mod tests {
                 ("MEMOS_HTTP_ADDR".into(), "127.0.0.1:0".into()),
                 ("MEMOS_PIPELINE__BATCH_SIZE".into(), "7".into()),
                 ("MEMOS_UNRELATED".into(), "x".into()),
+                ("MEMOS_API_KEYS".into(), "12345,k2:c1+c2".into()),
             ],
         )
         .unwrap();
+        assert_eq!(c.api_keys, "12345,k2:c1+c2");
         assert_eq!(c.http_addr, "127.0.0.1:0");
         assert_eq!(c.pipeline.batch_size, 7);
         let dir = tempfile::tempdir().unwrap();

@@ -263,7 +263,7 @@ impl Memos {
             let txn = store.read_txn()?;
             store.api_keys(&txn)?
         };
-        let auth = Auth::new(&cfg.auth, &stored)?;
+        let auth = Auth::new(&cfg.auth, &cfg.api_keys, &stored)?;
         let (pipeline, task) = runtime::spawn(&cfg, store.clone(), embedder.clone());
         Ok((
             Arc::new(Memos {
