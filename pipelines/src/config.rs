@@ -46,6 +46,10 @@ pub struct Config {
     pub api_keys: String,
     /// API keys, scopes and rate limits.
     pub auth: crate::auth::AuthConfig,
+    /// Kafka source, search topics, dead letters (enabled by `brokers` / `MEMOS_KAFKA_BROKERS`).
+    pub kafka: connectors::kafka::KafkaConfig,
+    /// NATS source, search subject, dead letters (enabled by `url` / `MEMOS_NATS_URL`).
+    pub nats: connectors::nats::NatsConfig,
 }
 
 /// Embedder settings.
@@ -166,6 +170,12 @@ impl Config {
             merge(&mut v, o);
         }
         for (k, val) in env {
+            // The brief's short names for the broker addresses.
+            let k = match k.as_str() {
+                "MEMOS_KAFKA_BROKERS" => "MEMOS_KAFKA__BROKERS".to_string(),
+                "MEMOS_NATS_URL" => "MEMOS_NATS__URL".to_string(),
+                _ => k,
+            };
             let Some(rest) = k.strip_prefix("MEMOS_") else {
                 continue;
             };
@@ -232,9 +242,13 @@ mod tests {
                 ("MEMOS_PIPELINE__BATCH_SIZE".into(), "7".into()),
                 ("MEMOS_UNRELATED".into(), "x".into()),
                 ("MEMOS_API_KEYS".into(), "12345,k2:c1+c2".into()),
+                ("MEMOS_KAFKA_BROKERS".into(), "127.0.0.1:9092".into()),
+                ("MEMOS_NATS_URL".into(), "nats://127.0.0.1:4222".into()),
             ],
         )
         .unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(c.api_keys, "12345,k2:c1+c2");
         assert_eq!(c.http_addr, "127.0.0.1:0");
         assert_eq!(c.pipeline.batch_size, 7);

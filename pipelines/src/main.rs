@@ -174,7 +174,25 @@ async fn main() -> Result<()> {
             tracing::info!(data_dir = %cfg.data_dir.display(), "starting (the model is fetched on first run)");
             let (m, pipeline) = Memos::start(cfg.clone()).await?;
             tracing::info!(addr = %listener.local_addr()?, "REST API listening");
-            http::serve(listener, m.clone(), shutdown_signal()).await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let sources = pipelines::bus::start_sources(m.clone(), stop_rx.clone());
+            let mut http_stop = stop_rx.clone();
+            let mut server = tokio::spawn(http::serve(listener, m.clone(), async move {
+                let _ = http_stop.wait_for(|v| *v).await;
+            }));
+            let early = tokio::select! {
+                _ = shutdown_signal() => None,
+                r = &mut server => Some(r),
+            };
+            // Sources first (they finish and acknowledge what is in flight), then the API.
+            let _ = stop_tx.send(true);
+            for s in sources {
+                let _ = s.await;
+            }
+            match early {
+                Some(r) => r??,
+                None => server.await??,
+            }
             drop(m);
             // The pipeline finishes the batch in hand and folds the vector delta before exiting.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), pipeline).await;

@@ -165,6 +165,8 @@ pub struct Memos {
     pub tasks: Tasks,
     /// API keys and rate limits.
     pub auth: Auth,
+    /// Kafka partitions (hence cubes) this process owns.
+    pub ownership: Arc<connectors::kafka::Ownership>,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -273,6 +275,7 @@ impl Memos {
                 pipeline,
                 tasks: Tasks::default(),
                 auth,
+                ownership: Arc::default(),
             }),
             task,
         ))

@@ -55,6 +55,8 @@ pub struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     pipeline: Option<tokio::task::JoinHandle<()>>,
+    sources_stop: tokio::sync::watch::Sender<bool>,
+    sources: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -81,12 +83,17 @@ impl Server {
             .await
             .expect("serve");
         });
+        // The configured broker sources (Kafka, NATS), as `memos serve` runs them.
+        let (sources_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let sources = pipelines::bus::start_sources(memos.clone(), stop_rx);
         Server {
             url,
             memos,
             stop: Some(stop),
             task: Some(task),
             pipeline: Some(pipeline),
+            sources_stop,
+            sources,
         }
     }
 
@@ -151,6 +158,10 @@ impl Server {
     /// Stops the HTTP server gracefully, then the pipeline (which finishes its batch), and
     /// closes the store.
     pub async fn stop(mut self) {
+        let _ = self.sources_stop.send(true);
+        for s in std::mem::take(&mut self.sources) {
+            let _ = s.await;
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -163,4 +174,99 @@ impl Server {
             let _ = p.await;
         }
     }
+}
+
+/// A unique prefix for broker names (topics, subjects, streams, groups) so tests sharing a
+/// broker never see each other's messages.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// NATS settings for a test: the machine's server (`MEMOS_TEST_NATS_URL`, default
+/// nats://127.0.0.1:4222) with a private stream, subjects and durable.
+pub fn nats_config(cfg: &mut Config) -> String {
+    let p = unique("t");
+    let n = &mut cfg.nats;
+    n.url = std::env::var("MEMOS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    n.stream = format!("{}_EVENTS", p.to_uppercase());
+    n.subjects = format!("{p}.events.>");
+    n.durable = format!("{p}-memos");
+    n.core_subject = format!("{p}.ingest.>");
+    n.search_subject = format!("{p}.search");
+    n.queue_group = format!("{p}-memos");
+    n.dlq_subject = format!("{p}.dlq");
+    p
+}
+
+/// A Kafka-protocol broker (tansu 0.6, in memory) on a free port, stopped on drop.
+pub struct Tansu {
+    /// `127.0.0.1:PORT`.
+    pub brokers: String,
+    child: std::process::Child,
+}
+
+impl Tansu {
+    /// Starts `tansu broker` (from PATH or ~/.cargo/bin) and waits for its port.
+    pub fn start() -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cargo/bin/tansu"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("tansu"));
+        let mut child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu 0.6.0 is needed for the Kafka tests (.ci/run installs it)");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Tansu {
+                    brokers: format!("127.0.0.1:{port}"),
+                    child,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tansu did not start");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kafka settings for a test against `brokers`: private topics and group.
+pub fn kafka_config(cfg: &mut Config, brokers: &str, partitions: i32) -> String {
+    let p = unique("t");
+    let k = &mut cfg.kafka;
+    k.brokers = brokers.into();
+    k.group_id = format!("{p}-memos");
+    k.events_topic = format!("{p}.events");
+    k.search_requests_topic = format!("{p}.search.requests");
+    k.search_responses_topic = format!("{p}.search.responses");
+    k.dlq_topic = format!("{p}.dlq");
+    k.partitions = partitions;
+    k.commit_interval_ms = 50;
+    k.session_timeout_ms = 6000;
+    p
 }

@@ -1,0 +1,160 @@
+//! The service side of the broker connectors: the pipeline as their [`Ingest`], the search
+//! service as their [`Search`], and the supervisor that runs (and restarts) the Kafka and NATS
+//! sources next to the REST API.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use connectors::{Ack, ConnectorError, Delivery, Ingest, Search, SearchCall, error_reply};
+use futures::FutureExt;
+use futures::future::Map;
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+
+use crate::api::SearchRequest;
+use crate::error::PipelineError;
+use crate::runtime::{Incoming, Outcome, Payload};
+use crate::service::Memos;
+
+/// The pipeline, seen from a connector.
+pub struct PipelineIngest(pub Arc<Memos>);
+
+fn to_ack(r: Result<Outcome, oneshot::error::RecvError>) -> Ack {
+    match r {
+        Ok(Outcome::Stored { .. }) => Ack::Stored,
+        Ok(Outcome::Duplicate { .. }) => Ack::Duplicate,
+        Ok(Outcome::DeadLettered { reason }) => Ack::DeadLettered(reason),
+        Ok(Outcome::Failed { reason }) => Ack::Failed(reason),
+        Err(_) => Ack::Failed("the pipeline stopped before replying".into()),
+    }
+}
+
+type ToAck = fn(Result<Outcome, oneshot::error::RecvError>) -> Ack;
+
+impl Ingest for PipelineIngest {
+    type Receipt = Map<oneshot::Receiver<Outcome>, ToAck>;
+
+    async fn submit(&self, d: Delivery) -> Result<Self::Receipt, ConnectorError> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .pipeline
+            .submit(Incoming {
+                payload: Payload::Bytes(d.payload.to_vec()),
+                source: d.source.to_string(),
+                position: d.position,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|e| ConnectorError::Pipeline(e.to_string()))?;
+        Ok(rx.map(to_ack as ToAck))
+    }
+}
+
+/// The search service, seen from a connector: the `/product/search` request and response
+/// shapes, the same auth and limits as REST.
+pub struct ServiceSearch(pub Arc<Memos>);
+
+impl ServiceSearch {
+    async fn answer(&self, call: SearchCall) -> Result<serde_json::Value, PipelineError> {
+        let m = &self.0;
+        if call.body.len() > m.cfg.limits.max_body_bytes {
+            return Err(PipelineError::TooLarge(format!(
+                "request of {} bytes; the limit is {}",
+                call.body.len(),
+                m.cfg.limits.max_body_bytes
+            )));
+        }
+        let p = m.auth.authenticate(call.authorization.as_deref())?;
+        m.auth.admit(&p)?;
+        let req: SearchRequest = serde_json::from_slice(&call.body)
+            .map_err(|e| PipelineError::BadRequest(format!("search request: {e}")))?;
+        let budget = Duration::from_millis(m.cfg.search.timeout_ms);
+        let deadline = match call.deadline {
+            Some(d) => d.min(Instant::now() + budget),
+            None => Instant::now() + budget,
+        };
+        match tokio::time::timeout_at(deadline.into(), m.search(&req, &p)).await {
+            Ok(r) => r,
+            Err(_) => Err(PipelineError::Timeout(
+                "the request's deadline passed before the search finished".into(),
+            )),
+        }
+    }
+}
+
+impl Search for ServiceSearch {
+    async fn search(&self, call: SearchCall) -> Bytes {
+        match self.answer(call).await {
+            Ok(data) => Bytes::from(
+                json!({"code": 200, "message": "Search completed successfully", "data": data})
+                    .to_string(),
+            ),
+            Err(e) => error_reply(e.status(), &e.to_string()),
+        }
+    }
+}
+
+/// Runs the configured sources until `shutdown` turns true; a source that fails is restarted
+/// after a backoff (a Kafka consumer resumes from its committed offsets, JetStream redelivers
+/// what was not acknowledged).
+pub fn start_sources(
+    m: Arc<Memos>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if m.cfg.kafka.enabled() {
+        let (m, mut shutdown) = (m.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let r = connectors::kafka::run(
+                    m.cfg.kafka.clone(),
+                    Arc::new(PipelineIngest(m.clone())),
+                    Arc::new(ServiceSearch(m.clone())),
+                    m.ownership.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+                if *shutdown.borrow() {
+                    break;
+                }
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "kafka source stopped; restarting in {backoff:?}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }));
+    }
+    if m.cfg.nats.enabled() {
+        let (m, mut shutdown) = (m.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let r = connectors::nats::run(
+                    m.cfg.nats.clone(),
+                    Arc::new(PipelineIngest(m.clone())),
+                    Arc::new(ServiceSearch(m.clone())),
+                    shutdown.clone(),
+                )
+                .await;
+                if *shutdown.borrow() {
+                    break;
+                }
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "nats source stopped; restarting in {backoff:?}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }));
+    }
+    tasks
+}
