@@ -98,6 +98,8 @@ pub struct SearchCall {
     pub authorization: Option<String>,
     /// Answer before this, or answer with a timeout error.
     pub deadline: Option<Instant>,
+    /// Forwarded by another memos process: answer locally, never forward again.
+    pub forwarded: bool,
 }
 
 /// Who answers searches: the service. The reply is the `/product/search` response JSON, or an

@@ -92,6 +92,10 @@ pub struct Principal {
     pub admin: bool,
     /// Requests per minute (0 = unlimited).
     pub rate_limit_per_minute: u32,
+    /// The `Authorization` value this caller presented (forwarded with searches sent to the
+    /// owner of a cube in a scaled-out deployment).
+    #[serde(skip)]
+    pub credential: Option<String>,
 }
 
 fn matches(patterns: &[String], s: &str) -> bool {
@@ -115,6 +119,7 @@ impl Principal {
             write: true,
             admin,
             rate_limit_per_minute: rate,
+            credential: None,
         }
     }
 
@@ -197,6 +202,7 @@ fn from_record(r: &ApiKeyRecord) -> Principal {
         write: r.write,
         admin: false,
         rate_limit_per_minute: r.rate_limit_per_minute,
+        credential: None,
     }
 }
 
@@ -257,6 +263,7 @@ impl Auth {
                 write: k.write,
                 admin: false,
                 rate_limit_per_minute: k.rate_limit_per_minute,
+                credential: None,
             };
             if keys.insert(sha, Arc::new(p)).is_some() {
                 return Err(PipelineError::Config(format!(
@@ -308,15 +315,18 @@ impl Auth {
             )));
         }
         let sha = key_hash(secret.trim());
-        if self.master_sha.as_deref() == Some(sha.as_str()) {
-            return Ok(Arc::new(Principal::full("master", true, 0)));
-        }
-        self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&sha)
-            .cloned()
-            .ok_or_else(|| PipelineError::Unauthorized("unknown API key".into()))
+        let mut p = if self.master_sha.as_deref() == Some(sha.as_str()) {
+            Principal::full("master", true, 0)
+        } else {
+            self.keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&sha)
+                .map(|p| (**p).clone())
+                .ok_or_else(|| PipelineError::Unauthorized("unknown API key".into()))?
+        };
+        p.credential = Some(h.trim().to_string());
+        Ok(Arc::new(p))
     }
 
     /// Takes one request from the caller's bucket; 429 with the wait when it is empty.

@@ -74,7 +74,9 @@ impl ServiceSearch {
             Some(d) => d.min(Instant::now() + budget),
             None => Instant::now() + budget,
         };
-        match tokio::time::timeout_at(deadline.into(), m.search(&req, &p)).await {
+        match tokio::time::timeout_at(deadline.into(), m.search_with(&req, &p, call.forwarded))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(PipelineError::Timeout(
                 "the request's deadline passed before the search finished".into(),
@@ -107,6 +109,20 @@ pub fn start_sources(
         let (m, mut shutdown) = (m.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
+            // The forwarder (scale-out searches) needs the topics.
+            let kc = m.cfg.kafka.clone();
+            let fwd = async {
+                if kc.create_topics {
+                    connectors::kafka::create_topics(&kc).await?;
+                }
+                connectors::kafka::Forwarder::start(&kc).await
+            };
+            match fwd.await {
+                Ok(f) => {
+                    let _ = m.forwarder.set(Arc::new(f));
+                }
+                Err(e) => tracing::error!(error = %e, "search forwarding is off"),
+            }
             loop {
                 let r = connectors::kafka::run(
                     m.cfg.kafka.clone(),

@@ -167,6 +167,8 @@ pub struct Memos {
     pub auth: Auth,
     /// Kafka partitions (hence cubes) this process owns.
     pub ownership: Arc<connectors::kafka::Ownership>,
+    /// Sends searches for cubes owned by other processes to their owners (Kafka scale-out).
+    pub forwarder: std::sync::OnceLock<Arc<connectors::kafka::Forwarder>>,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -276,6 +278,7 @@ impl Memos {
                 tasks: Tasks::default(),
                 auth,
                 ownership: Arc::default(),
+                forwarder: std::sync::OnceLock::new(),
             }),
             task,
         ))
@@ -523,8 +526,105 @@ impl Memos {
             .ok_or_else(|| PipelineError::Unavailable("embedder returned nothing".into()))
     }
 
-    /// MemOS search (§4.9 shape): the `data` object.
+    /// MemOS search (§4.9 shape): the `data` object. Cubes owned by other processes of a
+    /// scaled-out deployment are searched by their owners (see [`Memos::search_with`]).
     pub async fn search(&self, req: &SearchRequest, p: &Principal) -> Result<Value, PipelineError> {
+        self.search_with(req, p, false).await
+    }
+
+    /// Search; unless `local_only`, cubes whose Kafka partition another process owns are
+    /// forwarded to it over the search-request topic and the answers merged.
+    pub async fn search_with(
+        &self,
+        req: &SearchRequest,
+        p: &Principal,
+        local_only: bool,
+    ) -> Result<Value, PipelineError> {
+        if !local_only && let Some(f) = self.forwarder.get() {
+            let cubes = cube_list(&req.readable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+            p.check(Access::Read, &cubes, req.user_id.as_deref())?;
+            let (remote, local): (Vec<String>, Vec<String>) =
+                cubes.into_iter().partition(|c| !self.ownership.owns(c));
+            if !remote.is_empty() {
+                return self.search_forwarded(f, req, p, local, remote).await;
+            }
+        }
+        self.search_local(req, p).await
+    }
+
+    async fn search_forwarded(
+        &self,
+        f: &connectors::kafka::Forwarder,
+        req: &SearchRequest,
+        p: &Principal,
+        local: Vec<String>,
+        remote: Vec<String>,
+    ) -> Result<Value, PipelineError> {
+        let mut data = if local.is_empty() {
+            json!({"text_mem": [], "pref_mem": [], "tool_mem": [], "skill_mem": [], "act_mem": [],
+                   "para_mem": [], "pref_note": "", "pref_string": ""})
+        } else {
+            let mut r = req.clone();
+            r.readable_cube_ids = Some(local);
+            r.mem_cube_id = None;
+            self.search_local(&r, p).await?
+        };
+        let timeout = Duration::from_millis(self.cfg.search.timeout_ms);
+        for cube in remote {
+            let mut r = req.clone();
+            r.readable_cube_ids = Some(vec![cube.clone()]);
+            r.mem_cube_id = None;
+            let body =
+                serde_json::to_vec(&r).map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+            let reply = f
+                .search(&cube, &body, p.credential.as_deref(), timeout)
+                .await
+                .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
+            let v: Value = serde_json::from_slice(&reply)
+                .map_err(|e| PipelineError::Unavailable(format!("owner's reply: {e}")))?;
+            let code = v["code"].as_u64().unwrap_or(500);
+            if code != 200 {
+                let msg = format!(
+                    "owner of cube {cube}: {}",
+                    v["message"].as_str().unwrap_or("")
+                );
+                return Err(match code {
+                    400 => PipelineError::BadRequest(msg),
+                    401 => PipelineError::Unauthorized(msg),
+                    403 => PipelineError::Forbidden(msg),
+                    404 => PipelineError::NotFound(msg),
+                    413 => PipelineError::TooLarge(msg),
+                    504 => PipelineError::Timeout(msg),
+                    _ => PipelineError::Unavailable(msg),
+                });
+            }
+            for name in BUCKETS {
+                if let (Some(Value::Array(src)), Some(Value::Array(dst))) =
+                    (v["data"].get(name), data.get_mut(name))
+                {
+                    dst.extend(src.iter().cloned());
+                }
+            }
+            for k in ["pref_string", "pref_note"] {
+                let add = v["data"][k].as_str().unwrap_or("");
+                if !add.is_empty() {
+                    let cur = data[k].as_str().unwrap_or("").to_string();
+                    data[k] = json!(if cur.is_empty() {
+                        add.to_string()
+                    } else {
+                        format!("{cur}\n{add}")
+                    });
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    async fn search_local(
+        &self,
+        req: &SearchRequest,
+        p: &Principal,
+    ) -> Result<Value, PipelineError> {
         let include_embedding = req.include_embedding;
         let res = self.search_hits(req, p).await?;
         let mut data = json!({"act_mem": [], "para_mem": [], "pref_note": res.pref_note, "pref_string": res.pref_string});

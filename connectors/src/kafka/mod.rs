@@ -2,9 +2,11 @@
 //! dead letters. See [`source::run`].
 
 pub mod config;
+pub mod forward;
 pub mod partition;
 pub mod source;
 
 pub use config::KafkaConfig;
+pub use forward::Forwarder;
 pub use partition::{Ownership, partition_for};
 pub use source::{create_topics, run};

@@ -377,6 +377,7 @@ pub async fn run<I: Ingest, S: Search>(
                         deadline: header(&msg, "timeout-ms")
                             .and_then(|t| t.parse::<u64>().ok())
                             .map(|ms| Instant::now() + Duration::from_millis(ms)),
+                        forwarded: header(&msg, "memos-forwarded").is_some(),
                     };
                     let reply_to = header(&msg, "reply-to").unwrap_or_else(|| cfg.search_responses_topic.clone());
                     let correlation = header(&msg, "correlation-id");

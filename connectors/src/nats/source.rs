@@ -212,6 +212,7 @@ pub async fn run<I: Ingest, S: Search>(
                     deadline: header(m.headers.as_ref(), "timeout-ms")
                         .and_then(|t| t.parse::<u64>().ok())
                         .map(|ms| Instant::now() + Duration::from_millis(ms)),
+                    forwarded: false,
                 };
                 let (search, client) = (search.clone(), client.clone());
                 tokio::spawn(async move {
