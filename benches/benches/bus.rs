@@ -1,0 +1,310 @@
+//! Broker ingest and request-reply benchmarks (writes the `bus` section of BENCHMARKS.md):
+//!
+//! - events/s from a JetStream backlog and from a Kafka (tansu) backlog into the store, with
+//!   embedding off (the hashed-trigram embedder: no model) and with the real model, against the
+//!   model's own throughput on the same texts;
+//! - resident memory while a large backlog drains (bounded queues keep it flat);
+//! - search latency over NATS request-reply against the same search in process.
+//!
+//! `cargo bench --profile dev -p benches --bench bus`. `MEMOS_BENCH_BUS_EVENTS` (default
+//! 200000) sizes the embedding-off backlogs, `MEMOS_BENCH_BUS_MODEL_EVENTS` (default 1500) the
+//! real-model ones, `MEMOS_BENCH_QUERIES` (default 300) the request-reply run. Needs NATS on
+//! 127.0.0.1:4222 and tansu 0.6.0.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pipelines::auth::Principal;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn corpus() -> Vec<String> {
+    let path = tests::root().join("../shared/data/locomo/locomo10.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for conv in d.as_array().unwrap() {
+        for (k, v) in conv["conversation"].as_object().unwrap() {
+            if k.starts_with("session_") && v.is_array() {
+                for t in v.as_array().unwrap() {
+                    if let Some(s) = t["text"].as_str() {
+                        out.push(format!("{}: {s}", t["speaker"].as_str().unwrap_or("")));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn event(i: usize, texts: &[String]) -> (String, Vec<u8>) {
+    let cube = format!("bench-{}", i % 16);
+    let e = json!({"event_id": format!("e{i}"), "kind": "messages", "cube_id": cube, "user_id": "u",
+        "session_id": format!("s{}", i / 20),
+        "payload": {"messages": [{"role": "user", "content": format!("{} (#{i})", texts[i % texts.len()])}]}});
+    (cube, e.to_string().into_bytes())
+}
+
+struct Run {
+    events: usize,
+    secs: f64,
+    rss_start: f64,
+    rss_max: f64,
+    rss_end: f64,
+}
+
+/// Starts a server over `cfg` and waits until `n` events are processed.
+async fn drain(cfg: pipelines::Config, n: usize) -> (Run, tests::Server) {
+    let rss_start = rss_mb();
+    let t = Instant::now();
+    let s = tests::Server::start(cfg).await;
+    let mut rss_max = rss_start;
+    loop {
+        let st = s.memos.store.stats().unwrap();
+        rss_max = rss_max.max(rss_mb());
+        if st.events as usize + st.dead_letters as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    (
+        Run {
+            events: n,
+            secs,
+            rss_start,
+            rss_max,
+            rss_end: rss_mb(),
+        },
+        s,
+    )
+}
+
+async fn fill_nats(url: &str, subject_prefix: &str, n: usize, texts: &[String]) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut acks = Vec::with_capacity(1024);
+    for i in 0..n {
+        let (cube, body) = event(i, texts);
+        acks.push(
+            js.publish(format!("{subject_prefix}.events.{cube}"), Bytes::from(body))
+                .await
+                .unwrap(),
+        );
+        if acks.len() == 1024 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+async fn fill_kafka(brokers: &str, topic: &str, n: usize, texts: &[String]) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for i in 0..n {
+        let (cube, body) = event(i, texts);
+        let p2 = p.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            p2.send(
+                FutureRecord::to(&topic).key(&cube).payload(&body),
+                Duration::from_secs(60),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+        });
+        if pending.len() >= 2000 {
+            pending.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.unwrap();
+    }
+}
+
+fn nats_cfg(dir: &std::path::Path, hash: bool) -> (pipelines::Config, String) {
+    let mut cfg = tests::config(dir);
+    if hash {
+        cfg.embedder.kind = "hash".into();
+    }
+    cfg.pipeline.linger_ms = 20;
+    let p = tests::nats_config(&mut cfg);
+    (cfg, p)
+}
+
+async fn create_stream(url: &str, p: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: format!("{}_EVENTS", p.to_uppercase()),
+        subjects: vec![format!("{p}.events.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+async fn delete_stream(url: &str, p: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let _ = js
+        .delete_stream(format!("{}_EVENTS", p.to_uppercase()))
+        .await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n_fast = env("MEMOS_BENCH_BUS_EVENTS", 200_000);
+    let n_model = env("MEMOS_BENCH_BUS_MODEL_EVENTS", 1500);
+    let n_queries = env("MEMOS_BENCH_QUERIES", 300);
+    let texts = corpus();
+    let nats_url = "nats://127.0.0.1:4222".to_string();
+    let mut rows = Vec::new();
+
+    // The model's own throughput on the same texts (batch 32, like the pipeline).
+    let model = tests::embedder();
+    let sample: Vec<String> = (0..n_model)
+        .map(|i| format!("{} (#{i})", texts[i % texts.len()]))
+        .collect();
+    let t = Instant::now();
+    for c in sample.chunks(256) {
+        model.embed(c).unwrap();
+    }
+    let model_rate = n_model as f64 / t.elapsed().as_secs_f64();
+
+    // NATS, embedding off, large backlog.
+    for (label, hash, n) in [
+        ("embedding off", true, n_fast),
+        ("all-MiniLM-L6-v2", false, n_model),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, p) = nats_cfg(dir.path(), hash);
+        create_stream(&nats_url, &p).await;
+        fill_nats(&nats_url, &p, n, &texts).await;
+        let (r, s) = drain(cfg, n).await;
+        s.stop().await;
+        delete_stream(&nats_url, &p).await;
+        rows.push(("NATS JetStream", label, r));
+    }
+    // Kafka (tansu), same.
+    for (label, hash, n) in [
+        ("embedding off", true, n_fast),
+        ("all-MiniLM-L6-v2", false, n_model),
+    ] {
+        let broker = tests::Tansu::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tests::config(dir.path());
+        if hash {
+            cfg.embedder.kind = "hash".into();
+        }
+        let p = tests::kafka_config(&mut cfg, &broker.brokers, 4);
+        connectors::kafka::create_topics(&cfg.kafka).await.unwrap();
+        fill_kafka(&broker.brokers, &format!("{p}.events"), n, &texts).await;
+        let (r, s) = drain(cfg, n).await;
+        s.stop().await;
+        rows.push(("Kafka (tansu)", label, r));
+    }
+
+    // Request-reply latency over NATS vs in process, on a real-model store.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, p) = nats_cfg(dir.path(), false);
+    create_stream(&nats_url, &p).await;
+    fill_nats(&nats_url, &p, n_model, &texts).await;
+    let (_, s) = drain(cfg, n_model).await;
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let questions: Vec<String> = texts.iter().step_by(11).take(n_queries).cloned().collect();
+    let req = |q: &str, cube: usize| json!({"query": q, "user_id": "u", "readable_cube_ids": [format!("bench-{cube}")], "top_k": 10});
+    let local = Principal::local();
+    for (i, q) in questions.iter().take(20).enumerate() {
+        let r: pipelines::api::SearchRequest = serde_json::from_value(req(q, i % 16)).unwrap();
+        s.memos.search(&r, &local).await.unwrap();
+        client
+            .request(
+                format!("{p}.search"),
+                Bytes::from(req(q, i % 16).to_string()),
+            )
+            .await
+            .unwrap();
+    }
+    let (mut direct, mut bus) = (Vec::new(), Vec::new());
+    for (i, q) in questions.iter().enumerate() {
+        let r: pipelines::api::SearchRequest = serde_json::from_value(req(q, i % 16)).unwrap();
+        let t = Instant::now();
+        s.memos.search(&r, &local).await.unwrap();
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let m = client
+            .request(
+                format!("{p}.search"),
+                Bytes::from(req(q, i % 16).to_string()),
+            )
+            .await
+            .unwrap();
+        bus.push(t.elapsed().as_secs_f64() * 1e3);
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["code"], 200);
+    }
+    s.stop().await;
+    delete_stream(&nats_url, &p).await;
+
+    let mut md = format!(
+        "Broker ingest (`cargo bench --profile dev -p benches --bench bus`): a backlog published before the server starts, drained into the store (events/s from server start to the last commit; 16 cubes, LoCoMo turns). \"embedding off\" = the hashed-trigram embedder (no model). The model alone embeds these texts at **{model_rate:.0}/s** (batches of 256, sorted into token-budget batches as the pipeline does).\n\n\
+| broker | embedder | events | events/s | vs model alone | RSS start → max → end (MB) |\n|---|---|---|---|---|---|\n"
+    );
+    for (b, label, r) in &rows {
+        let rate = r.events as f64 / r.secs;
+        let vs = if label.starts_with("all-") {
+            format!("{:.0} %", 100.0 * rate / model_rate)
+        } else {
+            "—".into()
+        };
+        md.push_str(&format!(
+            "| {b} | {label} | {} | {rate:.0} | {vs} | {:.0} → {:.0} → {:.0} |\n",
+            r.events, r.rss_start, r.rss_max, r.rss_end
+        ));
+    }
+    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
+    let (b50, b99) = (pct(&mut bus, 0.5), pct(&mut bus, 0.99));
+    md.push_str(&format!(
+        "\nSearch over NATS request-reply ({} queries, top_k 10, real query embedding, {n_model} memories in 16 cubes):\n\n\
+| path | p50 ms | p99 ms |\n|---|---|---|\n| in process (`Memos::search`) | {d50:.2} | {d99:.2} |\n| NATS request-reply (`memos.search`) | {b50:.2} | {b99:.2} |\n| added by the bus | {:.2} | |\n",
+        questions.len(),
+        b50 - d50
+    ));
+    println!("{md}");
+    pipelines::eval::write_section(&tests::root().join("BENCHMARKS.md"), "bus", &md).unwrap();
+}
