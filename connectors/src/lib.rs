@@ -87,6 +87,12 @@ pub trait Ingest: Send + Sync + 'static {
         &self,
         d: Delivery,
     ) -> impl Future<Output = Result<Self::Receipt, ConnectorError>> + Send;
+
+    /// The position stored with the last committed batch for a source partition (what
+    /// [`Delivery::position`] carried), if any: a source resumes after it.
+    fn resume_position(&self, _partition: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A search request from a bus.

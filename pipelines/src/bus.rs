@@ -49,6 +49,12 @@ impl Ingest for PipelineIngest {
             .map_err(|e| ConnectorError::Pipeline(e.to_string()))?;
         Ok(rx.map(to_ack as ToAck))
     }
+
+    fn resume_position(&self, partition: &str) -> Option<String> {
+        let store = &self.0.store;
+        let txn = store.read_txn().ok()?;
+        store.offset(&txn, partition).ok().flatten()
+    }
 }
 
 /// The search service, seen from a connector: the `/product/search` request and response

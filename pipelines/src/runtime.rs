@@ -152,6 +152,11 @@ pub struct Processor {
     dedupe: DedupeOperator,
     max_event_bytes: usize,
     retry_attempts: u32,
+    /// Source partitions whose offsets are held back after a failed batch: partition → the
+    /// lowest position that failed. Later batches do not advance the partition's stored offset
+    /// until the failed position has been processed again (the source redelivers from it), so
+    /// a restart that resumes from the stored offset never skips a failed event.
+    held: HashMap<String, u64>,
 }
 
 struct Pending {
@@ -193,6 +198,7 @@ impl Processor {
             dedupe: cfg.dedupe.build(),
             max_event_bytes: cfg.pipeline.max_event_bytes,
             retry_attempts: cfg.pipeline.retry_attempts,
+            held: HashMap::new(),
         }
     }
 
@@ -218,9 +224,18 @@ impl Processor {
     /// Processes one batch; returns an outcome per input (same order) and statistics.
     pub fn process(&mut self, batch: Vec<BatchItem>) -> (Vec<Outcome>, BatchStats) {
         let n = batch.len();
+        let positions: Vec<(String, String)> = batch.iter().filter_map(|b| b.2.clone()).collect();
         match self.try_process(batch) {
             Ok(r) => r,
             Err(e) => {
+                for (src, pos) in positions {
+                    // Positions are "next to read"; the failed input is the one before.
+                    if let Ok(p) = pos.parse::<u64>() {
+                        let at = p.saturating_sub(1);
+                        let h = self.held.entry(src).or_insert(at);
+                        *h = (*h).min(at);
+                    }
+                }
                 tracing::error!(error = %e, "batch failed; inputs are not acknowledged");
                 (
                     vec![
@@ -469,11 +484,24 @@ impl Processor {
             self.store.put_dead_letter(&mut wtxn, dl)?;
         }
         stats.dead_lettered = dead.len();
+        let mut released = Vec::new();
         for (src, pos) in &positions {
+            if let Some(&h) = self.held.get(src) {
+                let replayed = positions.iter().any(|(s2, p2)| {
+                    s2 == src && p2.parse::<u64>().is_ok_and(|p| p.saturating_sub(1) <= h)
+                });
+                if !replayed {
+                    continue;
+                }
+                released.push(src.clone());
+            }
             self.store.set_offset(&mut wtxn, src, pos)?;
         }
         let t_sink = Instant::now();
         self.store.commit(wtxn)?;
+        for src in released {
+            self.held.remove(&src);
+        }
         tracing::debug!(
             embed_ms = t_embed.as_millis() as u64,
             dedupe_ms = t_dedupe.as_millis() as u64,

@@ -289,8 +289,41 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = s.memos.store.stats().unwrap().memories;
     assert_eq!(after, before + 2, "turn-500 and turn-501 once each");
+    let cfg = s.memos.cfg.clone();
     s.stop().await;
     let _ = js.delete_stream(&stream_name).await;
+
+    // Restart under a fresh consumer group (as if Kafka had lost the committed offsets): the
+    // source resumes from the offsets stored with the batches, so nothing is read twice —
+    // the dead letters (which are not deduplicated by event id) stay as they were.
+    let mut cfg = cfg;
+    cfg.kafka.group_id = tests::unique("fresh-");
+    cfg.nats.url = String::new();
+    let s = tests::Server::start(cfg).await;
+    publish(
+        &prod,
+        &events,
+        Some(cube),
+        &none,
+        None,
+        turn(600, cube).to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        || has_event(&s, cube, &format!("{cube}/turn-600")),
+        "new event after restart",
+    )
+    .await;
+    let txn = s.memos.store.read_txn().unwrap();
+    assert_eq!(
+        s.memos.store.dead_letters(&txn).unwrap().len(),
+        bad.len(),
+        "old messages were re-read"
+    );
+    drop(txn);
+    assert_eq!(s.memos.store.stats().unwrap().memories, after + 1);
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,6 +329,10 @@ pub async fn run<I: Ingest, S: Search>(
     };
     let mut commit_tick =
         tokio::time::interval(Duration::from_millis(cfg.commit_interval_ms.max(10)));
+    // Where the store says each partition resumes (written with the committed batches); a
+    // message below it is already stored and is only acknowledged. The store never moves a
+    // partition past a failed batch, so nothing unstored is skipped.
+    let mut resume: HashMap<(String, i32), i64> = HashMap::new();
     let result = loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -358,10 +362,21 @@ pub async fn run<I: Ingest, S: Search>(
                 let payload = Bytes::copy_from_slice(msg.payload().unwrap_or(&[]));
                 tracker.start(&topic, partition, offset);
                 if topic == cfg.events_topic {
+                    let key = format!("kafka/{topic}/{partition}");
+                    let from = *resume.entry((topic.clone(), partition)).or_insert_with(|| {
+                        ingest
+                            .resume_position(&key)
+                            .and_then(|p| p.parse::<i64>().ok())
+                            .unwrap_or(-1)
+                    });
+                    if offset < from {
+                        tracker.done(&topic, partition, offset);
+                        continue;
+                    }
                     let d = Delivery {
                         payload: payload.clone(),
                         source: "kafka",
-                        position: Some((format!("kafka/{topic}/{partition}"), (offset + 1).to_string())),
+                        position: Some((key, (offset + 1).to_string())),
                     };
                     let rx = match ingest.submit(d).await {
                         Ok(rx) => rx,
