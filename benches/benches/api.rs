@@ -13,11 +13,6 @@ use pipelines::auth::{KeyConfig, Principal};
 use serde_json::{Value, json};
 use store::{MemoryRecord, MemoryType, Status};
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn texts() -> Vec<String> {
     let path = tests::root().join("../shared/data/locomo/locomo10.json");
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("LoCoMo data"))
@@ -104,14 +99,9 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
     cfg.auth.keys = vec![KeyConfig {
-        name: "bench".into(),
-        key: "bench-key".into(),
-        key_sha256: String::new(),
         cubes: vec!["bench*".into()],
-        users: vec!["*".into()],
-        read: true,
-        write: true,
         rate_limit_per_minute: 10_000_000,
+        ..KeyConfig::full("bench", "bench-key")
     }];
     // The store: LoCoMo turns repeated to `size`, vectors from the hashed embedder (the queries
     // go through the real model, so latency includes a real query embedding).
@@ -206,8 +196,14 @@ async fn main() {
     let open = throughput(&by_ids, None, json!(ids), 4000, 8).await;
     s.stop().await;
 
-    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
-    let (h50, h99) = (pct(&mut http, 0.5), pct(&mut http, 0.99));
+    let (d50, d99) = (
+        tests::bench::pct(&mut direct, 0.5),
+        tests::bench::pct(&mut direct, 0.99),
+    );
+    let (h50, h99) = (
+        tests::bench::pct(&mut http, 0.5),
+        tests::bench::pct(&mut http, 0.99),
+    );
     let md = format!(
         "REST API overhead (`cargo bench --profile dev -p benches --bench api`): {size} memories in one cube, {n} LoCoMo turns as queries (~40 tokens: the query embedding alone is ~20 ms of each search), top_k 10, all four MemOS buckets, client and server on the same 2 cores.\n\n\
 | path | p50 ms | p99 ms |\n|---|---|---|\n\

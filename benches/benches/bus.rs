@@ -26,21 +26,6 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn corpus() -> Vec<String> {
     let path = tests::root().join("../shared/data/locomo/locomo10.json");
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -77,13 +62,16 @@ struct Run {
 
 /// Starts a server over `cfg` and waits until `n` events are processed.
 async fn drain(cfg: pipelines::Config, n: usize) -> (Run, tests::Server) {
-    let rss_start = rss_mb();
+    let rss_start = tests::bench::rss_anon_mb();
     let t = Instant::now();
-    let s = tests::Server::start(cfg).await;
+    let store =
+        std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let embedder = pipelines::service::load_embedder(&cfg).unwrap();
+    let s = tests::Server::start_with_parts(cfg, store, embedder).await;
     let mut rss_max = rss_start;
     loop {
         let st = s.memos.store.stats().unwrap();
-        rss_max = rss_max.max(rss_mb());
+        rss_max = rss_max.max(tests::bench::rss_anon_mb());
         if st.events as usize + st.dead_letters as usize >= n {
             break;
         }
@@ -96,7 +84,7 @@ async fn drain(cfg: pipelines::Config, n: usize) -> (Run, tests::Server) {
             secs,
             rss_start,
             rss_max,
-            rss_end: rss_mb(),
+            rss_end: tests::bench::rss_anon_mb(),
         },
         s,
     )
@@ -186,6 +174,54 @@ async fn delete_stream(url: &str, p: &str) {
         .await;
 }
 
+/// Counts deliveries and acknowledges them at once: the connectors' own ceiling.
+struct NullIngest {
+    n: std::sync::atomic::AtomicUsize,
+}
+
+impl connectors::Ingest for NullIngest {
+    type Receipt = std::future::Ready<connectors::Ack>;
+
+    async fn submit(
+        &self,
+        _d: connectors::Delivery,
+    ) -> Result<Self::Receipt, connectors::ConnectorError> {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(std::future::ready(connectors::Ack::Stored))
+    }
+}
+
+struct NullSearch;
+
+impl connectors::Search for NullSearch {
+    async fn search(&self, _call: connectors::SearchCall) -> Bytes {
+        Bytes::from_static(b"{}")
+    }
+}
+
+/// Drains a backlog through a connector into [`NullIngest`]; returns events/s.
+async fn connector_ceiling(
+    n: usize,
+    run: impl FnOnce(
+        std::sync::Arc<NullIngest>,
+        tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()>,
+) -> f64 {
+    let ingest = std::sync::Arc::new(NullIngest {
+        n: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    let h = run(ingest.clone(), rx);
+    while ingest.n.load(std::sync::atomic::Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = tx.send(true);
+    let _ = h.await;
+    rate
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n_fast = env("MEMOS_BENCH_BUS_EVENTS", 200_000);
@@ -205,6 +241,81 @@ async fn main() {
         model.embed(c).unwrap();
     }
     let model_rate = n_model as f64 / t.elapsed().as_secs_f64();
+
+    // The connectors alone (no pipeline): what the bus side can deliver.
+    let ceiling_nats = {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, p) = nats_cfg(dir.path(), true);
+        create_stream(&nats_url, &p).await;
+        fill_nats(&nats_url, &p, n_fast, &texts).await;
+        let nc = cfg.nats.clone();
+        let r = connector_ceiling(n_fast, move |ing, stop| {
+            tokio::spawn(async move {
+                let _ = connectors::nats::run(nc, ing, std::sync::Arc::new(NullSearch), stop).await;
+            })
+        })
+        .await;
+        delete_stream(&nats_url, &p).await;
+        r
+    };
+    let ceiling_kafka = {
+        let broker = tests::Tansu::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tests::config(dir.path());
+        let p = tests::kafka_config(&mut cfg, &broker.brokers, 4);
+        connectors::kafka::create_topics(&cfg.kafka).await.unwrap();
+        fill_kafka(&broker.brokers, &format!("{p}.events"), n_fast, &texts).await;
+        let kc = cfg.kafka.clone();
+        connector_ceiling(n_fast, move |ing, stop| {
+            tokio::spawn(async move {
+                let _ = connectors::kafka::run(
+                    kc,
+                    ing,
+                    std::sync::Arc::new(NullSearch),
+                    std::sync::Arc::default(),
+                    stop,
+                )
+                .await;
+            })
+        })
+        .await
+    };
+
+    // A sustained backlog: publish it all, then drain for a fixed window and watch memory.
+    let backlog = env("MEMOS_BENCH_BUS_BACKLOG", 1_000_000);
+    let window = Duration::from_secs(env("MEMOS_BENCH_BUS_WINDOW_SECS", 60) as u64);
+    let backlog_row = {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, p) = nats_cfg(dir.path(), true);
+        create_stream(&nats_url, &p).await;
+        let t = Instant::now();
+        fill_nats(&nats_url, &p, backlog, &texts).await;
+        let publish_secs = t.elapsed().as_secs_f64();
+        let store =
+            std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+        let embedder = pipelines::service::load_embedder(&cfg).unwrap();
+        let s = tests::Server::start_with_parts(cfg, store, embedder).await;
+        let t = Instant::now();
+        let mut samples = Vec::new();
+        while t.elapsed() < window {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            samples.push(tests::bench::rss_anon_mb());
+        }
+        let drained = s.memos.store.stats().unwrap().events;
+        s.stop().await;
+        delete_stream(&nats_url, &p).await;
+        let (lo, hi) = samples
+            .iter()
+            .fold((f64::MAX, 0f64), |(a, b), x| (a.min(*x), b.max(*x)));
+        let (first, last) = (samples[0], *samples.last().unwrap());
+        format!(
+            "\nSustained backlog: {backlog} events published to JetStream ({:.0}/s), then drained for {} s ({drained} events stored, embedding off): anonymous RSS sampled every second stayed within {lo:.0}-{hi:.0} MB (first {first:.0}, last {last:.0}) — the bounded pipeline queue ({} events) and `max_in_flight` ({}) cap what the process holds; the backlog waits in the broker.\n",
+            backlog as f64 / publish_secs,
+            window.as_secs(),
+            2048,
+            4096
+        )
+    };
 
     // NATS, embedding off, large backlog.
     for (label, hash, n) in [
@@ -283,7 +394,7 @@ async fn main() {
 
     let mut md = format!(
         "Broker ingest (`cargo bench --profile dev -p benches --bench bus`): a backlog published before the server starts, drained into the store (events/s from server start to the last commit; 16 cubes, LoCoMo turns). \"embedding off\" = the hashed-trigram embedder (no model). The model alone embeds these texts at **{model_rate:.0}/s** (batches of 256, sorted into token-budget batches as the pipeline does).\n\n\
-| broker | embedder | events | events/s | vs model alone | RSS start → max → end (MB) |\n|---|---|---|---|---|---|\n"
+| broker | embedder | events | events/s | vs model alone | anonymous RSS start → max → end (MB) |\n|---|---|---|---|---|---|\n"
     );
     for (b, label, r) in &rows {
         let rate = r.events as f64 / r.secs;
@@ -297,8 +408,18 @@ async fn main() {
             r.events, r.rss_start, r.rss_max, r.rss_end
         ));
     }
-    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
-    let (b50, b99) = (pct(&mut bus, 0.5), pct(&mut bus, 0.99));
+    md.push_str(&format!(
+        "| NATS JetStream | connector alone (acknowledged without the pipeline) | {n_fast} | {ceiling_nats:.0} | — | |\n| Kafka (tansu) | connector alone | {n_fast} | {ceiling_kafka:.0} | — | |\n"
+    ));
+    md.push_str(&backlog_row);
+    let (d50, d99) = (
+        tests::bench::pct(&mut direct, 0.5),
+        tests::bench::pct(&mut direct, 0.99),
+    );
+    let (b50, b99) = (
+        tests::bench::pct(&mut bus, 0.5),
+        tests::bench::pct(&mut bus, 0.99),
+    );
     md.push_str(&format!(
         "\nSearch over NATS request-reply ({} queries, top_k 10, real query embedding, {n_model} memories in 16 cubes):\n\n\
 | path | p50 ms | p99 ms |\n|---|---|---|\n| in process (`Memos::search`) | {d50:.2} | {d99:.2} |\n| NATS request-reply (`memos.search`) | {b50:.2} | {b99:.2} |\n| added by the bus | {:.2} | |\n",

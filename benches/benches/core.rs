@@ -57,21 +57,6 @@ fn turns_and_questions(d: &Value) -> (Vec<String>, Vec<String>) {
     (turns, qs)
 }
 
-fn rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn record(i: usize, text: String) -> MemoryRecord {
     MemoryRecord {
         id: format!("bench-{i}"),
@@ -331,11 +316,11 @@ fn main() {
         let disk = st.stats().unwrap().disk_bytes as f64 / 1048576.0;
         let row = format!(
             "| {size} | {build:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {ann_recall:.3} | {:.0} | {disk:.0} |\n",
-            pct(&mut no_embed, 0.5),
-            pct(&mut no_embed, 0.99),
-            pct(&mut with_embed, 0.5),
-            pct(&mut with_embed, 0.99),
-            rss_mb()
+            tests::bench::pct(&mut no_embed, 0.5),
+            tests::bench::pct(&mut no_embed, 0.99),
+            tests::bench::pct(&mut with_embed, 0.5),
+            tests::bench::pct(&mut with_embed, 0.99),
+            tests::bench::rss_mb()
         );
         print!("search {row}");
         println!(

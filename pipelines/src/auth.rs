@@ -64,6 +64,22 @@ pub struct KeyConfig {
     pub rate_limit_per_minute: u32,
 }
 
+impl KeyConfig {
+    /// A key that may read and write every cube for every user, at the server's rate limit.
+    pub fn full(name: &str, key: &str) -> KeyConfig {
+        KeyConfig {
+            name: name.into(),
+            key: key.into(),
+            key_sha256: String::new(),
+            cubes: any(),
+            users: any(),
+            read: true,
+            write: true,
+            rate_limit_per_minute: 0,
+        }
+    }
+}
+
 /// Read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -233,14 +249,8 @@ impl Auth {
                 )));
             }
             configured.push(KeyConfig {
-                name: format!("env-{}", i + 1),
-                key: key.into(),
-                key_sha256: String::new(),
                 cubes,
-                users: any(),
-                read: true,
-                write: true,
-                rate_limit_per_minute: 0,
+                ..KeyConfig::full(&format!("env-{}", i + 1), key)
             });
         }
         for k in &configured {

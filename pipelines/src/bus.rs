@@ -103,6 +103,29 @@ impl Search for ServiceSearch {
     }
 }
 
+/// Runs `run` until `shutdown` turns true, restarting it with a backoff when it fails.
+async fn supervise<F, Fut>(name: &'static str, mut shutdown: watch::Receiver<bool>, run: F)
+where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ConnectorError>>,
+{
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let r = run(shutdown.clone()).await;
+        if *shutdown.borrow() {
+            break;
+        }
+        if let Err(e) = r {
+            tracing::error!(error = %e, "{name} source stopped; restarting in {backoff:?}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// Runs the configured sources until `shutdown` turns true; a source that fails is restarted
 /// after a backoff (a Kafka consumer resumes from its committed offsets, JetStream redelivers
 /// what was not acknowledged).
@@ -112,9 +135,9 @@ pub fn start_sources(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if m.cfg.kafka.enabled() {
-        let (m, mut shutdown) = (m.clone(), shutdown.clone());
+        let m = m.clone();
+        let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
             // The forwarder (scale-out searches) needs the topics.
             let kc = m.cfg.kafka.clone();
             let fwd = async {
@@ -129,53 +152,30 @@ pub fn start_sources(
                 }
                 Err(e) => tracing::error!(error = %e, "search forwarding is off"),
             }
-            loop {
-                let r = connectors::kafka::run(
+            supervise("kafka", shutdown, |stop| {
+                connectors::kafka::run(
                     m.cfg.kafka.clone(),
                     Arc::new(PipelineIngest(m.clone())),
                     Arc::new(ServiceSearch(m.clone())),
                     m.ownership.clone(),
-                    shutdown.clone(),
+                    stop,
                 )
-                .await;
-                if *shutdown.borrow() {
-                    break;
-                }
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "kafka source stopped; restarting in {backoff:?}");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+            })
+            .await
         }));
     }
     if m.cfg.nats.enabled() {
-        let (m, mut shutdown) = (m.clone(), shutdown.clone());
+        let m = m.clone();
         tasks.push(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                let r = connectors::nats::run(
+            supervise("nats", shutdown, |stop| {
+                connectors::nats::run(
                     m.cfg.nats.clone(),
                     Arc::new(PipelineIngest(m.clone())),
                     Arc::new(ServiceSearch(m.clone())),
-                    shutdown.clone(),
+                    stop,
                 )
-                .await;
-                if *shutdown.borrow() {
-                    break;
-                }
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "nats source stopped; restarting in {backoff:?}");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+            })
+            .await
         }));
     }
     tasks

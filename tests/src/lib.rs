@@ -69,7 +69,17 @@ impl Server {
 
     /// Starts the service and the REST API on port 0 over an already opened store.
     pub async fn start_with_store(cfg: Config, store: Arc<store::Store>) -> Server {
-        let (memos, pipeline) = Memos::with_parts(cfg, store, embedder()).expect("service");
+        Self::start_with_parts(cfg, store, embedder()).await
+    }
+
+    /// Starts the service with a given embedder (benchmarks use the hashed embedder for
+    /// "embedding off").
+    pub async fn start_with_parts(
+        cfg: Config,
+        store: Arc<store::Store>,
+        embedder: Arc<dyn Embedder>,
+    ) -> Server {
+        let (memos, pipeline) = Memos::with_parts(cfg, store, embedder).expect("service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -269,4 +279,47 @@ pub fn kafka_config(cfg: &mut Config, brokers: &str, partitions: i32) -> String 
     k.commit_interval_ms = 50;
     k.session_timeout_ms = 6000;
     p
+}
+
+/// Polls `f` every 25 ms until it holds; panics naming `what` after 20 s.
+pub async fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    for _ in 0..800 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Helpers shared by the benchmark harnesses.
+pub mod bench {
+    /// Resident memory of this process, MB.
+    pub fn rss_mb() -> f64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    }
+
+    /// Anonymous resident memory of this process, MB: heap and stacks, without the pages of
+    /// memory-mapped files (LMDB), which the kernel can drop at will.
+    pub fn rss_anon_mb() -> f64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    }
+
+    /// The `p` quantile (0..=1) of `v` (sorted in place).
+    pub fn pct(v: &mut [f64], p: f64) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
 }

@@ -547,16 +547,7 @@ async fn product_endpoints_happy_paths_and_errors() {
 async fn cloud_api_with_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
-    cfg.auth.keys = vec![pipelines::auth::KeyConfig {
-        name: "sdk".into(),
-        key: "mpg-test-key".into(),
-        key_sha256: String::new(),
-        cubes: vec!["*".into()],
-        users: vec!["*".into()],
-        read: true,
-        write: true,
-        rate_limit_per_minute: 0,
-    }];
+    cfg.auth.keys = vec![pipelines::auth::KeyConfig::full("sdk", "mpg-test-key")];
     let s = tests::Server::start(cfg).await;
     let k = "mpg-test-key";
     let base = "/api/openmem/v1";

@@ -54,16 +54,6 @@ fn turn(i: usize, cube: &str) -> Value {
            "payload": {"messages": [{"role": "user", "content": format!("Note {i}: Omar {} recently.", topics[i % topics.len()])}]}})
 }
 
-async fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    for _ in 0..800 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn has_event(s: &tests::Server, cube: &str, id: &str) -> bool {
     let txn = s.memos.store.read_txn().unwrap();
     s.memos.store.event(&txn, cube, id).unwrap().is_some()
@@ -142,12 +132,12 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
                 .unwrap();
         }
     }
-    wait_for(
+    tests::wait_for(
         || (0..n).all(|i| has_event(&s, cube, &format!("{cube}/turn-{i}"))),
         "all good events stored",
     )
     .await;
-    wait_for(
+    tests::wait_for(
         || {
             let txn = s.memos.store.read_txn().unwrap();
             s.memos.store.dead_letters(&txn).unwrap().len() >= bad.len()
@@ -281,7 +271,7 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
         .unwrap()
         .await
         .unwrap();
-    wait_for(
+    tests::wait_for(
         || has_event(&s, cube, &format!("{cube}/turn-501")),
         "marker",
     )
@@ -310,7 +300,7 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     )
     .await
     .unwrap();
-    wait_for(
+    tests::wait_for(
         || has_event(&s, cube, &format!("{cube}/turn-600")),
         "new event after restart",
     )
@@ -337,7 +327,7 @@ async fn two_processes_in_one_group_split_the_partitions() {
     let s1 = tests::Server::start(c1).await;
     let s2 = tests::Server::start(c2).await;
     // Both members hold partitions.
-    wait_for(
+    tests::wait_for(
         || {
             let (a, b) = (
                 s1.memos.ownership.partitions(),
@@ -369,7 +359,7 @@ async fn two_processes_in_one_group_split_the_partitions() {
         .await
         .unwrap();
     }
-    wait_for(
+    tests::wait_for(
         || {
             cubes.iter().all(|c| {
                 has_event(&s1, c, &format!("{c}/turn-0"))

@@ -21,16 +21,6 @@ fn turn(i: usize, cube: &str) -> Value {
            "payload": {"messages": [{"role": "user", "content": format!("Update {i}: I {} last week.", topics[i % topics.len()])}]}})
 }
 
-async fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn stored_events(s: &tests::Server, cube: &str, n: usize) -> usize {
     let txn = s.memos.store.read_txn().unwrap();
     (0..n)
@@ -57,7 +47,7 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
     let mut dlq = client.subscribe(format!("{p}.dlq")).await.unwrap();
     // The source creates the stream; wait for it.
     let stream_name = format!("{}_EVENTS", p.to_uppercase());
-    wait_for(|| true, "start").await;
+    tests::wait_for(|| true, "start").await;
     for _ in 0..200 {
         if js.get_stream(&stream_name).await.is_ok() {
             break;
@@ -96,8 +86,8 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
             .unwrap();
         }
     }
-    wait_for(|| stored_events(&s, cube, n) == n, "all good events stored").await;
-    wait_for(
+    tests::wait_for(|| stored_events(&s, cube, n) == n, "all good events stored").await;
+    tests::wait_for(
         || {
             let txn = s.memos.store.read_txn().unwrap();
             s.memos.store.dead_letters(&txn).unwrap().len() >= bad.len()
@@ -198,7 +188,7 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    wait_for(
+    tests::wait_for(
         || {
             let txn = s.memos.store.read_txn().unwrap();
             s.memos
@@ -242,7 +232,7 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
     .unwrap()
     .await
     .unwrap();
-    wait_for(
+    tests::wait_for(
         || {
             let txn = s.memos.store.read_txn().unwrap();
             s.memos

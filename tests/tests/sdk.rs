@@ -46,16 +46,7 @@ async fn official_memos_sdk_works_unchanged() {
     let python = tokio::task::spawn_blocking(sdk_python).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
-    cfg.auth.keys = vec![pipelines::auth::KeyConfig {
-        name: "sdk".into(),
-        key: "mpg-sdk-key".into(),
-        key_sha256: String::new(),
-        cubes: vec!["*".into()],
-        users: vec!["*".into()],
-        read: true,
-        write: true,
-        rate_limit_per_minute: 0,
-    }];
+    cfg.auth.keys = vec![pipelines::auth::KeyConfig::full("sdk", "mpg-sdk-key")];
     let s = tests::Server::start(cfg).await;
     let work = tempfile::tempdir().unwrap();
     let script = tests::root().join("tests/sdk/check.py");
