@@ -85,8 +85,13 @@ impl Tasks {
 
     /// Counts by status, optionally of one user.
     pub fn summary(&self, user: Option<&str>) -> TaskSummary {
+        self.summary_where(|t| user.is_none_or(|u| t.user_id == u))
+    }
+
+    /// Counts by status of the tasks `keep` accepts.
+    pub fn summary_where(&self, keep: impl Fn(&TaskStatus) -> bool) -> TaskSummary {
         let mut s = TaskSummary::default();
-        for t in self.list(user) {
+        for t in self.list(None).into_iter().filter(|t| keep(t)) {
             match t.status.as_str() {
                 "waiting" => s.waiting += 1,
                 "in_progress" => s.in_progress += 1,

@@ -491,17 +491,7 @@ pub async fn scheduler_status(
 }
 
 fn summary(m: &Memos, p: &Principal) -> crate::service::TaskSummary {
-    let mut s = crate::service::TaskSummary::default();
-    for t in m.tasks.list(None).iter().filter(|t| visible(p, t)) {
-        match t.status.as_str() {
-            "waiting" => s.waiting += 1,
-            "in_progress" => s.in_progress += 1,
-            "completed" => s.completed += 1,
-            _ => s.failed += 1,
-        }
-        s.total += 1;
-    }
-    s
+    m.tasks.summary_where(|t| visible(p, t))
 }
 
 /// Counts of the caller's tasks by status.
