@@ -258,4 +258,12 @@ mod tests {
         let err = Config::load(Some(&f), vec![]).unwrap_err().to_string();
         assert!(err.contains("batch_sizes"), "{err}");
     }
+
+    #[test]
+    fn the_deploy_example_is_valid() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/memos.example.toml");
+        let c = Config::load(Some(&f), vec![]).unwrap();
+        assert!(c.kafka.enabled() && c.nats.enabled());
+        assert_eq!(c.auth.keys[0].cubes, vec!["team-a-*".to_string()]);
+    }
 }
