@@ -282,8 +282,14 @@ pub fn kafka_config(cfg: &mut Config, brokers: &str, partitions: i32) -> String 
 }
 
 /// Polls `f` every 25 ms until it holds; panics naming `what` after 20 s.
-pub async fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    for _ in 0..800 {
+pub async fn wait_for(f: impl FnMut() -> bool, what: &str) {
+    wait_for_secs(f, what, 20).await
+}
+
+/// Polls `f` every 25 ms until it holds; panics naming `what` after `secs` seconds.
+pub async fn wait_for_secs(mut f: impl FnMut() -> bool, what: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
         if f() {
             return;
         }

@@ -327,7 +327,7 @@ async fn two_processes_in_one_group_split_the_partitions() {
     let s1 = tests::Server::start(c1).await;
     let s2 = tests::Server::start(c2).await;
     // Both members hold partitions.
-    tests::wait_for(
+    tests::wait_for_secs(
         || {
             let (a, b) = (
                 s1.memos.ownership.partitions(),
@@ -336,6 +336,8 @@ async fn two_processes_in_one_group_split_the_partitions() {
             !a.is_empty() && !b.is_empty() && a.len() + b.len() == 4
         },
         "the group to split the partitions",
+        // A rebalance under a loaded machine (a cold CI build beside it) can take a while.
+        90,
     )
     .await;
     let (a, b) = (
