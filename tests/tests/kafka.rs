@@ -29,6 +29,7 @@ fn consumer(brokers: &str, topic: &str) -> StreamConsumer {
         .set("group.id", tests::unique("reader-"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
         .create()
         .unwrap();
     c.subscribe(&[topic]).unwrap();

@@ -36,6 +36,9 @@ pub struct KafkaConfig {
     pub commit_interval_ms: u64,
     /// Consumer session timeout.
     pub session_timeout_ms: u64,
+    /// Longest a fetch waits for new messages (librdkafka `fetch.wait.max.ms`): the latency a
+    /// search request or reply can add on a quiet topic.
+    pub fetch_wait_ms: u64,
     /// Extra librdkafka properties (e.g. `security.protocol`).
     pub client_options: BTreeMap<String, String>,
 }

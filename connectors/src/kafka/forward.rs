@@ -57,6 +57,7 @@ impl Forwarder {
                 format!("{}-fwd-{}", cfg.group_id, uuid::Uuid::new_v4().simple()),
             )
             .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
             .create()?;
         let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
         let count = |t: &str| {
