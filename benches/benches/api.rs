@@ -11,7 +11,6 @@ use std::time::Instant;
 use operators::embed::{Embedder, HashEmbedder};
 use pipelines::auth::{KeyConfig, Principal};
 use serde_json::{Value, json};
-use store::{MemoryRecord, MemoryType, Status};
 
 fn texts() -> Vec<String> {
     let path = tests::root().join("../shared/data/locomo/locomo10.json");
@@ -31,34 +30,6 @@ fn texts() -> Vec<String> {
         }
     }
     out
-}
-
-fn record(i: usize, text: String) -> MemoryRecord {
-    MemoryRecord {
-        id: format!("00000000-0000-4000-8000-{i:012}"),
-        memory: text,
-        cube_id: "bench".into(),
-        user_id: "u".into(),
-        session_id: format!("s{}", i / 20),
-        agent_id: None,
-        app_id: None,
-        memory_type: MemoryType::LongTermMemory,
-        status: Status::Activated,
-        key: None,
-        tags: vec![],
-        info: serde_json::Map::new(),
-        source: Some("conversation".into()),
-        sources: vec![],
-        confidence: 0.99,
-        created_at: i as i64,
-        updated_at: i as i64,
-        event_time: None,
-        version: 1,
-        history: vec![],
-        event_id: format!("e{i}"),
-        file_ids: vec![],
-        embedding: vec![],
-    }
 }
 
 async fn throughput(url: &str, key: Option<&str>, body: Value, total: usize, conc: usize) -> f64 {
@@ -117,7 +88,7 @@ async fn main() {
         let v = hash.embed(&t).unwrap();
         for (j, i) in chunk.iter().enumerate() {
             store
-                .insert(&mut wtxn, &record(*i, t[j].clone()), &v[j])
+                .insert(&mut wtxn, &tests::bench::record(*i, t[j].clone()), &v[j])
                 .unwrap();
         }
     }
@@ -167,7 +138,9 @@ async fn main() {
         over_http(q.clone()).await;
         http.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let ids: Vec<String> = (0..10).map(|i| record(i * 97, String::new()).id).collect();
+    let ids: Vec<String> = (0..10)
+        .map(|i| tests::bench::record(i * 97, String::new()).id)
+        .collect();
     let by_ids = format!("{}/product/get_memory_by_ids", s.url);
     let _ = throughput(&by_ids, Some("bench-key"), json!(ids), 200, 8).await;
     let keyed = throughput(&by_ids, Some("bench-key"), json!(ids), 4000, 8).await;

@@ -19,7 +19,7 @@ use pipelines::runtime::{Outcome, Payload, Processor};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use store::search::{SearchRequest, search};
-use store::{Filter, MemoryRecord, MemoryType, Status, Store};
+use store::{Filter, Store};
 
 fn locomo() -> Value {
     let p = tests::root().join("../shared/data/locomo/locomo10.json");
@@ -55,34 +55,6 @@ fn turns_and_questions(d: &Value) -> (Vec<String>, Vec<String>) {
         }
     }
     (turns, qs)
-}
-
-fn record(i: usize, text: String) -> MemoryRecord {
-    MemoryRecord {
-        id: format!("bench-{i}"),
-        memory: text,
-        cube_id: "bench".into(),
-        user_id: "u".into(),
-        session_id: format!("s{}", i / 20),
-        agent_id: None,
-        app_id: None,
-        memory_type: MemoryType::LongTermMemory,
-        status: Status::Activated,
-        key: None,
-        tags: vec!["mode:fast".into()],
-        info: serde_json::Map::new(),
-        source: Some("conversation".into()),
-        sources: vec![],
-        confidence: 0.99,
-        created_at: 0,
-        updated_at: 0,
-        event_time: None,
-        version: 1,
-        history: vec![],
-        event_id: format!("e{i}"),
-        file_ids: vec![],
-        embedding: vec![],
-    }
 }
 
 fn main() {
@@ -245,7 +217,8 @@ fn main() {
                     .collect();
                 let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 v.iter_mut().for_each(|x| *x /= n);
-                st.insert(&mut w, &record(i, text), &v).unwrap();
+                st.insert(&mut w, &tests::bench::record(i, text), &v)
+                    .unwrap();
             }
             st.commit(w).unwrap();
         }

@@ -83,11 +83,6 @@ impl Tasks {
         }
     }
 
-    /// Counts by status, optionally of one user.
-    pub fn summary(&self, user: Option<&str>) -> TaskSummary {
-        self.summary_where(|t| user.is_none_or(|u| t.user_id == u))
-    }
-
     /// Counts by status of the tasks `keep` accepts.
     pub fn summary_where(&self, keep: impl Fn(&TaskStatus) -> bool) -> TaskSummary {
         let mut s = TaskSummary::default();
@@ -103,11 +98,6 @@ impl Tasks {
         s
     }
 
-    /// Unfinished tasks, optionally of one user.
-    pub fn active_of(&self, user: Option<&str>) -> usize {
-        let s = self.summary(user);
-        s.waiting + s.in_progress
-    }
     /// One task.
     pub fn get(&self, id: &str) -> Option<TaskStatus> {
         self.inner

@@ -323,6 +323,36 @@ pub mod bench {
             .unwrap_or(0.0)
     }
 
+    /// A long-term memory `bench-{i}` in cube `bench` (user `u`, 20 per session) for the
+    /// benchmarks that fill a store directly.
+    pub fn record(i: usize, text: String) -> store::MemoryRecord {
+        store::MemoryRecord {
+            id: format!("bench-{i}"),
+            memory: text,
+            cube_id: "bench".into(),
+            user_id: "u".into(),
+            session_id: format!("s{}", i / 20),
+            agent_id: None,
+            app_id: None,
+            memory_type: store::MemoryType::LongTermMemory,
+            status: store::Status::Activated,
+            key: None,
+            tags: vec!["mode:fast".into()],
+            info: serde_json::Map::new(),
+            source: Some("conversation".into()),
+            sources: vec![],
+            confidence: 0.99,
+            created_at: 0,
+            updated_at: 0,
+            event_time: None,
+            version: 1,
+            history: vec![],
+            event_id: format!("e{i}"),
+            file_ids: vec![],
+            embedding: vec![],
+        }
+    }
+
     /// The `p` quantile (0..=1) of `v` (sorted in place).
     pub fn pct(v: &mut [f64], p: f64) -> f64 {
         v.sort_by(f64::total_cmp);

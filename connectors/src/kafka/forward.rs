@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use super::config::KafkaConfig;
 use super::partition::partition_for;
-use super::source::publish;
+use super::source::{header, publish};
 use crate::ConnectorError;
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
@@ -94,13 +94,7 @@ impl Forwarder {
             loop {
                 match consumer.recv().await {
                     Ok(m) => {
-                        let corr = m.headers().and_then(|h| {
-                            h.iter()
-                                .find(|h| h.key == "correlation-id")
-                                .and_then(|h| h.value)
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                        });
-                        if let Some(c) = corr {
+                        if let Some(c) = header(&m, "correlation-id") {
                             let tx = w.lock().unwrap_or_else(|e| e.into_inner()).remove(&c);
                             if let Some(tx) = tx {
                                 let _ = tx.send(Bytes::copy_from_slice(m.payload().unwrap_or(&[])));

@@ -215,7 +215,7 @@ pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), ConnectorError> {
     Ok(())
 }
 
-fn header(msg: &impl Message, name: &str) -> Option<String> {
+pub(crate) fn header(msg: &impl Message, name: &str) -> Option<String> {
     let h = msg.headers()?;
     h.iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))
