@@ -262,12 +262,6 @@ pub async fn run<I: Ingest, S: Search>(
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            // Heartbeats carry rebalance notices: a fifth of the session timeout lets a group
-            // settle in a few seconds when a process joins or leaves.
-            .set(
-                "heartbeat.interval.ms",
-                (cfg.session_timeout_ms / 5).max(100).to_string(),
-            )
             .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
             .create_with_context(ctx)?,
     );
