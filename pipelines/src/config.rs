@@ -50,6 +50,8 @@ pub struct Config {
     pub kafka: connectors::kafka::KafkaConfig,
     /// NATS source, search subject, dead letters (enabled by `url` / `MEMOS_NATS_URL`).
     pub nats: connectors::nats::NatsConfig,
+    /// SQL: Postgres wire address (`MEMOS_PG_ADDR`), timeout, memory pool, row limit.
+    pub sql: sql::SqlConfig,
 }
 
 /// Embedder settings.
@@ -174,6 +176,7 @@ impl Config {
             let k = match k.as_str() {
                 "MEMOS_KAFKA_BROKERS" => "MEMOS_KAFKA__BROKERS".to_string(),
                 "MEMOS_NATS_URL" => "MEMOS_NATS__URL".to_string(),
+                "MEMOS_PG_ADDR" => "MEMOS_SQL__PG_ADDR".to_string(),
                 _ => k,
             };
             let Some(rest) = k.strip_prefix("MEMOS_") else {

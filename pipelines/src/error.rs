@@ -49,6 +49,9 @@ pub enum PipelineError {
     /// I/O.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A SQL statement failed (bad SQL, read-only, limits, scope).
+    #[error(transparent)]
+    Sql(#[from] sql::SqlError),
 }
 
 impl PipelineError {
@@ -74,6 +77,14 @@ impl PipelineError {
                 O::Store(s) => store_status(s),
             },
             PipelineError::Store(s) => store_status(s),
+            PipelineError::Sql(e) => match e {
+                sql::SqlError::Invalid(_) | sql::SqlError::Search(_) => 400,
+                sql::SqlError::Execution(_) => 400,
+                sql::SqlError::ReadOnly(_) | sql::SqlError::Forbidden(_) => 403,
+                sql::SqlError::MemoryLimit { .. } | sql::SqlError::TooManyRows(_) => 413,
+                sql::SqlError::Timeout(_) => 504,
+                sql::SqlError::Store(s) => store_status(s),
+            },
         }
     }
 }

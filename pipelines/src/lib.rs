@@ -11,6 +11,7 @@ pub mod eval;
 pub mod http;
 pub mod runtime;
 pub mod service;
+pub mod sqlapi;
 
 pub use config::Config;
 pub use error::PipelineError;

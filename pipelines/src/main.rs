@@ -84,6 +84,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EvalCmd,
     },
+    /// Run one read-only SQL statement on a running server and print the result as a table.
+    Sql {
+        /// The statement, e.g. "SELECT user_id, count(*) FROM memories GROUP BY user_id".
+        statement: String,
+        /// Print JSON rows instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+    },
     /// Show store size and counts.
     Status,
     /// Print the OpenAPI document (what `openapi.json` holds).
@@ -180,6 +191,23 @@ async fn main() -> Result<()> {
             let mut server = tokio::spawn(http::serve(listener, m.clone(), async move {
                 let _ = http_stop.wait_for(|v| *v).await;
             }));
+            if !cfg.sql.pg_addr.is_empty() {
+                let pg = tokio::net::TcpListener::bind(&cfg.sql.pg_addr)
+                    .await
+                    .with_context(|| format!("binding {} (sql.pg_addr)", cfg.sql.pg_addr))?;
+                tracing::info!(addr = %pg.local_addr()?, "Postgres wire protocol listening (user and database memos)");
+                let mut pg_stop = stop_rx.clone();
+                let m2 = m.clone();
+                tokio::spawn(async move {
+                    let r = pipelines::sqlapi::serve_pg(pg, m2, async move {
+                        let _ = pg_stop.wait_for(|v| *v).await;
+                    })
+                    .await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "Postgres listener stopped");
+                    }
+                });
+            }
             let early = tokio::select! {
                 _ = shutdown_signal() => None,
                 r = &mut server => Some(r),
@@ -349,6 +377,50 @@ async fn main() -> Result<()> {
                 println!("written to {}", f.display());
             }
             let _ = Arc::new(());
+        }
+        Cmd::Sql {
+            statement,
+            json: as_json,
+            url,
+        } => {
+            let client = reqwest::Client::new();
+            let mut req = client
+                .post(format!("{url}/sql"))
+                .json(&json!({"sql": statement}));
+            if !as_json {
+                req = req.header("accept", sql::format::ARROW_STREAM);
+            }
+            if let Some(k) = cli.api_key.as_deref() {
+                req = req.header("authorization", format!("Token {k}"));
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("POST {url}/sql (is `memos serve` running?)"))?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            if !status.is_success() {
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                bail!(
+                    "{status}: {}",
+                    v["message"]
+                        .as_str()
+                        .unwrap_or(&String::from_utf8_lossy(&bytes))
+                );
+            }
+            if as_json {
+                let v: Value = serde_json::from_slice(&bytes)?;
+                println!("{}", serde_json::to_string_pretty(&v["data"]["rows"])?);
+            } else {
+                let reader = sql::datafusion::arrow::ipc::reader::StreamReader::try_new(
+                    std::io::Cursor::new(bytes.to_vec()),
+                    None,
+                )?;
+                let batches = reader.collect::<Result<Vec<_>, _>>()?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                println!("{}", sql::format::pretty(&batches)?);
+                println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+            }
         }
         Cmd::Openapi => println!("{}", http::openapi::json()),
         Cmd::Status => {

@@ -164,6 +164,8 @@ pub struct Memos {
     pub ownership: Arc<connectors::kafka::Ownership>,
     /// Sends searches for cubes owned by other processes to their owners (Kafka scale-out).
     pub forwarder: std::sync::OnceLock<Arc<connectors::kafka::Forwarder>>,
+    /// SQL over the store (`POST /sql`, Postgres wire protocol).
+    pub sql: Arc<sql::Engine>,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -263,6 +265,12 @@ impl Memos {
             store.api_keys(&txn)?
         };
         let auth = Auth::new(&cfg.auth, &cfg.api_keys, &stored)?;
+        let sql = Arc::new(sql::Engine::new(
+            store.clone(),
+            cfg.sql.clone(),
+            Arc::new(crate::sqlapi::EmbedAdapter(embedder.clone())),
+            cfg.search.max_top_k,
+        )?);
         let (pipeline, task) = runtime::spawn(&cfg, store.clone(), embedder.clone());
         Ok((
             Arc::new(Memos {
@@ -274,6 +282,7 @@ impl Memos {
                 auth,
                 ownership: Arc::default(),
                 forwarder: std::sync::OnceLock::new(),
+                sql,
             }),
             task,
         ))

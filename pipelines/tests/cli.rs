@@ -43,6 +43,7 @@ fn serve_add_search_then_import_and_status() {
     let model = model_dir();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
+    let pg_port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = Guard(
         memos()
@@ -50,6 +51,7 @@ fn serve_add_search_then_import_and_status() {
             .env("MEMOS_DATA_DIR", data.path())
             .env("MEMOS_MODEL_DIR", &model)
             .env("MEMOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("MEMOS_PG_ADDR", format!("127.0.0.1:{pg_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,7 +134,7 @@ fn serve_add_search_then_import_and_status() {
         .map(str::trim)
         .filter(|l| l.starts_with("curl "))
         .collect();
-    assert_eq!(commands.len(), 3, "{block}");
+    assert_eq!(commands.len(), 4, "{block}");
     let mut outputs = Vec::new();
     for c in &commands {
         let c = c.replace("localhost:8000", &format!("127.0.0.1:{port}"));
@@ -158,6 +160,84 @@ fn serve_add_search_then_import_and_status() {
             .contains("strawberry"),
         "{}",
         outputs[2]
+    );
+
+    let rows = outputs[3]["data"]["rows"].to_string();
+    assert!(rows.contains("\"user_id\":\"demo\""), "{}", outputs[3]);
+
+    // `memos sql` prints a table; errors go to stderr with a failing status.
+    let out = memos()
+        .args([
+            "sql",
+            "SELECT user_id, count(*) AS memories FROM memories GROUP BY user_id ORDER BY user_id",
+            "--url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("| alice "), "{table}");
+    assert!(table.contains("rows)"), "{table}");
+    let out = memos()
+        .args([
+            "sql",
+            "SELECT count(*) AS n FROM memories WHERE user_id = 'alice'",
+            "--json",
+            "--url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alice = rows[0]["n"].as_i64().unwrap();
+    assert!(alice >= 1, "{rows}");
+    let out = memos()
+        .args(["sql", "DROP TABLE memories", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // psql on the Postgres port (open mode: loopback, no password).
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "memos",
+            "-d",
+            "memos",
+            "-c",
+            "SELECT count(*) FROM memories WHERE user_id = 'alice'",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        alice.to_string()
     );
 
     // SIGTERM: graceful shutdown.

@@ -221,6 +221,12 @@ pub struct Store {
     vindex: ArroyIndex,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
 fn k32(id: u32) -> [u8; 4] {
     id.to_be_bytes()
 }
@@ -1072,6 +1078,118 @@ impl Store {
         for item in self.feedback.prefix_iter(txn, &prefix)? {
             let (_, v) = item?;
             out.push(postcard::from_bytes(v)?);
+        }
+        Ok(out)
+    }
+
+    /// A read transaction that owns its handle on the environment, so it can live as long as a
+    /// query does (SQL reads a whole query from one snapshot). It is `Send`, not `Sync`: use it
+    /// from one thread at a time.
+    pub fn snapshot(&self) -> Result<RoTxn<'static, WithoutTls>> {
+        Ok(self.env.clone().static_read_txn()?)
+    }
+
+    /// Up to `max` records with internal ids `>= from`, in id order (any status, any cube).
+    /// A caller pages through the whole table by passing the last id + 1.
+    pub fn records_from(
+        &self,
+        txn: &RoTxn,
+        from: u32,
+        max: usize,
+    ) -> Result<Vec<(u32, MemoryRecord)>> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        let start = k32(from);
+        for item in self.records.range(
+            txn,
+            &(
+                std::ops::Bound::Included(&start[..]),
+                std::ops::Bound::Unbounded,
+            ),
+        )? {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let id = u32::from_be_bytes(k.try_into().unwrap_or([0; 4]));
+            out.push((id, MemoryRecord::decode(v)?));
+        }
+        Ok(out)
+    }
+
+    /// Processed events of one cube (or of every cube with `None`) after `after` (an event id
+    /// of that cube previously returned), at most `max`, in (cube, event id) order.
+    pub fn events_from(
+        &self,
+        txn: &RoTxn,
+        cube: Option<&str>,
+        after: Option<(&str, &str)>,
+        max: usize,
+    ) -> Result<Vec<(String, String, EventRecord)>> {
+        let mut out = Vec::new();
+        let prefix: Vec<u8> = match cube {
+            Some(c) => {
+                let mut p = c.as_bytes().to_vec();
+                p.push(0);
+                p
+            }
+            None => Vec::new(),
+        };
+        // LMDB rejects an empty key, so a scan of every cube starts unbounded.
+        let lower = match after {
+            Some((c, e)) => std::ops::Bound::Excluded(join(&[c.as_bytes(), e.as_bytes()])),
+            None if prefix.is_empty() => std::ops::Bound::Unbounded,
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let lower_ref = match &lower {
+            std::ops::Bound::Excluded(k) => std::ops::Bound::Excluded(&k[..]),
+            std::ops::Bound::Included(k) => std::ops::Bound::Included(&k[..]),
+            std::ops::Bound::Unbounded => std::ops::Bound::Unbounded,
+        };
+        for item in self
+            .events
+            .range(txn, &(lower_ref, std::ops::Bound::Unbounded))?
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some(nul) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let cube = String::from_utf8_lossy(&k[..nul]).into_owned();
+            let event = String::from_utf8_lossy(&k[nul + 1..]).into_owned();
+            out.push((cube, event, postcard::from_bytes(v)?));
+        }
+        Ok(out)
+    }
+
+    /// Dead letters with sequence numbers `>= from`, at most `max`, oldest first.
+    pub fn dead_letters_from(
+        &self,
+        txn: &RoTxn,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, DeadLetter)>> {
+        let mut out = Vec::new();
+        let start = from.to_be_bytes();
+        for item in self.dead_letters.range(
+            txn,
+            &(
+                std::ops::Bound::Included(&start[..]),
+                std::ops::Bound::Unbounded,
+            ),
+        )? {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((
+                u64::from_be_bytes(k.try_into().unwrap_or([0; 8])),
+                postcard::from_bytes(v)?,
+            ));
         }
         Ok(out)
     }

@@ -107,6 +107,25 @@ impl Server {
         }
     }
 
+    /// Starts the Postgres wire protocol on a free loopback port (as `memos serve` does on
+    /// `sql.pg_addr`); it stops with the server.
+    pub async fn start_pg(&mut self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind pg");
+        let addr = listener.local_addr().expect("pg addr");
+        let mut rx = self.sources_stop.subscribe();
+        let m = self.memos.clone();
+        self.sources.push(tokio::spawn(async move {
+            pipelines::sqlapi::serve_pg(listener, m, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+            .expect("serve pg");
+        }));
+        addr
+    }
+
     /// POSTs JSON and returns (status, body).
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = reqwest::Client::new()

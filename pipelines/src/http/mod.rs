@@ -5,6 +5,7 @@
 //! - `cloud`: the MemOS cloud shapes the official SDK calls (`/api/openmem/v1/*`, §1.6-1.7),
 //!   envelope `{"code": 0, …}`.
 //! - `admin`: API keys (master key only).
+//! - `sql`: `POST /sql`, read-only SQL over the caller's memories.
 //! - `openapi`: the OpenAPI document, generated from these handlers.
 //!
 //! Every route but `/health` and `/openapi.json` goes through [`authenticate`]: API key, scope
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod cloud;
 pub mod openapi;
 pub mod product;
+pub mod sql;
 
 use std::sync::Arc;
 
@@ -126,6 +128,7 @@ pub fn app(m: Arc<Memos>) -> Router {
         .merge(product::routes())
         .nest(cloud::BASE, cloud::routes())
         .merge(admin::routes())
+        .merge(sql::routes())
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
     Router::new()
         .route("/health", get(health))

@@ -23,7 +23,7 @@ impl Modify for Security {
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "memos", description = "A memory operating system for AI agents: the MemOS self-hosted API (/product), the MemOS cloud API shapes (/api/openmem/v1) and key administration."),
+    info(title = "memos", description = "A memory operating system for AI agents: the MemOS self-hosted API (/product), the MemOS cloud API shapes (/api/openmem/v1) key administration and SQL."),
     paths(
         super::health,
         super::product::add, super::product::search, super::product::feedback,
@@ -37,6 +37,7 @@ impl Modify for Security {
         super::cloud::get_status, super::cloud::create_knowledgebase,
         super::cloud::delete_knowledgebase, super::cloud::add_knowledgebase_file,
         super::admin::create_key, super::admin::list_keys, super::admin::revoke_key,
+        super::sql::query,
     ),
     components(schemas(crate::api::Envelope, crate::api::KbFile)),
     modifiers(&Security),
@@ -45,6 +46,7 @@ impl Modify for Security {
         (name = "scheduler", description = "Async task status"),
         (name = "cloud", description = "MemOS cloud API shapes, for MemOSClient (memos-spec §1.6)"),
         (name = "admin", description = "API keys (master key)"),
+        (name = "sql", description = "Read-only SQL over memory (DataFusion)"),
         (name = "service", description = "Health"),
     )
 )]

@@ -1,0 +1,229 @@
+//! SQL: a single-cube filtered query, a full-table aggregate and `search()` at 100k memories in
+//! 1,000 cubes, `search()` against the same search over REST, and the scan's own count of the
+//! records it decoded (from `EXPLAIN ANALYZE`). Writes the `sql` section of BENCHMARKS.md.
+//!
+//! `cargo bench --profile dev -p benches --bench sql`; `MEMOS_BENCH_SQL_SIZE` (default 100000),
+//! `MEMOS_BENCH_SQL_CUBES` (default 1000) and `MEMOS_BENCH_QUERIES` (default 200) adjust the run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use operators::embed::{Embedder, HashEmbedder};
+use pipelines::auth::Principal;
+use serde_json::{Value, json};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const T0: i64 = 1_714_521_600_000_000;
+const HOUR: i64 = 3_600_000_000;
+
+fn stats(mut v: Vec<f64>) -> (f64, f64) {
+    (
+        tests::bench::pct(&mut v, 0.5),
+        tests::bench::pct(&mut v, 0.99),
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let size = env("MEMOS_BENCH_SQL_SIZE", 100_000);
+    let cubes = env("MEMOS_BENCH_SQL_CUBES", 1000);
+    let n = env("MEMOS_BENCH_QUERIES", 200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tests::config(dir.path());
+    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let words = [
+        "beagle", "marathon", "Lisbon", "ramen", "cello", "Kafka", "peanuts", "flight", "garden",
+        "chess", "sister", "piano", "coffee", "Berlin", "camping", "novel",
+    ];
+    let hash = HashEmbedder::new(384);
+    let t = Instant::now();
+    let mut wtxn = store.write_txn().unwrap();
+    for chunk in (0..size).collect::<Vec<_>>().chunks(2000) {
+        let texts: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "memory {i}: talked about {} and {} with {}",
+                    words[i % 16],
+                    words[(i / 16) % 16],
+                    words[(i / 7) % 16]
+                )
+            })
+            .collect();
+        let v = hash.embed(&texts).unwrap();
+        for (j, i) in chunk.iter().enumerate() {
+            let mut r = tests::bench::record(*i, texts[j].clone());
+            r.cube_id = format!("c{:04}", i % cubes);
+            r.user_id = format!("u{}", (i / cubes) % 10);
+            r.created_at = T0 + (*i as i64 % 720) * HOUR;
+            r.updated_at = r.created_at;
+            store.insert(&mut wtxn, &r, &v[j]).unwrap();
+        }
+    }
+    store.finish(&mut wtxn, true).unwrap();
+    store.commit(wtxn).unwrap();
+    let fill = t.elapsed().as_secs_f64();
+
+    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
+    let m = s.memos.clone();
+    let session = pipelines::sqlapi::session(&m, &Principal::local()).unwrap();
+    let run = |sql: String| {
+        let (m, session) = (m.clone(), session.clone());
+        async move {
+            let t = Instant::now();
+            let out = m.sql.query(&sql, &session).await.unwrap();
+            (t.elapsed().as_secs_f64() * 1e3, out)
+        }
+    };
+
+    // Single-cube filtered query (cube + user pushed into the scan).
+    let cube_of = |i: usize| format!("c{:04}", (i * 37) % cubes);
+    for i in 0..20 {
+        run(format!(
+            "SELECT id, memory, created_at FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
+            cube_of(i)
+        ))
+        .await;
+    }
+    let mut filtered = Vec::new();
+    let mut filtered_rows = 0;
+    for i in 0..n {
+        let (ms, out) = run(format!(
+            "SELECT id, memory, created_at FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
+            cube_of(i)
+        ))
+        .await;
+        filtered_rows = out.rows;
+        filtered.push(ms);
+    }
+    let mut cube_count = Vec::new();
+    for i in 0..n {
+        let (ms, _) = run(format!(
+            "SELECT memory_type, count(*) FROM memories WHERE cube_id = '{}' GROUP BY memory_type",
+            cube_of(i)
+        ))
+        .await;
+        cube_count.push(ms);
+    }
+    // Full-table aggregate: memories per user per day over every cube.
+    let mut full = Vec::new();
+    let mut groups = 0;
+    for _ in 0..20 {
+        let (ms, out) = run(
+            "SELECT user_id, date_trunc('day', created_at) AS day, count(*) AS n FROM memories GROUP BY user_id, day"
+                .into(),
+        )
+        .await;
+        groups = out.rows;
+        full.push(ms);
+    }
+    let mut full_count = Vec::new();
+    for _ in 0..20 {
+        let (ms, _) = run("SELECT count(*) FROM memories".into()).await;
+        full_count.push(ms);
+    }
+    // Rows the scan decoded, from the plan's metrics.
+    let (_, explain) = run(format!(
+        "EXPLAIN ANALYZE SELECT id FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
+        cube_of(1)
+    ))
+    .await;
+    let text = sql::format::pretty(&explain.batches).unwrap();
+    let metric = |name: &str| -> u64 {
+        text.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    let (scanned, cubes_scanned) = (metric("rows_scanned"), metric("cubes_scanned"));
+    let (_, explain_all) = run("EXPLAIN ANALYZE SELECT count(*) FROM memories".into()).await;
+    let text_all = sql::format::pretty(&explain_all.batches).unwrap();
+    let scanned_all: u64 = text_all
+        .split("rows_scanned=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+
+    // search() over POST /sql against POST /product/search, alternated query by query.
+    let client = reqwest::Client::new();
+    let post = |path: &'static str, body: Value| {
+        let (client, url) = (client.clone(), format!("{}{path}", s.url));
+        async move {
+            let t = Instant::now();
+            let r = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let v: Value = r.json().await.unwrap();
+            (t.elapsed().as_secs_f64() * 1e3, v)
+        }
+    };
+    let query = |i: usize| {
+        format!(
+            "what did they say about {} and {}",
+            words[i % 16],
+            words[(i * 5) % 16]
+        )
+    };
+    let rest_body = |i: usize| json!({"query": query(i), "user_id": "u", "readable_cube_ids": [cube_of(i)], "top_k": 10});
+    let sql_body = |i: usize| json!({"sql": format!("SELECT bucket, rank, id, memory, score FROM search('{}', 10, '{}')", query(i), cube_of(i))});
+    for i in 0..20 {
+        post("/product/search", rest_body(i)).await;
+        post("/sql", sql_body(i)).await;
+    }
+    let (mut rest, mut via_sql) = (Vec::new(), Vec::new());
+    let mut same = 0;
+    for i in 0..n {
+        let (a, rv) = post("/product/search", rest_body(i)).await;
+        let (b, sv) = post("/sql", sql_body(i)).await;
+        rest.push(a);
+        via_sql.push(b);
+        let rest_ids: Vec<&str> = rv["data"]["text_mem"][0]["memories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        let sql_ids: Vec<&str> = sv["data"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["bucket"] == "text_mem")
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        same += (rest_ids == sql_ids) as usize;
+    }
+    drop(m);
+    s.stop().await;
+
+    let (f50, f99) = stats(filtered);
+    let (c50, c99) = stats(cube_count);
+    let (a50, a99) = stats(full);
+    let (n50, n99) = stats(full_count);
+    let (r50, r99) = stats(rest);
+    let (s50, s99) = stats(via_sql);
+    let md = format!(
+        "SQL (`cargo bench --profile dev -p benches --bench sql`): {size} memories in {cubes} cubes ({per} per cube, 10 users each, 30 days), filled directly in {fill:.0} s with hashed vectors; in-process `Engine::query` unless marked HTTP; {n} runs per query (20 for the full-table ones) after a warm-up; 2 cores.\n\n\
+| query | p50 ms | p99 ms | target |\n|---|---|---|---|\n\
+| single cube, filtered: `SELECT id, memory, created_at FROM memories WHERE cube_id = … AND user_id = 'u3'` ({filtered_rows} rows) | {f50:.2} | {f99:.2} | p50 ≤ 5 |\n\
+| single cube aggregate: `SELECT memory_type, count(*) … WHERE cube_id = … GROUP BY memory_type` | {c50:.2} | {c99:.2} | |\n\
+| full-table aggregate: memories per user per day over all {size} ({groups} groups) | {a50:.1} | {a99:.1} | ≤ 200 |\n\
+| full-table `SELECT count(*) FROM memories` | {n50:.1} | {n99:.1} | |\n\
+| HTTP `POST /product/search` (top_k 10, real query embedding) | {r50:.2} | {r99:.2} | |\n\
+| HTTP `POST /sql` with `search(q, 10, cube)` | {s50:.2} | {s99:.2} | within 20 % |\n\
+| `search()` − REST | {:+.2} ({:+.1} %) | | |\n\n\
+Same `text_mem` ids in the same order from both paths in {same} of {n} queries.\n\n\
+Rows decoded (`EXPLAIN ANALYZE`, the scan's `rows_scanned` / `cubes_scanned` metrics): the single-cube filtered query decoded **{scanned}** records in {cubes_scanned} cube (the cube ∩ user bitmap), not {size}; `SELECT count(*) FROM memories` decoded {scanned_all}.\n",
+        s50 - r50,
+        (s50 - r50) / r50 * 100.0,
+        per = size / cubes,
+    );
+    println!("{md}");
+    pipelines::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sql", &md).unwrap();
+}

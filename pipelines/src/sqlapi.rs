@@ -1,0 +1,152 @@
+//! SQL wiring: the engine over the service's store and embedder, sessions from API keys, and
+//! `search()` bound to the caller's key (the same path as `/product/search`).
+
+use std::sync::Arc;
+
+use operators::embed::Embedder;
+use sql::{Scope, SearchArgs, SearchBackend, SearchRow, Session, SqlError};
+
+use crate::api::SearchRequest;
+use crate::auth::Principal;
+use crate::error::PipelineError;
+use crate::service::Memos;
+
+/// The service's embedder as `embed()` / `vector_search()` see it.
+pub struct EmbedAdapter(pub Arc<dyn Embedder>);
+
+impl sql::Embed for EmbedAdapter {
+    fn embed(&self, text: &str) -> sql::Result<Vec<f32>> {
+        self.0
+            .embed(&[text.to_string()])
+            .map_err(|e| SqlError::Search(format!("embedder: {e}")))?
+            .pop()
+            .ok_or_else(|| SqlError::Search("embedder returned nothing".into()))
+    }
+}
+
+/// `search()` as the caller: runs [`Memos::search_hits`] with the caller's key.
+pub struct KeySearch {
+    memos: Arc<Memos>,
+    principal: Principal,
+}
+
+fn sql_error(e: PipelineError) -> SqlError {
+    match e {
+        PipelineError::Forbidden(m) | PipelineError::Unauthorized(m) => SqlError::Forbidden(m),
+        PipelineError::BadRequest(m) | PipelineError::TooLarge(m) => SqlError::Invalid(m),
+        PipelineError::Store(s) => SqlError::Store(s),
+        other => SqlError::Search(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl SearchBackend for KeySearch {
+    async fn search(&self, args: SearchArgs) -> sql::Result<Vec<SearchRow>> {
+        let req = SearchRequest {
+            query: args.query,
+            top_k: args.top_k,
+            readable_cube_ids: Some(args.cubes),
+            filter: args.filter,
+            ..SearchRequest::default()
+        };
+        let hits = self
+            .memos
+            .search_hits(&req, &self.principal)
+            .await
+            .map_err(sql_error)?;
+        let mut rows = Vec::new();
+        for b in hits.buckets {
+            for (i, h) in b.hits.into_iter().enumerate() {
+                if !self.principal.allows_user(&h.record.user_id) {
+                    continue;
+                }
+                rows.push(SearchRow {
+                    bucket: b.name.to_string(),
+                    rank: i + 1,
+                    score: h.score,
+                    vector_score: h.vector_score,
+                    bm25_score: h.lexical_score,
+                    record: h.record,
+                });
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// What a key may see through SQL: its cube and user patterns; store-wide tables
+/// (`dead_letters`) only for keys that see every cube and user.
+pub fn scope_of(p: &Principal) -> Scope {
+    let all = |v: &[String]| v.iter().any(|x| x == "*");
+    Scope {
+        cubes: (!all(&p.cubes)).then(|| p.cubes.clone()),
+        users: (!all(&p.users)).then(|| p.users.clone()),
+        system: p.admin || (all(&p.cubes) && all(&p.users)),
+        name: p.name.clone(),
+    }
+}
+
+/// The SQL session of a caller; 403 for keys that may not read.
+pub fn session(m: &Arc<Memos>, p: &Principal) -> Result<Session, PipelineError> {
+    if !p.read {
+        return Err(PipelineError::Forbidden(format!(
+            "key \"{}\" may not read",
+            p.name
+        )));
+    }
+    Ok(Session {
+        scope: scope_of(p),
+        search: Arc::new(KeySearch {
+            memos: m.clone(),
+            principal: p.clone(),
+        }),
+    })
+}
+
+/// Postgres logins: the password is an API key (or loopback trust in open mode).
+pub struct PgKeys(pub Arc<Memos>);
+
+impl sql::pg::PgAuth for PgKeys {
+    fn requires_key(&self) -> bool {
+        !self.0.auth.is_open()
+    }
+
+    fn session_for_key(&self, key: &str) -> Option<Session> {
+        let p = self
+            .0
+            .auth
+            .authenticate(Some(&format!("Token {key}")))
+            .ok()?;
+        session(&self.0, &p).ok()
+    }
+
+    fn open_session(&self) -> Session {
+        let p = Principal::local();
+        Session {
+            scope: scope_of(&p),
+            search: Arc::new(KeySearch {
+                memos: self.0.clone(),
+                principal: p,
+            }),
+        }
+    }
+}
+
+/// Serves the Postgres wire protocol until `shutdown`; refuses a non-loopback address in open
+/// mode, as the REST API does.
+pub async fn serve_pg(
+    listener: tokio::net::TcpListener,
+    m: Arc<Memos>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    if m.auth.is_open() && !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing to serve Postgres on {addr} without API keys: bind 127.0.0.1"),
+        ));
+    }
+    let engine = m.sql.clone();
+    sql::pg::serve(listener, engine, Arc::new(PgKeys(m)), shutdown).await;
+    Ok(())
+}
