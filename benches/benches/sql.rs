@@ -22,6 +22,23 @@ fn env(name: &str, default: usize) -> usize {
 const T0: i64 = 1_714_521_600_000_000;
 const HOUR: i64 = 3_600_000_000;
 
+/// A count from `EXPLAIN ANALYZE` (`name=42` or `name=1.50 K`).
+fn metric(text: &str, name: &str) -> u64 {
+    let v = text
+        .split(&format!("{name}="))
+        .nth(1)
+        .and_then(|r| r.split([',', ']']).next())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim();
+    let (num, mult) = match v.split_once(' ') {
+        Some((n, "K")) => (n, 1e3),
+        Some((n, "M")) => (n, 1e6),
+        Some((n, "B")) => (n, 1e9),
+        _ => (v, 1.0),
+    };
+    (num.parse::<f64>().unwrap_or_else(|_| panic!("{name}={v}")) * mult).round() as u64
+}
+
 fn stats(mut v: Vec<f64>) -> (f64, f64) {
     (
         tests::bench::pct(&mut v, 0.5),
@@ -69,6 +86,7 @@ async fn main() {
     store.finish(&mut wtxn, true).unwrap();
     store.commit(wtxn).unwrap();
     let fill = t.elapsed().as_secs_f64();
+    eprintln!("filled {size} memories in {fill:.1} s");
 
     let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
     let m = s.memos.clone();
@@ -135,22 +153,13 @@ async fn main() {
     ))
     .await;
     let text = sql::format::pretty(&explain.batches).unwrap();
-    let metric = |name: &str| -> u64 {
-        text.split(&format!("{name}="))
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    let (scanned, cubes_scanned) = (metric("rows_scanned"), metric("cubes_scanned"));
+    let (scanned, cubes_scanned) = (
+        metric(&text, "rows_scanned"),
+        metric(&text, "cubes_scanned"),
+    );
     let (_, explain_all) = run("EXPLAIN ANALYZE SELECT count(*) FROM memories".into()).await;
     let text_all = sql::format::pretty(&explain_all.batches).unwrap();
-    let scanned_all: u64 = text_all
-        .split("rows_scanned=")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let scanned_all = metric(&text_all, "rows_scanned");
 
     // search() over POST /sql against POST /product/search, alternated query by query.
     let client = reqwest::Client::new();
@@ -199,7 +208,7 @@ async fn main() {
             .collect();
         same += (rest_ids == sql_ids) as usize;
     }
-    drop(m);
+    drop((m, session));
     s.stop().await;
 
     let (f50, f99) = stats(filtered);

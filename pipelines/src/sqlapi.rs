@@ -1,7 +1,7 @@
 //! SQL wiring: the engine over the service's store and embedder, sessions from API keys, and
 //! `search()` bound to the caller's key (the same path as `/product/search`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use operators::embed::Embedder;
 use sql::{Scope, SearchArgs, SearchBackend, SearchRow, Session, SqlError};
@@ -24,9 +24,11 @@ impl sql::Embed for EmbedAdapter {
     }
 }
 
-/// `search()` as the caller: runs [`Memos::search_hits`] with the caller's key.
+/// `search()` as the caller: runs [`Memos::search_hits`] with the caller's key. Holds the
+/// service weakly, so an open SQL session (a Postgres connection) never keeps a stopping
+/// service, and its pipeline, alive.
 pub struct KeySearch {
-    memos: Arc<Memos>,
+    memos: Weak<Memos>,
     principal: Principal,
 }
 
@@ -49,8 +51,11 @@ impl SearchBackend for KeySearch {
             filter: args.filter,
             ..SearchRequest::default()
         };
-        let hits = self
+        let memos = self
             .memos
+            .upgrade()
+            .ok_or_else(|| SqlError::Search("the service is shutting down".into()))?;
+        let hits = memos
             .search_hits(&req, &self.principal)
             .await
             .map_err(sql_error)?;
@@ -97,7 +102,7 @@ pub fn session(m: &Arc<Memos>, p: &Principal) -> Result<Session, PipelineError> 
     Ok(Session {
         scope: scope_of(p),
         search: Arc::new(KeySearch {
-            memos: m.clone(),
+            memos: Arc::downgrade(m),
             principal: p.clone(),
         }),
     })
@@ -125,7 +130,7 @@ impl sql::pg::PgAuth for PgKeys {
         Session {
             scope: scope_of(&p),
             search: Arc::new(KeySearch {
-                memos: self.0.clone(),
+                memos: Arc::downgrade(&self.0),
                 principal: p,
             }),
         }
