@@ -22,7 +22,7 @@ use store::Store;
 use crate::functions::{Cosine, EmbedUdf, Kind, SearchFunction};
 use crate::scan::Snapshot;
 use crate::tables::{
-    CubesTable, DeadLettersTable, EventsTable, HistoryTable, MemoriesTable, QueryCtx,
+    Cubes, DeadLetters, Events, History, Memories, QueryCtx, StoreTable, TableDef,
 };
 use crate::{Embed, Result, Session, SqlConfig, SqlError};
 
@@ -74,14 +74,11 @@ impl Engine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_table("memories", Arc::new(MemoriesTable::new(store.clone())))?;
-        ctx.register_table("memory_history", Arc::new(HistoryTable::new(store.clone())))?;
-        ctx.register_table("events", Arc::new(EventsTable::new(store.clone())))?;
-        ctx.register_table(
-            "dead_letters",
-            Arc::new(DeadLettersTable::new(store.clone())),
-        )?;
-        ctx.register_table("cubes", Arc::new(CubesTable::new(store.clone())))?;
+        register::<Memories>(&ctx, &store)?;
+        register::<History>(&ctx, &store)?;
+        register::<Events>(&ctx, &store)?;
+        register::<DeadLetters>(&ctx, &store)?;
+        register::<Cubes>(&ctx, &store)?;
         for kind in [Kind::Hybrid, Kind::Vector, Kind::Lexical] {
             let name = match kind {
                 Kind::Hybrid => "search",
@@ -242,6 +239,11 @@ impl Engine {
             other => other,
         }
     }
+}
+
+fn register<D: TableDef>(ctx: &SessionContext, store: &Arc<Store>) -> Result<()> {
+    ctx.register_table(D::NAME, Arc::new(StoreTable::<D>::new(store.clone())))?;
+    Ok(())
 }
 
 fn is_oom(m: &str) -> bool {

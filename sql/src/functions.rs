@@ -29,7 +29,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use store::{Filter, MemoryRecord, Store};
 
-use crate::scan::{Cell, Column, build_array, build_batch, schema_of, text_list, ts, vector};
+use crate::scan::{Cell, Column, build_array, build_batch, col, schema_of, text_list, ts, vector};
 use crate::tables::query_ctx;
 use crate::{Embed, SearchArgs, SearchRow, SqlError, visible_cubes};
 
@@ -39,86 +39,34 @@ fn opt(s: &Option<String>) -> Cell<'_> {
 
 static HIT_COLUMNS: std::sync::LazyLock<Vec<Column<SearchRow>>> = std::sync::LazyLock::new(|| {
     vec![
-        Column {
-            name: "bucket",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.bucket),
-        },
-        Column {
-            name: "rank",
-            ty: DataType::Int64,
-            get: |r| Cell::I64(r.rank as i64),
-        },
-        Column {
-            name: "score",
-            ty: DataType::Float32,
-            get: |r| Cell::F32(r.score),
-        },
-        Column {
-            name: "vector_score",
-            ty: DataType::Float32,
-            get: |r| r.vector_score.map(Cell::F32).unwrap_or(Cell::Null),
-        },
-        Column {
-            name: "bm25_score",
-            ty: DataType::Float32,
-            get: |r| r.bm25_score.map(Cell::F32).unwrap_or(Cell::Null),
-        },
-        Column {
-            name: "id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.record.id),
-        },
-        Column {
-            name: "memory",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.record.memory),
-        },
-        Column {
-            name: "cube_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.record.cube_id),
-        },
-        Column {
-            name: "user_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.record.user_id),
-        },
-        Column {
-            name: "session_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.record.session_id),
-        },
-        Column {
-            name: "memory_type",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(r.record.memory_type.as_str()),
-        },
-        Column {
-            name: "key",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.record.key),
-        },
-        Column {
-            name: "tags",
-            ty: text_list(),
-            get: |r| Cell::List(&r.record.tags),
-        },
-        Column {
-            name: "info",
-            ty: DataType::Utf8,
-            get: |r| Cell::String(serde_json::to_string(&r.record.info).unwrap_or_default()),
-        },
-        Column {
-            name: "created_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.record.created_at),
-        },
-        Column {
-            name: "event_time",
-            ty: ts(),
-            get: |r| r.record.event_time.map(Cell::Micros).unwrap_or(Cell::Null),
-        },
+        col("bucket", DataType::Utf8, |r| Cell::Str(&r.bucket)),
+        col("rank", DataType::Int64, |r| Cell::I64(r.rank as i64)),
+        col("score", DataType::Float32, |r| Cell::F32(r.score)),
+        col("vector_score", DataType::Float32, |r| {
+            r.vector_score.map(Cell::F32).unwrap_or(Cell::Null)
+        }),
+        col("bm25_score", DataType::Float32, |r| {
+            r.bm25_score.map(Cell::F32).unwrap_or(Cell::Null)
+        }),
+        col("id", DataType::Utf8, |r| Cell::Str(&r.record.id)),
+        col("memory", DataType::Utf8, |r| Cell::Str(&r.record.memory)),
+        col("cube_id", DataType::Utf8, |r| Cell::Str(&r.record.cube_id)),
+        col("user_id", DataType::Utf8, |r| Cell::Str(&r.record.user_id)),
+        col("session_id", DataType::Utf8, |r| {
+            Cell::Str(&r.record.session_id)
+        }),
+        col("memory_type", DataType::Utf8, |r| {
+            Cell::Str(r.record.memory_type.as_str())
+        }),
+        col("key", DataType::Utf8, |r| opt(&r.record.key)),
+        col("tags", text_list(), |r| Cell::List(&r.record.tags)),
+        col("info", DataType::Utf8, |r| {
+            Cell::String(serde_json::to_string(&r.record.info).unwrap_or_default())
+        }),
+        col("created_at", ts(), |r| Cell::Micros(r.record.created_at)),
+        col("event_time", ts(), |r| {
+            r.record.event_time.map(Cell::Micros).unwrap_or(Cell::Null)
+        }),
     ]
 });
 

@@ -88,6 +88,11 @@ pub struct Column<R> {
     pub get: fn(&R) -> Cell<'_>,
 }
 
+/// A column (shorthand for the table definitions).
+pub fn col<R>(name: &'static str, ty: DataType, get: fn(&R) -> Cell<'_>) -> Column<R> {
+    Column { name, ty, get }
+}
+
 impl<R> fmt::Debug for Column<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name)

@@ -20,8 +20,8 @@ use store::heed::{RoTxn, WithoutTls};
 use store::{DeadLetter, EventRecord, MemoryRecord, Store};
 
 use crate::scan::{
-    Cell, Column, ScanCounters, ScanExec, Snapshot, Source, SourceFactory, build_batch, schema_of,
-    text_list, ts, vector,
+    Cell, Column, ScanCounters, ScanExec, Snapshot, Source, SourceFactory, build_batch, col,
+    schema_of, text_list, ts, vector,
 };
 use crate::{Scope, Session, SqlConfig, SqlError, visible_cubes};
 
@@ -397,6 +397,139 @@ fn info(m: &serde_json::Map<String, serde_json::Value>) -> Cell<'static> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One provider for every table
+
+/// What a table's [`Source`] is built from at scan time.
+pub struct ScanArgs<R: 'static> {
+    store: Arc<Store>,
+    scope: Scope,
+    sel: Selection,
+    schema: SchemaRef,
+    cols: Vec<&'static Column<R>>,
+    limit: Option<usize>,
+}
+
+impl<R> Clone for ScanArgs<R> {
+    fn clone(&self) -> Self {
+        ScanArgs {
+            store: self.store.clone(),
+            scope: self.scope.clone(),
+            sel: self.sel.clone(),
+            schema: self.schema.clone(),
+            cols: self.cols.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// A table of the store: its rows and columns, which filters it answers, and its source.
+pub trait TableDef: Send + Sync + 'static {
+    /// One decoded row.
+    type Row: 'static;
+    /// Table name.
+    const NAME: &'static str;
+    /// Columns whose `=` / `IN` filters the source answers exactly.
+    const EXACT: &'static [&'static str];
+    /// Time columns whose ranges the source checks (DataFusion filters again).
+    const RANGES: &'static [&'static str] = &[];
+    /// The column naming a memory uuid, if any (`id` lookups).
+    const ID: &'static str = "";
+    /// Whether indexed fields other than `cube_id` narrow the scan.
+    const FIELDS: bool = false;
+    /// Whether the source stops at the pushed-down `LIMIT`.
+    const LIMIT: bool = false;
+    /// The definition for `store`.
+    fn new(store: &Store) -> Self;
+    /// Its columns.
+    fn columns(&self) -> &'static [Column<Self::Row>];
+    /// A fresh source.
+    fn source(args: ScanArgs<Self::Row>) -> Box<dyn Source>;
+}
+
+/// The `TableProvider` of a [`TableDef`].
+pub struct StoreTable<D: TableDef> {
+    store: Arc<Store>,
+    def: D,
+    schema: SchemaRef,
+}
+
+impl<D: TableDef> std::fmt::Debug for StoreTable<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreTable({})", D::NAME)
+    }
+}
+
+impl<D: TableDef> StoreTable<D> {
+    /// The table over `store`.
+    pub fn new(store: Arc<Store>) -> StoreTable<D> {
+        let def = D::new(&store);
+        StoreTable {
+            schema: schema_of(def.columns()),
+            store,
+            def,
+        }
+    }
+}
+
+#[async_trait]
+impl<D: TableDef> TableProvider for StoreTable<D> {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(pushdown(filters, D::EXACT, D::RANGES))
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let q = query_ctx(state)?;
+        let limit = limit.filter(|_| D::LIMIT);
+        let sel = Selection::from_filters(filters, D::ID, D::FIELDS);
+        let schema = projected_schema(&self.schema, projection)?;
+        let detail = describe(&sel.describe(), limit);
+        let args = ScanArgs {
+            store: self.store.clone(),
+            scope: q.session.scope.clone(),
+            sel,
+            schema: schema.clone(),
+            cols: project(self.def.columns(), projection),
+            limit,
+        };
+        let factory: SourceFactory = Arc::new(move || D::source(args.clone()));
+        Ok(Arc::new(ScanExec::new(
+            D::NAME,
+            detail,
+            schema,
+            q.snapshot.clone(),
+            factory,
+            q.cfg.batch_size,
+        )))
+    }
+}
+
+fn describe(sel: &str, limit: Option<usize>) -> String {
+    match (sel.is_empty(), limit) {
+        (true, None) => String::new(),
+        (true, Some(l)) => format!("limit={l}"),
+        (false, None) => format!("pushed=[{sel}]"),
+        (false, Some(l)) => format!("pushed=[{sel}], limit={l}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // memories
 
 /// A memories row: the record and, when selected, its embedding.
@@ -407,126 +540,46 @@ pub struct MemRow {
 
 fn memory_columns(dims: usize) -> Vec<Column<MemRow>> {
     vec![
-        Column {
-            name: "id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.id),
-        },
-        Column {
-            name: "memory",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.memory),
-        },
-        Column {
-            name: "cube_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.cube_id),
-        },
-        Column {
-            name: "user_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.user_id),
-        },
-        Column {
-            name: "session_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.session_id),
-        },
-        Column {
-            name: "agent_id",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.rec.agent_id),
-        },
-        Column {
-            name: "app_id",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.rec.app_id),
-        },
-        Column {
-            name: "memory_type",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(r.rec.memory_type.as_str()),
-        },
-        Column {
-            name: "status",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(r.rec.status.as_str()),
-        },
-        Column {
-            name: "key",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.rec.key),
-        },
-        Column {
-            name: "tags",
-            ty: text_list(),
-            get: |r| Cell::List(&r.rec.tags),
-        },
-        Column {
-            name: "info",
-            ty: DataType::Utf8,
-            get: |r| info(&r.rec.info),
-        },
-        Column {
-            name: "source",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.rec.source),
-        },
-        Column {
-            name: "sources",
-            ty: DataType::Utf8,
-            get: |r| json(&r.rec.sources),
-        },
-        Column {
-            name: "confidence",
-            ty: DataType::Float32,
-            get: |r| Cell::F32(r.rec.confidence),
-        },
-        Column {
-            name: "created_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.rec.created_at),
-        },
-        Column {
-            name: "updated_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.rec.updated_at),
-        },
-        Column {
-            name: "event_time",
-            ty: ts(),
-            get: |r| r.rec.event_time.map(Cell::Micros).unwrap_or(Cell::Null),
-        },
-        Column {
-            name: "version",
-            ty: DataType::Int64,
-            get: |r| Cell::I64(r.rec.version as i64),
-        },
-        Column {
-            name: "history",
-            ty: DataType::Utf8,
-            get: |r| json(&r.rec.history),
-        },
-        Column {
-            name: "event_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.event_id),
-        },
-        Column {
-            name: "file_ids",
-            ty: text_list(),
-            get: |r| Cell::List(&r.rec.file_ids),
-        },
-        Column {
-            name: "embedding",
-            ty: vector(dims),
-            get: |r| {
-                r.embedding
-                    .as_deref()
-                    .map(Cell::Vector)
-                    .unwrap_or(Cell::Null)
-            },
-        },
+        col("id", DataType::Utf8, |r| Cell::Str(&r.rec.id)),
+        col("memory", DataType::Utf8, |r| Cell::Str(&r.rec.memory)),
+        col("cube_id", DataType::Utf8, |r| Cell::Str(&r.rec.cube_id)),
+        col("user_id", DataType::Utf8, |r| Cell::Str(&r.rec.user_id)),
+        col("session_id", DataType::Utf8, |r| {
+            Cell::Str(&r.rec.session_id)
+        }),
+        col("agent_id", DataType::Utf8, |r| opt(&r.rec.agent_id)),
+        col("app_id", DataType::Utf8, |r| opt(&r.rec.app_id)),
+        col("memory_type", DataType::Utf8, |r| {
+            Cell::Str(r.rec.memory_type.as_str())
+        }),
+        col("status", DataType::Utf8, |r| {
+            Cell::Str(r.rec.status.as_str())
+        }),
+        col("key", DataType::Utf8, |r| opt(&r.rec.key)),
+        col("tags", text_list(), |r| Cell::List(&r.rec.tags)),
+        col("info", DataType::Utf8, |r| info(&r.rec.info)),
+        col("source", DataType::Utf8, |r| opt(&r.rec.source)),
+        col("sources", DataType::Utf8, |r| json(&r.rec.sources)),
+        col("confidence", DataType::Float32, |r| {
+            Cell::F32(r.rec.confidence)
+        }),
+        col("created_at", ts(), |r| Cell::Micros(r.rec.created_at)),
+        col("updated_at", ts(), |r| Cell::Micros(r.rec.updated_at)),
+        col("event_time", ts(), |r| {
+            r.rec.event_time.map(Cell::Micros).unwrap_or(Cell::Null)
+        }),
+        col("version", DataType::Int64, |r| {
+            Cell::I64(r.rec.version as i64)
+        }),
+        col("history", DataType::Utf8, |r| json(&r.rec.history)),
+        col("event_id", DataType::Utf8, |r| Cell::Str(&r.rec.event_id)),
+        col("file_ids", text_list(), |r| Cell::List(&r.rec.file_ids)),
+        col("embedding", vector(dims), |r| {
+            r.embedding
+                .as_deref()
+                .map(Cell::Vector)
+                .unwrap_or(Cell::Null)
+        }),
     ]
 }
 
@@ -536,22 +589,46 @@ fn leak_columns<R>(cols: Vec<Column<R>>) -> &'static [Column<R>] {
 }
 
 /// `memories`: one row per memory, every field of the record.
-#[derive(Debug)]
-pub struct MemoriesTable {
-    store: Arc<Store>,
-    schema: SchemaRef,
+pub struct Memories {
     cols: &'static [Column<MemRow>],
 }
 
-impl MemoriesTable {
-    /// The table over `store`.
-    pub fn new(store: Arc<Store>) -> MemoriesTable {
-        let cols = leak_columns(memory_columns(store.options().dimensions));
-        MemoriesTable {
-            schema: schema_of(cols),
-            store,
-            cols,
+impl TableDef for Memories {
+    type Row = MemRow;
+    const NAME: &'static str = "memories";
+    const EXACT: &'static [&'static str] = &[
+        "cube_id",
+        "id",
+        "user_id",
+        "session_id",
+        "agent_id",
+        "app_id",
+        "memory_type",
+        "status",
+    ];
+    const RANGES: &'static [&'static str] = &["created_at", "updated_at", "event_time"];
+    const ID: &'static str = "id";
+    const FIELDS: bool = true;
+    const LIMIT: bool = true;
+
+    fn new(store: &Store) -> Self {
+        Memories {
+            cols: leak_columns(memory_columns(store.options().dimensions)),
         }
+    }
+
+    fn columns(&self) -> &'static [Column<MemRow>] {
+        self.cols
+    }
+
+    fn source(a: ScanArgs<MemRow>) -> Box<dyn Source> {
+        Box::new(MemSource {
+            embedding: a.cols.iter().any(|c| c.name == "embedding"),
+            cursor: RecordCursor::new(a.store, a.scope, a.sel),
+            schema: a.schema,
+            cols: a.cols,
+            remaining: a.limit,
+        })
     }
 }
 
@@ -597,79 +674,6 @@ impl Source for MemSource {
     }
 }
 
-const MEM_EXACT: &[&str] = &[
-    "cube_id",
-    "id",
-    "user_id",
-    "session_id",
-    "agent_id",
-    "app_id",
-    "memory_type",
-    "status",
-];
-const MEM_TIMES: &[&str] = &["created_at", "updated_at", "event_time"];
-
-#[async_trait]
-impl TableProvider for MemoriesTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(pushdown(filters, MEM_EXACT, MEM_TIMES))
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let q = query_ctx(state)?;
-        let sel = Selection::from_filters(filters, "id", true);
-        let schema = projected_schema(&self.schema, projection)?;
-        let cols = project(self.cols, projection);
-        let embedding = cols.iter().any(|c| c.name == "embedding");
-        let detail = describe(&sel.describe(), limit);
-        let (store, scope) = (self.store.clone(), q.session.scope.clone());
-        let schema2 = schema.clone();
-        let factory: SourceFactory = Arc::new(move || {
-            Box::new(MemSource {
-                cursor: RecordCursor::new(store.clone(), scope.clone(), sel.clone()),
-                schema: schema2.clone(),
-                cols: cols.clone(),
-                embedding,
-                remaining: limit,
-            })
-        });
-        Ok(Arc::new(ScanExec::new(
-            "memories",
-            detail,
-            schema,
-            q.snapshot.clone(),
-            factory,
-            q.cfg.batch_size,
-        )))
-    }
-}
-
-fn describe(sel: &str, limit: Option<usize>) -> String {
-    match (sel.is_empty(), limit) {
-        (true, None) => String::new(),
-        (true, Some(l)) => format!("limit={l}"),
-        (false, None) => format!("pushed=[{sel}]"),
-        (false, Some(l)) => format!("pushed=[{sel}], limit={l}"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // memory_history
 
@@ -684,107 +688,64 @@ pub struct HistRow {
 
 fn history_columns() -> Vec<Column<HistRow>> {
     vec![
-        Column {
-            name: "memory_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.id),
-        },
-        Column {
-            name: "version",
-            ty: DataType::Int64,
-            get: |r| Cell::I64(r.rec.version as i64),
-        },
-        Column {
-            name: "is_current",
-            ty: DataType::Boolean,
-            get: |r| Cell::Bool(r.current),
-        },
-        Column {
-            name: "memory",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.memory),
-        },
-        Column {
-            name: "cube_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.cube_id),
-        },
-        Column {
-            name: "user_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.user_id),
-        },
-        Column {
-            name: "session_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.session_id),
-        },
-        Column {
-            name: "memory_type",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(r.rec.memory_type.as_str()),
-        },
-        Column {
-            name: "status",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(r.rec.status.as_str()),
-        },
-        Column {
-            name: "tags",
-            ty: text_list(),
-            get: |r| Cell::List(&r.rec.tags),
-        },
-        Column {
-            name: "info",
-            ty: DataType::Utf8,
-            get: |r| info(&r.rec.info),
-        },
-        Column {
-            name: "update_type",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.update_type),
-        },
-        Column {
-            name: "merged_from",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.merged_from),
-        },
-        Column {
-            name: "created_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.rec.created_at),
-        },
-        Column {
-            name: "updated_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.rec.updated_at),
-        },
-        Column {
-            name: "archived_at",
-            ty: ts(),
-            get: |r| r.archived_at.map(Cell::Micros).unwrap_or(Cell::Null),
-        },
+        col("memory_id", DataType::Utf8, |r| Cell::Str(&r.rec.id)),
+        col("version", DataType::Int64, |r| {
+            Cell::I64(r.rec.version as i64)
+        }),
+        col("is_current", DataType::Boolean, |r| Cell::Bool(r.current)),
+        col("memory", DataType::Utf8, |r| Cell::Str(&r.rec.memory)),
+        col("cube_id", DataType::Utf8, |r| Cell::Str(&r.rec.cube_id)),
+        col("user_id", DataType::Utf8, |r| Cell::Str(&r.rec.user_id)),
+        col("session_id", DataType::Utf8, |r| {
+            Cell::Str(&r.rec.session_id)
+        }),
+        col("memory_type", DataType::Utf8, |r| {
+            Cell::Str(r.rec.memory_type.as_str())
+        }),
+        col("status", DataType::Utf8, |r| {
+            Cell::Str(r.rec.status.as_str())
+        }),
+        col("tags", text_list(), |r| Cell::List(&r.rec.tags)),
+        col("info", DataType::Utf8, |r| info(&r.rec.info)),
+        col("update_type", DataType::Utf8, |r| opt(&r.update_type)),
+        col("merged_from", DataType::Utf8, |r| opt(&r.merged_from)),
+        col("created_at", ts(), |r| Cell::Micros(r.rec.created_at)),
+        col("updated_at", ts(), |r| Cell::Micros(r.rec.updated_at)),
+        col("archived_at", ts(), |r| {
+            r.archived_at.map(Cell::Micros).unwrap_or(Cell::Null)
+        }),
     ]
 }
 
 /// `memory_history`: every version of every memory (archived snapshots plus the current one,
-/// `is_current`), with why and when each was replaced.
-#[derive(Debug)]
-pub struct HistoryTable {
-    store: Arc<Store>,
-    schema: SchemaRef,
-    cols: &'static [Column<HistRow>],
-}
+/// `is_current`), with why and when each was replaced. `cube_id` never changes between versions
+/// and `memory_id` names all of them, so those two are answered by the scan; other fields may
+/// differ per version and are filtered on the rows.
+pub struct History;
 
-impl HistoryTable {
-    /// The table over `store`.
-    pub fn new(store: Arc<Store>) -> HistoryTable {
-        let cols = leak_columns(history_columns());
-        HistoryTable {
-            schema: schema_of(cols),
-            store,
-            cols,
-        }
+static HISTORY_COLUMNS: std::sync::LazyLock<Vec<Column<HistRow>>> =
+    std::sync::LazyLock::new(history_columns);
+
+impl TableDef for History {
+    type Row = HistRow;
+    const NAME: &'static str = "memory_history";
+    const EXACT: &'static [&'static str] = &["cube_id", "memory_id"];
+    const ID: &'static str = "memory_id";
+
+    fn new(_: &Store) -> Self {
+        History
+    }
+
+    fn columns(&self) -> &'static [Column<HistRow>] {
+        &HISTORY_COLUMNS
+    }
+
+    fn source(a: ScanArgs<HistRow>) -> Box<dyn Source> {
+        Box::new(HistSource {
+            cursor: RecordCursor::new(a.store, a.scope, a.sel),
+            schema: a.schema,
+            cols: a.cols,
+        })
     }
 }
 
@@ -837,57 +798,6 @@ impl Source for HistSource {
     }
 }
 
-#[async_trait]
-impl TableProvider for HistoryTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // cube_id never changes between versions and memory_id names all of them; other fields
-        // may differ per version, so they are filtered by DataFusion on the rows.
-        Ok(pushdown(filters, &["cube_id", "memory_id"], &[]))
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let q = query_ctx(state)?;
-        let sel = Selection::from_filters(filters, "memory_id", false);
-        let schema = projected_schema(&self.schema, projection)?;
-        let cols = project(self.cols, projection);
-        let detail = describe(&sel.describe(), None);
-        let (store, scope) = (self.store.clone(), q.session.scope.clone());
-        let schema2 = schema.clone();
-        let factory: SourceFactory = Arc::new(move || {
-            Box::new(HistSource {
-                cursor: RecordCursor::new(store.clone(), scope.clone(), sel.clone()),
-                schema: schema2.clone(),
-                cols: cols.clone(),
-            })
-        });
-        Ok(Arc::new(ScanExec::new(
-            "memory_history",
-            detail,
-            schema,
-            q.snapshot.clone(),
-            factory,
-            q.cfg.batch_size,
-        )))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // events
 
@@ -900,53 +810,43 @@ pub struct EventRow {
 
 static EVENT_COLUMNS: std::sync::LazyLock<Vec<Column<EventRow>>> = std::sync::LazyLock::new(|| {
     vec![
-        Column {
-            name: "cube_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.cube_id),
-        },
-        Column {
-            name: "event_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.event_id),
-        },
-        Column {
-            name: "source",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.rec.source),
-        },
-        Column {
-            name: "position",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.rec.position),
-        },
-        Column {
-            name: "processed_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.rec.processed_at),
-        },
-        Column {
-            name: "memory_ids",
-            ty: text_list(),
-            get: |r| Cell::List(&r.rec.memory_ids),
-        },
+        col("cube_id", DataType::Utf8, |r| Cell::Str(&r.cube_id)),
+        col("event_id", DataType::Utf8, |r| Cell::Str(&r.event_id)),
+        col("source", DataType::Utf8, |r| Cell::Str(&r.rec.source)),
+        col("position", DataType::Utf8, |r| opt(&r.rec.position)),
+        col("processed_at", ts(), |r| Cell::Micros(r.rec.processed_at)),
+        col("memory_ids", text_list(), |r| Cell::List(&r.rec.memory_ids)),
     ]
 });
 
 /// `events`: every processed event, with its source, position and the memories it produced.
-#[derive(Debug)]
-pub struct EventsTable {
-    store: Arc<Store>,
-    schema: SchemaRef,
-}
+pub struct Events;
 
-impl EventsTable {
-    /// The table over `store`.
-    pub fn new(store: Arc<Store>) -> EventsTable {
-        EventsTable {
-            schema: schema_of(&EVENT_COLUMNS),
-            store,
-        }
+impl TableDef for Events {
+    type Row = EventRow;
+    const NAME: &'static str = "events";
+    const EXACT: &'static [&'static str] = &["cube_id"];
+
+    fn new(_: &Store) -> Self {
+        Events
+    }
+
+    fn columns(&self) -> &'static [Column<EventRow>] {
+        &EVENT_COLUMNS
+    }
+
+    fn source(a: ScanArgs<EventRow>) -> Box<dyn Source> {
+        Box::new(EventSource {
+            store: a.store,
+            scope: a.scope,
+            only: a.sel.cubes,
+            schema: a.schema,
+            cols: a.cols,
+            cubes: None,
+            started: false,
+            after: None,
+            done: false,
+        })
     }
 }
 
@@ -1027,61 +927,6 @@ impl Source for EventSource {
     }
 }
 
-#[async_trait]
-impl TableProvider for EventsTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(pushdown(filters, &["cube_id"], &[]))
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let q = query_ctx(state)?;
-        let sel = Selection::from_filters(filters, "", false);
-        let schema = projected_schema(&self.schema, projection)?;
-        let cols = project(&EVENT_COLUMNS, projection);
-        let detail = describe(&sel.describe(), None);
-        let (store, scope) = (self.store.clone(), q.session.scope.clone());
-        let schema2 = schema.clone();
-        let factory: SourceFactory = Arc::new(move || {
-            Box::new(EventSource {
-                store: store.clone(),
-                scope: scope.clone(),
-                only: sel.cubes.clone(),
-                schema: schema2.clone(),
-                cols: cols.clone(),
-                cubes: None,
-                started: false,
-                after: None,
-                done: false,
-            })
-        });
-        Ok(Arc::new(ScanExec::new(
-            "events",
-            detail,
-            schema,
-            q.snapshot.clone(),
-            factory,
-            q.cfg.batch_size,
-        )))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // dead_letters
 
@@ -1093,59 +938,45 @@ pub struct DeadRow {
 
 static DEAD_COLUMNS: std::sync::LazyLock<Vec<Column<DeadRow>>> = std::sync::LazyLock::new(|| {
     vec![
-        Column {
-            name: "seq",
-            ty: DataType::Int64,
-            get: |r| Cell::I64(r.seq as i64),
-        },
-        Column {
-            name: "source",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.dl.source),
-        },
-        Column {
-            name: "position",
-            ty: DataType::Utf8,
-            get: |r| opt(&r.dl.position),
-        },
-        Column {
-            name: "reason",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.dl.reason),
-        },
-        Column {
-            name: "payload",
-            ty: DataType::Utf8,
-            get: |r| Cell::String(String::from_utf8_lossy(&r.dl.payload).into_owned()),
-        },
-        Column {
-            name: "payload_bytes",
-            ty: DataType::Int64,
-            get: |r| Cell::I64(r.dl.payload.len() as i64),
-        },
-        Column {
-            name: "at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.dl.at),
-        },
+        col("seq", DataType::Int64, |r| Cell::I64(r.seq as i64)),
+        col("source", DataType::Utf8, |r| Cell::Str(&r.dl.source)),
+        col("position", DataType::Utf8, |r| opt(&r.dl.position)),
+        col("reason", DataType::Utf8, |r| Cell::Str(&r.dl.reason)),
+        col("payload", DataType::Utf8, |r| {
+            Cell::String(String::from_utf8_lossy(&r.dl.payload).into_owned())
+        }),
+        col("payload_bytes", DataType::Int64, |r| {
+            Cell::I64(r.dl.payload.len() as i64)
+        }),
+        col("at", ts(), |r| Cell::Micros(r.dl.at)),
     ]
 });
 
 /// `dead_letters`: inputs that could not be processed, with their reason. Store-wide (a dead
 /// letter may not even name a cube), so only unscoped callers see rows.
-#[derive(Debug)]
-pub struct DeadLettersTable {
-    store: Arc<Store>,
-    schema: SchemaRef,
-}
+pub struct DeadLetters;
 
-impl DeadLettersTable {
-    /// The table over `store`.
-    pub fn new(store: Arc<Store>) -> DeadLettersTable {
-        DeadLettersTable {
-            schema: schema_of(&DEAD_COLUMNS),
-            store,
-        }
+impl TableDef for DeadLetters {
+    type Row = DeadRow;
+    const NAME: &'static str = "dead_letters";
+    const EXACT: &'static [&'static str] = &[];
+
+    fn new(_: &Store) -> Self {
+        DeadLetters
+    }
+
+    fn columns(&self) -> &'static [Column<DeadRow>] {
+        &DEAD_COLUMNS
+    }
+
+    fn source(a: ScanArgs<DeadRow>) -> Box<dyn Source> {
+        Box::new(DeadSource {
+            visible: a.scope.system,
+            store: a.store,
+            next: 0,
+            schema: a.schema,
+            cols: a.cols,
+        })
     }
 }
 
@@ -1183,54 +1014,6 @@ impl Source for DeadSource {
     }
 }
 
-#[async_trait]
-impl TableProvider for DeadLettersTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let q = query_ctx(state)?;
-        let schema = projected_schema(&self.schema, projection)?;
-        let cols = project(&DEAD_COLUMNS, projection);
-        let visible = q.session.scope.system;
-        let store = self.store.clone();
-        let schema2 = schema.clone();
-        let factory: SourceFactory = Arc::new(move || {
-            Box::new(DeadSource {
-                store: store.clone(),
-                visible,
-                next: 0,
-                schema: schema2.clone(),
-                cols: cols.clone(),
-            })
-        });
-        let detail = if visible {
-            ""
-        } else {
-            "hidden from scoped keys"
-        };
-        Ok(Arc::new(ScanExec::new(
-            "dead_letters",
-            detail.into(),
-            schema,
-            q.snapshot.clone(),
-            factory,
-            q.cfg.batch_size,
-        )))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // cubes
 
@@ -1242,58 +1025,45 @@ pub struct CubeRow {
 
 static CUBE_COLUMNS: std::sync::LazyLock<Vec<Column<CubeRow>>> = std::sync::LazyLock::new(|| {
     vec![
-        Column {
-            name: "cube_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.info.cube_id),
-        },
-        Column {
-            name: "name",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.info.name),
-        },
-        Column {
-            name: "owner_id",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.info.owner_id),
-        },
-        Column {
-            name: "kind",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.info.kind),
-        },
-        Column {
-            name: "description",
-            ty: DataType::Utf8,
-            get: |r| Cell::Str(&r.info.description),
-        },
-        Column {
-            name: "created_at",
-            ty: ts(),
-            get: |r| Cell::Micros(r.info.created_at),
-        },
-        Column {
-            name: "memories",
-            ty: DataType::Int64,
-            get: |r| Cell::I64(r.memories as i64),
-        },
+        col("cube_id", DataType::Utf8, |r| Cell::Str(&r.info.cube_id)),
+        col("name", DataType::Utf8, |r| Cell::Str(&r.info.name)),
+        col("owner_id", DataType::Utf8, |r| Cell::Str(&r.info.owner_id)),
+        col("kind", DataType::Utf8, |r| Cell::Str(&r.info.kind)),
+        col("description", DataType::Utf8, |r| {
+            Cell::Str(&r.info.description)
+        }),
+        col("created_at", ts(), |r| Cell::Micros(r.info.created_at)),
+        col("memories", DataType::Int64, |r| {
+            Cell::I64(r.memories as i64)
+        }),
     ]
 });
 
 /// `cubes`: every cube (and knowledge base) the caller may see, with its memory count.
-#[derive(Debug)]
-pub struct CubesTable {
-    store: Arc<Store>,
-    schema: SchemaRef,
-}
+pub struct Cubes;
 
-impl CubesTable {
-    /// The table over `store`.
-    pub fn new(store: Arc<Store>) -> CubesTable {
-        CubesTable {
-            schema: schema_of(&CUBE_COLUMNS),
-            store,
-        }
+impl TableDef for Cubes {
+    type Row = CubeRow;
+    const NAME: &'static str = "cubes";
+    const EXACT: &'static [&'static str] = &["cube_id"];
+
+    fn new(_: &Store) -> Self {
+        Cubes
+    }
+
+    fn columns(&self) -> &'static [Column<CubeRow>] {
+        &CUBE_COLUMNS
+    }
+
+    fn source(a: ScanArgs<CubeRow>) -> Box<dyn Source> {
+        Box::new(CubeSource {
+            store: a.store,
+            scope: a.scope,
+            only: a.sel.cubes,
+            schema: a.schema,
+            cols: a.cols,
+            done: false,
+        })
     }
 }
 
@@ -1332,57 +1102,5 @@ impl Source for CubeSource {
         Ok(Some(
             build_batch(&self.schema, &self.cols, &rows).map_err(SqlError::from)?,
         ))
-    }
-}
-
-#[async_trait]
-impl TableProvider for CubesTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(pushdown(filters, &["cube_id"], &[]))
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let q = query_ctx(state)?;
-        let sel = Selection::from_filters(filters, "", false);
-        let schema = projected_schema(&self.schema, projection)?;
-        let cols = project(&CUBE_COLUMNS, projection);
-        let detail = describe(&sel.describe(), None);
-        let (store, scope) = (self.store.clone(), q.session.scope.clone());
-        let schema2 = schema.clone();
-        let factory: SourceFactory = Arc::new(move || {
-            Box::new(CubeSource {
-                store: store.clone(),
-                scope: scope.clone(),
-                only: sel.cubes.clone(),
-                schema: schema2.clone(),
-                cols: cols.clone(),
-                done: false,
-            })
-        });
-        Ok(Arc::new(ScanExec::new(
-            "cubes",
-            detail,
-            schema,
-            q.snapshot.clone(),
-            factory,
-            q.cfg.batch_size,
-        )))
     }
 }
