@@ -24,6 +24,8 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// REST API address.
     pub http_addr: String,
+    /// Prometheus `/metrics` address (`MEMOS_METRICS_ADDR`); empty disables it.
+    pub metrics_addr: String,
     /// Fetch the model on first start.
     pub auto_fetch_model: bool,
     /// text | json.

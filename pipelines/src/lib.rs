@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod http;
+pub mod metrics;
 pub mod runtime;
 pub mod service;
 pub mod sqlapi;

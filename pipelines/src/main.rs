@@ -191,6 +191,16 @@ async fn main() -> Result<()> {
             let mut server = tokio::spawn(http::serve(listener, m.clone(), async move {
                 let _ = http_stop.wait_for(|v| *v).await;
             }));
+            if !cfg.metrics_addr.is_empty() {
+                let ml = tokio::net::TcpListener::bind(&cfg.metrics_addr)
+                    .await
+                    .with_context(|| format!("binding {} (metrics_addr)", cfg.metrics_addr))?;
+                tracing::info!(addr = %ml.local_addr()?, "Prometheus metrics on /metrics");
+                let mut metrics_stop = stop_rx.clone();
+                tokio::spawn(http::serve_metrics(ml, m.clone(), async move {
+                    let _ = metrics_stop.wait_for(|v| *v).await;
+                }));
+            }
             if !cfg.sql.pg_addr.is_empty() {
                 let pg = tokio::net::TcpListener::bind(&cfg.sql.pg_addr)
                     .await

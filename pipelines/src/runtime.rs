@@ -571,12 +571,25 @@ impl Processor {
     }
 }
 
+/// The `source` label of an input: its transport, never anything caller-chosen.
+fn source_label(source: &str) -> &'static str {
+    match source.split(['/', ':', '-']).next().unwrap_or("") {
+        "http" => "http",
+        "kafka" => "kafka",
+        "nats" => "nats",
+        "import" => "import",
+        "eval" => "eval",
+        _ => "other",
+    }
+}
+
 /// Starts the pipeline task. It ends (after finishing the batch in hand and folding the vector
 /// delta into the trees) when every [`PipelineHandle`] is dropped.
 pub fn spawn(
     cfg: &Config,
     store: Arc<Store>,
     embedder: Arc<dyn Embedder>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Incoming>(cfg.pipeline.channel_capacity.max(1));
     let batch_size = cfg.pipeline.batch_size.max(1);
@@ -626,8 +639,10 @@ pub fn spawn(
             }
             let mut replies = Vec::with_capacity(batch.len());
             let mut items = Vec::with_capacity(batch.len());
+            let mut sources = Vec::with_capacity(batch.len());
             for i in batch {
                 replies.push(i.reply);
+                sources.push(source_label(&i.source));
                 items.push((i.payload, i.source, i.position));
             }
             let started = Instant::now();
@@ -648,7 +663,28 @@ pub fn spawn(
                 ms = started.elapsed().as_millis() as u64,
                 "batch committed"
             );
-            for (r, o) in replies.into_iter().zip(outcomes) {
+            metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.batch_events.observe(stats.events as f64);
+            for (kind, n) in [
+                ("inserted", stats.inserted),
+                ("merged", stats.merged),
+                ("feedback", stats.feedback),
+            ] {
+                metrics
+                    .memories_written
+                    .with_label_values(&[kind])
+                    .inc_by(n as u64);
+            }
+            for ((r, o), source) in replies.into_iter().zip(outcomes).zip(sources) {
+                let outcome = match &o {
+                    Outcome::Stored { .. } => "stored",
+                    Outcome::Duplicate { .. } => "duplicate",
+                    Outcome::DeadLettered { .. } => "dead_lettered",
+                    Outcome::Failed { .. } => "failed",
+                };
+                metrics.events.with_label_values(&[source, outcome]).inc();
                 if let Some(r) = r {
                     let _ = r.send(o);
                 }

@@ -166,6 +166,8 @@ pub struct Memos {
     pub forwarder: std::sync::OnceLock<Arc<connectors::kafka::Forwarder>>,
     /// SQL over the store (`POST /sql`, Postgres wire protocol).
     pub sql: Arc<sql::Engine>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -271,7 +273,9 @@ impl Memos {
             Arc::new(crate::sqlapi::EmbedAdapter(embedder.clone())),
             cfg.search.max_top_k,
         )?);
-        let (pipeline, task) = runtime::spawn(&cfg, store.clone(), embedder.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (pipeline, task) =
+            runtime::spawn(&cfg, store.clone(), embedder.clone(), metrics.clone());
         Ok((
             Arc::new(Memos {
                 cfg,
@@ -283,9 +287,54 @@ impl Memos {
                 ownership: Arc::default(),
                 forwarder: std::sync::OnceLock::new(),
                 sql,
+                metrics,
             }),
             task,
         ))
+    }
+
+    /// The metrics in the Prometheus text format, with the store and task gauges read now.
+    pub async fn metrics_text(&self) -> Result<String, PipelineError> {
+        let m = self.metrics.clone();
+        m.tasks_active.set(self.tasks.active() as i64);
+        self.blocking(move |store| {
+            let stats = store.stats()?;
+            m.store_bytes.set(stats.disk_bytes as i64);
+            m.dead_letters.set(stats.dead_letters as i64);
+            let txn = store.read_txn()?;
+            let statuses = [
+                store::Status::Activated,
+                store::Status::Resolving,
+                store::Status::Archived,
+                store::Status::Deleted,
+            ];
+            let mut counts = std::collections::HashMap::new();
+            for cube in store.cubes(&txn)? {
+                let by_status: Vec<_> = statuses
+                    .iter()
+                    .map(|s| store.field_ids(&txn, &cube.cube_id, "status", s.as_str()))
+                    .collect::<Result<_, _>>()?;
+                for t in MemoryType::ALL {
+                    let ids = store.field_ids(&txn, &cube.cube_id, "memory_type", t.as_str())?;
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    for (s, b) in statuses.iter().zip(&by_status) {
+                        *counts.entry((t, *s)).or_insert(0u64) += (&ids & b).len();
+                    }
+                }
+            }
+            for t in MemoryType::ALL {
+                for s in statuses {
+                    let n = counts.get(&(t, s)).copied().unwrap_or(0);
+                    m.memories
+                        .with_label_values(&[t.as_str(), s.as_str()])
+                        .set(n as i64);
+                }
+            }
+            Ok(m.render())
+        })
+        .await
     }
 
     /// Runs `f` over the store on a blocking thread.

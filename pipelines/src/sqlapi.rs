@@ -125,6 +125,10 @@ impl sql::pg::PgAuth for PgKeys {
         session(&self.0, &p).ok()
     }
 
+    fn observe(&self, elapsed: std::time::Duration, ok: bool) {
+        self.0.metrics.sql("postgres", elapsed, ok);
+    }
+
     fn open_session(&self) -> Session {
         let p = Principal::local();
         Session {

@@ -44,6 +44,7 @@ fn serve_add_search_then_import_and_status() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let pg_port = free_port();
+    let metrics_port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = Guard(
         memos()
@@ -52,6 +53,7 @@ fn serve_add_search_then_import_and_status() {
             .env("MEMOS_MODEL_DIR", &model)
             .env("MEMOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("MEMOS_PG_ADDR", format!("127.0.0.1:{pg_port}"))
+            .env("MEMOS_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -238,6 +240,18 @@ fn serve_add_search_then_import_and_status() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         alice.to_string()
+    );
+
+    // Prometheus metrics on their own port.
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let metrics = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        metrics.contains("memos_events_total{outcome=\"stored\",source=\"http\"}"),
+        "{metrics}"
     );
 
     // SIGTERM: graceful shutdown.

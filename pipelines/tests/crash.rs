@@ -93,6 +93,7 @@ fn kill_9_at_random_points_loses_and_duplicates_nothing() {
         ("MEMOS_MODEL_DIR".into(), model.display().to_string()),
         ("MEMOS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
         ("MEMOS_PG_ADDR".into(), "127.0.0.1:0".into()),
+        ("MEMOS_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ("MEMOS_PIPELINE__BATCH_SIZE".into(), "16".into()),
         ("MEMOS_PIPELINE__LINGER_MS".into(), "5".into()),
         ("MEMOS_KAFKA_BROKERS".into(), brokers.clone()),

@@ -53,6 +53,8 @@ pub trait PgAuth: Send + Sync + 'static {
     fn session_for_key(&self, key: &str) -> Option<Session>;
     /// The session of a password-less loopback client (only when no key is required).
     fn open_session(&self) -> Session;
+    /// Called after every statement (for metrics).
+    fn observe(&self, _elapsed: std::time::Duration, _ok: bool) {}
 }
 
 /// The login name and database every client uses.
@@ -202,6 +204,21 @@ impl StartupHandler for Startup {
 struct Queries {
     engine: Arc<Engine>,
     parser: Arc<NoopQueryParser>,
+    auth: Arc<dyn PgAuth>,
+}
+
+impl Queries {
+    async fn run(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        session: &Session,
+    ) -> Result<crate::QueryOutput, SqlError> {
+        let started = std::time::Instant::now();
+        let r = self.engine.query_with_params(sql, params, session).await;
+        self.auth.observe(started.elapsed(), r.is_ok());
+        r
+    }
 }
 
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Session> {
@@ -443,7 +460,7 @@ impl SimpleQueryHandler for Queries {
                 out.push(Response::Execution(Tag::new(tag)));
                 continue;
             }
-            let r = self.engine.query(&sql, &session).await.map_err(to_pg)?;
+            let r = self.run(&sql, Vec::new(), &session).await.map_err(to_pg)?;
             out.push(response(r, &Format::UnifiedText)?);
         }
         Ok(out)
@@ -576,11 +593,7 @@ impl ExtendedQueryHandler for Queries {
                 params.push(param_scalar_for(param(portal, i, w)?, w));
             }
         }
-        let r = self
-            .engine
-            .query_with_params(sql, params, &session)
-            .await
-            .map_err(to_pg)?;
+        let r = self.run(sql, params, &session).await.map_err(to_pg)?;
         response(r, &portal.result_column_format)
     }
 }
@@ -614,6 +627,7 @@ pub async fn serve(
     let mut params = DefaultServerParameterProvider::default();
     params.server_version = "16.0 (memos)".to_string();
     let source = KeySource { auth: auth.clone() };
+    let auth2 = auth.clone();
     let handlers = Arc::new(Handlers {
         startup: Arc::new(Startup {
             auth,
@@ -623,6 +637,7 @@ pub async fn serve(
         queries: Arc::new(Queries {
             engine,
             parser: Arc::new(NoopQueryParser::new()),
+            auth: auth2,
         }),
     });
     tokio::pin!(shutdown);

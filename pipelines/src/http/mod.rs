@@ -121,6 +121,60 @@ pub async fn authenticate(
     Ok(next.run(req).await)
 }
 
+/// Counts and times every request by matched route (never the raw path: ids stay out of the
+/// labels), method and status.
+pub async fn track(State(m): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    m.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    m.metrics
+        .http_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The router of the metrics port: `GET /metrics` (Prometheus text format, no key needed; bind
+/// it where only your Prometheus can reach it).
+pub fn metrics_app(m: Arc<Memos>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(m)
+}
+
+async fn metrics(State(m): State<AppState>) -> Result<Response, PipelineError> {
+    let text = m.metrics_text().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Serves [`metrics_app`] until `shutdown`.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    m: Arc<Memos>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_app(m))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// The router over a running service.
 pub fn app(m: Arc<Memos>) -> Router {
     let limit = m.cfg.limits.max_body_bytes;
@@ -135,6 +189,7 @@ pub fn app(m: Arc<Memos>) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .merge(protected)
         .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(m.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(m)
 }

@@ -73,7 +73,10 @@ pub async fn query(
         .iter()
         .map(scalar)
         .collect::<Result<Vec<_>, _>>()?;
-    let out = m.sql.query_with_params(&req.sql, params, &session).await?;
+    let started = std::time::Instant::now();
+    let out = m.sql.query_with_params(&req.sql, params, &session).await;
+    m.metrics.sql("http", started.elapsed(), out.is_ok());
+    let out = out?;
     let wants_arrow = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

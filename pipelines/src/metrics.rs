@@ -1,0 +1,210 @@
+//! Prometheus metrics (prometheus 0.14), served on their own port (`metrics_addr`,
+//! `MEMOS_METRICS_ADDR`, default `127.0.0.1:9464`).
+//!
+//! Every metric name is in [`names`]. Labels are fixed and low-cardinality (source, outcome,
+//! route, method, status, interface, memory_type) — never user, session, cube or memory ids.
+//! Counters and histograms are updated where the work happens; store gauges (memories by type
+//! and status, disk bytes, dead letters) and task gauges are read when scraped.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Metric names, in one place.
+pub mod names {
+    /// Events handled by the pipeline, by `source` and `outcome`
+    /// (stored, duplicate, dead_lettered, failed).
+    pub const EVENTS: &str = "memos_events_total";
+    /// Pipeline batch latency (operators + commit), seconds.
+    pub const BATCH_SECONDS: &str = "memos_pipeline_batch_duration_seconds";
+    /// Events per pipeline batch.
+    pub const BATCH_EVENTS: &str = "memos_pipeline_batch_events";
+    /// Memories written by the pipeline, by `kind` (inserted, merged, feedback).
+    pub const MEMORIES_WRITTEN: &str = "memos_pipeline_memories_written_total";
+    /// HTTP requests by `route` (the matched path), `method` and `status`.
+    pub const HTTP_REQUESTS: &str = "memos_http_requests_total";
+    /// HTTP request latency by `route`, seconds.
+    pub const HTTP_SECONDS: &str = "memos_http_request_duration_seconds";
+    /// SQL statements by `interface` (http, postgres) and `outcome` (ok, error).
+    pub const SQL_QUERIES: &str = "memos_sql_queries_total";
+    /// SQL statement latency by `interface`, seconds.
+    pub const SQL_SECONDS: &str = "memos_sql_query_duration_seconds";
+    /// Memories in the store by `memory_type` and `status`.
+    pub const MEMORIES: &str = "memos_memories";
+    /// Bytes of the LMDB file.
+    pub const STORE_BYTES: &str = "memos_store_disk_bytes";
+    /// Dead letters kept in the store.
+    pub const DEAD_LETTERS: &str = "memos_dead_letters";
+    /// Asynchronous add/feedback tasks waiting or running.
+    pub const TASKS_ACTIVE: &str = "memos_tasks_active";
+}
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// [`names::EVENTS`].
+    pub events: IntCounterVec,
+    /// [`names::BATCH_SECONDS`].
+    pub batch_seconds: Histogram,
+    /// [`names::BATCH_EVENTS`].
+    pub batch_events: Histogram,
+    /// [`names::MEMORIES_WRITTEN`].
+    pub memories_written: IntCounterVec,
+    /// [`names::HTTP_REQUESTS`].
+    pub http_requests: IntCounterVec,
+    /// [`names::HTTP_SECONDS`].
+    pub http_seconds: HistogramVec,
+    /// [`names::SQL_QUERIES`].
+    pub sql_queries: IntCounterVec,
+    /// [`names::SQL_SECONDS`].
+    pub sql_seconds: HistogramVec,
+    /// [`names::MEMORIES`].
+    pub memories: IntGaugeVec,
+    /// [`names::STORE_BYTES`].
+    pub store_bytes: IntGauge,
+    /// [`names::DEAD_LETTERS`].
+    pub dead_letters: IntGauge,
+    /// [`names::TASKS_ACTIVE`].
+    pub tasks_active: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn plain_histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let memories = IntGaugeVec::new(
+            Opts::new(names::MEMORIES, "Memories in the store by type and status."),
+            &["memory_type", "status"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(memories.clone()))
+            .expect("unique metric");
+        Metrics {
+            events: counter(
+                &r,
+                names::EVENTS,
+                "Events handled by the pipeline, by source and outcome.",
+                &["source", "outcome"],
+            ),
+            batch_seconds: plain_histogram(
+                &r,
+                names::BATCH_SECONDS,
+                "Pipeline batch latency: operators and the LMDB commit.",
+                LATENCY_BUCKETS,
+            ),
+            batch_events: plain_histogram(
+                &r,
+                names::BATCH_EVENTS,
+                "Events per pipeline batch.",
+                SIZE_BUCKETS,
+            ),
+            memories_written: counter(
+                &r,
+                names::MEMORIES_WRITTEN,
+                "Memories written by the pipeline (inserted, merged, feedback).",
+                &["kind"],
+            ),
+            http_requests: counter(
+                &r,
+                names::HTTP_REQUESTS,
+                "HTTP requests by matched route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_seconds: histogram(
+                &r,
+                names::HTTP_SECONDS,
+                "HTTP request latency by matched route.",
+                &["route"],
+                LATENCY_BUCKETS,
+            ),
+            sql_queries: counter(
+                &r,
+                names::SQL_QUERIES,
+                "SQL statements by interface and outcome.",
+                &["interface", "outcome"],
+            ),
+            sql_seconds: histogram(
+                &r,
+                names::SQL_SECONDS,
+                "SQL statement latency by interface.",
+                &["interface"],
+                LATENCY_BUCKETS,
+            ),
+            memories,
+            store_bytes: gauge(&r, names::STORE_BYTES, "Bytes of the LMDB data file."),
+            dead_letters: gauge(&r, names::DEAD_LETTERS, "Dead letters kept in the store."),
+            tasks_active: gauge(
+                &r,
+                names::TASKS_ACTIVE,
+                "Asynchronous tasks waiting or running.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Records one SQL statement.
+    pub fn sql(&self, interface: &str, elapsed: Duration, ok: bool) {
+        self.sql_queries
+            .with_label_values(&[interface, if ok { "ok" } else { "error" }])
+            .inc();
+        self.sql_seconds
+            .with_label_values(&[interface])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
