@@ -40,6 +40,22 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "memos_dead_letters";
     /// Asynchronous add/feedback tasks waiting or running.
     pub const TASKS_ACTIVE: &str = "memos_tasks_active";
+
+    /// Every name above (dashboards and alert rules are checked against it).
+    pub const ALL: &[&str] = &[
+        EVENTS,
+        BATCH_SECONDS,
+        BATCH_EVENTS,
+        MEMORIES_WRITTEN,
+        HTTP_REQUESTS,
+        HTTP_SECONDS,
+        SQL_QUERIES,
+        SQL_SECONDS,
+        MEMORIES,
+        STORE_BYTES,
+        DEAD_LETTERS,
+        TASKS_ACTIVE,
+    ];
 }
 
 /// The service's metrics.
