@@ -136,7 +136,12 @@ fn main() {
             let dir = tempfile::tempdir().unwrap();
             let cfg = tests::config(dir.path());
             let st = Arc::new(Store::open(dir.path(), cfg.store_options()).unwrap());
-            let mut p = Processor::new(&cfg, st.clone(), e.clone());
+            let mut p = Processor::new(
+                &cfg,
+                st.clone(),
+                e.clone(),
+                Arc::new(pipelines::metrics::Metrics::new()),
+            );
             let events: Vec<Vec<u8>> = (0..n)
             .map(|i| {
                 serde_json::to_vec(&json!({"event_id": format!("b{i}"), "kind": "messages", "cube_id": "bench", "user_id": "u",

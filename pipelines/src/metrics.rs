@@ -22,6 +22,14 @@ pub mod names {
     pub const BATCH_SECONDS: &str = "memos_pipeline_batch_duration_seconds";
     /// Events per pipeline batch.
     pub const BATCH_EVENTS: &str = "memos_pipeline_batch_events";
+    /// Operator latency per batch, by `operator` (window, extract, embed, dedupe), seconds.
+    pub const OPERATOR_SECONDS: &str = "memos_operator_batch_duration_seconds";
+    /// Items into and out of each operator, by `operator` and `direction` (in, out).
+    pub const OPERATOR_ITEMS: &str = "memos_operator_items_total";
+    /// Texts per embedder call.
+    pub const EMBED_BATCH: &str = "memos_embedder_batch_size";
+    /// LMDB commit latency of a pipeline batch, seconds.
+    pub const COMMIT_SECONDS: &str = "memos_store_commit_duration_seconds";
     /// Memories written by the pipeline, by `kind` (inserted, merged, feedback).
     pub const MEMORIES_WRITTEN: &str = "memos_pipeline_memories_written_total";
     /// HTTP requests by `route` (the matched path), `method` and `status`.
@@ -44,6 +52,10 @@ pub mod names {
     /// Every name above (dashboards and alert rules are checked against it).
     pub const ALL: &[&str] = &[
         EVENTS,
+        OPERATOR_SECONDS,
+        OPERATOR_ITEMS,
+        EMBED_BATCH,
+        COMMIT_SECONDS,
         BATCH_SECONDS,
         BATCH_EVENTS,
         MEMORIES_WRITTEN,
@@ -67,6 +79,14 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// [`names::BATCH_EVENTS`].
     pub batch_events: Histogram,
+    /// [`names::OPERATOR_SECONDS`].
+    pub operator_seconds: HistogramVec,
+    /// [`names::OPERATOR_ITEMS`].
+    pub operator_items: IntCounterVec,
+    /// [`names::EMBED_BATCH`].
+    pub embed_batch: Histogram,
+    /// [`names::COMMIT_SECONDS`].
+    pub commit_seconds: Histogram,
     /// [`names::MEMORIES_WRITTEN`].
     pub memories_written: IntCounterVec,
     /// [`names::HTTP_REQUESTS`].
@@ -162,6 +182,31 @@ impl Metrics {
                 names::BATCH_EVENTS,
                 "Events per pipeline batch.",
                 SIZE_BUCKETS,
+            ),
+            operator_seconds: histogram(
+                &r,
+                names::OPERATOR_SECONDS,
+                "Operator latency per batch.",
+                &["operator"],
+                LATENCY_BUCKETS,
+            ),
+            operator_items: counter(
+                &r,
+                names::OPERATOR_ITEMS,
+                "Items into and out of each operator.",
+                &["operator", "direction"],
+            ),
+            embed_batch: plain_histogram(
+                &r,
+                names::EMBED_BATCH,
+                "Texts per embedder call.",
+                SIZE_BUCKETS,
+            ),
+            commit_seconds: plain_histogram(
+                &r,
+                names::COMMIT_SECONDS,
+                "LMDB commit latency of a pipeline batch.",
+                LATENCY_BUCKETS,
             ),
             memories_written: counter(
                 &r,

@@ -14,7 +14,7 @@ use operators::event::{Event, EventKind};
 use operators::extract::ExtractOperator;
 use operators::window::WindowOperator;
 use operators::{
-    Action, Draft, EmbedOperator, IdentifiedEvent, OpContext, OperatorError, run_stage,
+    Action, Draft, EmbedOperator, IdentifiedEvent, OpContext, Operator, OperatorError, run_stage,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -157,6 +157,32 @@ pub struct Processor {
     /// until the failed position has been processed again (the source redelivers from it), so
     /// a restart that resumes from the stored offset never skips a failed event.
     held: HashMap<String, u64>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Runs one operator over a batch, timing it and counting items in and out.
+fn stage<O: Operator>(
+    m: &crate::metrics::Metrics,
+    name: &'static str,
+    op: &mut O,
+    batch: Vec<O::In>,
+    ctx: &OpContext,
+) -> Result<(Vec<O::Out>, operators::Failures), OperatorError> {
+    let n = batch.len();
+    let t = Instant::now();
+    let r = run_stage(op, batch, ctx);
+    m.operator_seconds
+        .with_label_values(&[name])
+        .observe(t.elapsed().as_secs_f64());
+    m.operator_items
+        .with_label_values(&[name, "in"])
+        .inc_by(n as u64);
+    if let Ok((out, _)) = &r {
+        m.operator_items
+            .with_label_values(&[name, "out"])
+            .inc_by(out.len() as u64);
+    }
+    r
 }
 
 struct Pending {
@@ -186,7 +212,12 @@ fn retry<T>(
 
 impl Processor {
     /// Builds the operator chain from the configuration.
-    pub fn new(cfg: &Config, store: Arc<Store>, embedder: Arc<dyn Embedder>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        store: Arc<Store>,
+        embedder: Arc<dyn Embedder>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Processor {
             ctx: OpContext {
                 store: store.clone(),
@@ -199,6 +230,7 @@ impl Processor {
             max_event_bytes: cfg.pipeline.max_event_bytes,
             retry_attempts: cfg.pipeline.retry_attempts,
             held: HashMap::new(),
+            metrics,
         }
     }
 
@@ -325,15 +357,17 @@ impl Processor {
         let mut failed: HashMap<String, String> = HashMap::new();
         let events: Vec<IdentifiedEvent> = pending.iter().map(|p| p.ie.clone()).collect();
         let t_ops = Instant::now();
-        let (drafts, f) = run_stage(&mut self.window, events, &self.ctx)?;
+        let m = self.metrics.clone();
+        let (drafts, f) = stage(&m, "window", &mut self.window, events, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-        let (drafts, f) = run_stage(&mut self.extract, drafts, &self.ctx)?;
+        let (drafts, f) = stage(&m, "extract", &mut self.extract, drafts, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
         let embedded = {
             let embed = &mut self.embed;
             let ctx = &self.ctx;
+            m.embed_batch.observe(drafts.len() as f64);
             retry(self.retry_attempts, || {
-                run_stage(embed, drafts.clone(), ctx)
+                stage(&m, "embed", embed, drafts.clone(), ctx)
             })
         };
         let drafts = match embedded {
@@ -350,7 +384,7 @@ impl Processor {
             Err(e) => return Err(e.into()),
         };
         let t_embed = t_ops.elapsed();
-        let (drafts, f) = run_stage(&mut self.dedupe, drafts, &self.ctx)?;
+        let (drafts, f) = stage(&m, "dedupe", &mut self.dedupe, drafts, &self.ctx)?;
         let t_dedupe = t_ops.elapsed() - t_embed;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
 
@@ -499,6 +533,7 @@ impl Processor {
         }
         let t_sink = Instant::now();
         self.store.commit(wtxn)?;
+        m.commit_seconds.observe(t_sink.elapsed().as_secs_f64());
         for src in released {
             self.held.remove(&src);
         }
@@ -599,7 +634,7 @@ pub fn spawn(
     // the LMDB writer); the async task only batches and replies.
     type Work = (Vec<BatchItem>, oneshot::Sender<(Vec<Outcome>, BatchStats)>);
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
-    let mut processor = Processor::new(cfg, store.clone(), embedder);
+    let mut processor = Processor::new(cfg, store.clone(), embedder, metrics.clone());
     let worker = std::thread::Builder::new()
         .name("memos-pipeline".into())
         .spawn(move || {

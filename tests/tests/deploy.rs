@@ -81,6 +81,7 @@ fn dashboard_and_rules_query_exported_metrics() {
         names::BATCH_SECONDS,
         names::HTTP_SECONDS,
         names::MEMORIES,
+        names::OPERATOR_SECONDS,
     ] {
         assert!(used.contains(n), "dashboard lacks {n}");
     }
@@ -180,5 +181,113 @@ async fn a_real_prometheus_scrapes_memos() {
     assert_eq!(sample["value"][1], "1");
     let _ = stop.send(());
     let _ = metrics_server.await;
+    server.stop().await;
+}
+
+fn yaml(path: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(deploy().join(path)).expect("deploy file");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+/// The compose file starts memos with NATS, a Kafka-protocol broker, Prometheus and Grafana,
+/// and every file it mounts exists.
+#[test]
+fn compose_file_wires_the_stack() {
+    let c = &yaml("compose.yaml")[0];
+    let services = c["services"].as_mapping().expect("services");
+    for s in ["memos", "nats", "tansu", "prometheus", "grafana"] {
+        assert!(services.contains_key(s), "compose lacks {s}");
+    }
+    let memos = &c["services"]["memos"];
+    let ports: Vec<&str> = memos["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for p in ["8000:8000", "5433:5433", "9464:9464"] {
+        assert!(ports.contains(&p), "memos port {p}");
+    }
+    assert_eq!(memos["environment"]["MEMOS_NATS_URL"], "nats://nats:4222");
+    assert_eq!(memos["environment"]["MEMOS_KAFKA_BROKERS"], "tansu:9092");
+    assert!(
+        deploy()
+            .join(
+                memos["build"]["dockerfile"]
+                    .as_str()
+                    .expect("dockerfile")
+                    .trim_start_matches("deploy/")
+            )
+            .exists()
+    );
+    for s in ["prometheus", "grafana"] {
+        for v in c["services"][s]["volumes"].as_sequence().expect("volumes") {
+            let host = v
+                .as_str()
+                .expect("volume")
+                .split(':')
+                .next()
+                .expect("host path");
+            assert!(deploy().join(host).exists(), "{s} mounts missing {host}");
+        }
+    }
+    // The compose scrape config targets the memos service.
+    let prom = std::fs::read_to_string(deploy().join("prometheus/compose-prometheus.yml"))
+        .expect("compose scrape config");
+    assert!(prom.contains("memos:9464"));
+}
+
+/// The Kubernetes manifests: a StatefulSet with a volume per pod for LMDB, probes on routes the
+/// server answers, Services for the three ports, and a config the service accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_manifests_are_consistent() {
+    let docs = yaml("kubernetes/memos.yaml");
+    let kind = |k: &str| {
+        docs.iter()
+            .filter(move |d| d["kind"] == k)
+            .collect::<Vec<_>>()
+    };
+    let sts = kind("StatefulSet");
+    assert_eq!(sts.len(), 1);
+    let spec = &sts[0]["spec"];
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["metadata"]["name"],
+        spec["template"]["spec"]["containers"][0]["volumeMounts"][0]["name"]
+    );
+    let container = &spec["template"]["spec"]["containers"][0];
+    let probe = container["readinessProbe"]["httpGet"]["path"]
+        .as_str()
+        .expect("probe");
+    assert_eq!(kind("Service").len(), 2);
+
+    // The ConfigMap's memos.toml loads (unknown keys would be an error).
+    let cm = &kind("ConfigMap")[0];
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("memos.toml");
+    std::fs::write(&file, cm["data"]["memos.toml"].as_str().expect("toml")).expect("write");
+    let env = vec![(
+        "MEMOS_KAFKA__CLIENT_OPTIONS".to_string(),
+        container["env"][1]["value"]
+            .as_str()
+            .expect("client options")
+            .replace("$(POD_NAME)", "memos-0"),
+    )];
+    let cfg = pipelines::Config::load(Some(&file), env).expect("the ConfigMap config loads");
+    assert_eq!(cfg.metrics_addr, "0.0.0.0:9464");
+    assert_eq!(cfg.sql.pg_addr, "0.0.0.0:5433");
+    assert_eq!(
+        cfg.kafka
+            .client_options
+            .get("group.instance.id")
+            .map(String::as_str),
+        Some("memos-0")
+    );
+
+    // The probe path is served.
+    let server = tests::Server::start(tests::config(&dir.path().join("data"))).await;
+    let (status, _) = server.get(probe).await;
+    assert_eq!(status, 200, "probe {probe}");
     server.stop().await;
 }

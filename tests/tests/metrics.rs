@@ -143,6 +143,39 @@ async fn metrics_follow_traffic_and_pass_promtool() {
         ),
         1.0
     );
+    assert_eq!(
+        value(
+            &s,
+            pipelines::metrics::names::OPERATOR_ITEMS,
+            &[("operator", "window"), ("direction", "in")]
+        ),
+        3.0,
+        "every stored event went through the window operator"
+    );
+    for op in ["window", "extract", "embed", "dedupe"] {
+        assert!(
+            value(
+                &s,
+                &format!("{}_count", pipelines::metrics::names::OPERATOR_SECONDS),
+                &[("operator", op)]
+            ) >= 1.0,
+            "{op}"
+        );
+    }
+    assert!(
+        value(
+            &s,
+            &format!("{}_count", pipelines::metrics::names::COMMIT_SECONDS),
+            &[]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &s,
+            &format!("{}_sum", pipelines::metrics::names::EMBED_BATCH),
+            &[]
+        ) >= 3.0
+    );
     let batches = value(
         &s,
         &format!("{}_count", pipelines::metrics::names::BATCH_SECONDS),
