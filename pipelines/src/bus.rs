@@ -93,7 +93,14 @@ impl ServiceSearch {
 
 impl Search for ServiceSearch {
     async fn search(&self, call: SearchCall) -> Bytes {
-        match self.answer(call).await {
+        let started = Instant::now();
+        let r = self.answer(call).await;
+        self.0.metrics.search(
+            "bus",
+            started.elapsed(),
+            r.as_ref().ok().map(crate::service::result_count),
+        );
+        match r {
             Ok(data) => Bytes::from(
                 json!({"code": 200, "message": "Search completed successfully", "data": data})
                     .to_string(),

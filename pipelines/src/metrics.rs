@@ -40,6 +40,12 @@ pub mod names {
     pub const SQL_QUERIES: &str = "memos_sql_queries_total";
     /// SQL statement latency by `interface`, seconds.
     pub const SQL_SECONDS: &str = "memos_sql_query_duration_seconds";
+    /// Searches by `interface` (rest, cloud, bus) and `outcome` (ok, error).
+    pub const SEARCHES: &str = "memos_searches_total";
+    /// Search latency by `interface`, seconds (query embedding included).
+    pub const SEARCH_SECONDS: &str = "memos_search_duration_seconds";
+    /// Memories returned per search (all buckets and cubes), by `interface`.
+    pub const SEARCH_RESULTS: &str = "memos_search_results";
     /// Memories in the store by `memory_type` and `status`.
     pub const MEMORIES: &str = "memos_memories";
     /// Bytes of the LMDB file.
@@ -63,6 +69,9 @@ pub mod names {
         HTTP_SECONDS,
         SQL_QUERIES,
         SQL_SECONDS,
+        SEARCHES,
+        SEARCH_SECONDS,
+        SEARCH_RESULTS,
         MEMORIES,
         STORE_BYTES,
         DEAD_LETTERS,
@@ -97,6 +106,12 @@ pub struct Metrics {
     pub sql_queries: IntCounterVec,
     /// [`names::SQL_SECONDS`].
     pub sql_seconds: HistogramVec,
+    /// [`names::SEARCHES`].
+    pub searches: IntCounterVec,
+    /// [`names::SEARCH_SECONDS`].
+    pub search_seconds: HistogramVec,
+    /// [`names::SEARCH_RESULTS`].
+    pub search_results: HistogramVec,
     /// [`names::MEMORIES`].
     pub memories: IntGaugeVec,
     /// [`names::STORE_BYTES`].
@@ -240,6 +255,26 @@ impl Metrics {
                 &["interface"],
                 LATENCY_BUCKETS,
             ),
+            searches: counter(
+                &r,
+                names::SEARCHES,
+                "Searches by interface and outcome.",
+                &["interface", "outcome"],
+            ),
+            search_seconds: histogram(
+                &r,
+                names::SEARCH_SECONDS,
+                "Search latency by interface, query embedding included.",
+                &["interface"],
+                LATENCY_BUCKETS,
+            ),
+            search_results: histogram(
+                &r,
+                names::SEARCH_RESULTS,
+                "Memories returned per search, all buckets and cubes.",
+                &["interface"],
+                &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0],
+            ),
             memories,
             store_bytes: gauge(&r, names::STORE_BYTES, "Bytes of the LMDB data file."),
             dead_letters: gauge(&r, names::DEAD_LETTERS, "Dead letters kept in the store."),
@@ -260,6 +295,21 @@ impl Metrics {
         self.sql_seconds
             .with_label_values(&[interface])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one search and how many memories it returned.
+    pub fn search(&self, interface: &str, elapsed: Duration, results: Option<usize>) {
+        self.searches
+            .with_label_values(&[interface, if results.is_some() { "ok" } else { "error" }])
+            .inc();
+        self.search_seconds
+            .with_label_values(&[interface])
+            .observe(elapsed.as_secs_f64());
+        if let Some(n) = results {
+            self.search_results
+                .with_label_values(&[interface])
+                .observe(n as f64);
+        }
     }
 
     /// The text exposition format of every metric.

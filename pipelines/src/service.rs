@@ -123,6 +123,17 @@ impl Tasks {
     }
 }
 
+/// Memories in a `/product/search` `data` object (every bucket, every cube).
+pub fn result_count(data: &Value) -> usize {
+    BUCKETS
+        .iter()
+        .filter_map(|b| data.get(*b).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c.get("memories").and_then(Value::as_array))
+        .map(Vec::len)
+        .sum()
+}
+
 /// The search buckets, in MemOS order.
 pub const BUCKETS: [&str; 4] = ["text_mem", "pref_mem", "tool_mem", "skill_mem"];
 

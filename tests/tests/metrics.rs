@@ -83,6 +83,15 @@ async fn metrics_follow_traffic_and_pass_promtool() {
         .await;
     assert_eq!(status, 400);
     let (status, v) = server
+        .post(
+            "/product/search",
+            json!({"user_id": "mu", "readable_cube_ids": ["mcube"], "query": "shades of blue", "top_k": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let returned = pipelines::service::result_count(&v["data"]);
+    assert!(returned >= 1, "{v}");
+    let (status, v) = server
         .post("/sql", json!({"sql": "SELECT count(*) AS n FROM memories"}))
         .await;
     assert_eq!(status, 200, "{v}");
@@ -175,6 +184,22 @@ async fn metrics_follow_traffic_and_pass_promtool() {
             &format!("{}_sum", pipelines::metrics::names::EMBED_BATCH),
             &[]
         ) >= 3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            pipelines::metrics::names::SEARCHES,
+            &[("interface", "rest"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            &format!("{}_sum", pipelines::metrics::names::SEARCH_RESULTS),
+            &[("interface", "rest")]
+        ),
+        returned as f64
     );
     let batches = value(
         &s,

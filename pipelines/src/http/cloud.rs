@@ -202,7 +202,16 @@ pub async fn search_memory(
         filter,
         ..Default::default()
     };
-    let res = m.search_hits(&s, &p).await?;
+    let started = std::time::Instant::now();
+    let res = m.search_hits(&s, &p).await;
+    m.metrics.search(
+        "cloud",
+        started.elapsed(),
+        res.as_ref()
+            .ok()
+            .map(|r| r.buckets.iter().map(|b| b.hits.len()).sum()),
+    );
+    let res = res?;
     let mut lists: std::collections::HashMap<&str, Vec<(f32, Value)>> = Default::default();
     for b in &res.buckets {
         let list = match b.name {

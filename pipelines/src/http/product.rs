@@ -98,8 +98,14 @@ pub async fn search(
     Extension(p): P,
     Body(req): Body<SearchRequest>,
 ) -> R {
-    let data = m.search(&req, &p).await?;
-    Ok(ok("Search completed successfully", data))
+    let started = std::time::Instant::now();
+    let r = m.search(&req, &p).await;
+    m.metrics.search(
+        "rest",
+        started.elapsed(),
+        r.as_ref().ok().map(crate::service::result_count),
+    );
+    Ok(ok("Search completed successfully", r?))
 }
 
 /// Records feedback (processed by the feedback stage).
