@@ -79,7 +79,7 @@ fn dashboard_and_rules_query_exported_metrics() {
     for n in [
         names::EVENTS,
         names::BATCH_SECONDS,
-        names::HTTP_SECONDS,
+        names::SEARCH_SECONDS,
         names::MEMORIES,
         names::OPERATOR_SECONDS,
     ] {
