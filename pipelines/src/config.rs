@@ -26,6 +26,9 @@ pub struct Config {
     pub http_addr: String,
     /// Prometheus `/metrics` address (`MEMOS_METRICS_ADDR`); empty disables it.
     pub metrics_addr: String,
+    /// On SIGTERM/SIGINT: how long the pipeline may take to finish its batch and fold the
+    /// vector delta before the process exits anyway.
+    pub shutdown_timeout_secs: u64,
     /// Fetch the model on first start.
     pub auto_fetch_model: bool,
     /// text | json.

@@ -233,7 +233,12 @@ async fn main() -> Result<()> {
             }
             drop(m);
             // The pipeline finishes the batch in hand and folds the vector delta before exiting.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), pipeline).await;
+            let limit = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
+            if tokio::time::timeout(limit, pipeline).await.is_err() {
+                tracing::warn!(
+                    "the pipeline did not stop within shutdown_timeout_secs; exiting (uncommitted inputs were not acknowledged and are redelivered)"
+                );
+            }
         }
         Cmd::Model {
             cmd: ModelCmd::Fetch,

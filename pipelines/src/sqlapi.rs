@@ -108,25 +108,25 @@ pub fn session(m: &Arc<Memos>, p: &Principal) -> Result<Session, PipelineError> 
     })
 }
 
-/// Postgres logins: the password is an API key (or loopback trust in open mode).
-pub struct PgKeys(pub Arc<Memos>);
+/// Postgres logins: the password is an API key (or loopback trust in open mode). Holds the
+/// service weakly: open connections never keep a stopping service alive.
+pub struct PgKeys(pub Weak<Memos>);
 
 impl sql::pg::PgAuth for PgKeys {
     fn requires_key(&self) -> bool {
-        !self.0.auth.is_open()
+        self.0.upgrade().is_none_or(|m| !m.auth.is_open())
     }
 
     fn session_for_key(&self, key: &str) -> Option<Session> {
-        let p = self
-            .0
-            .auth
-            .authenticate(Some(&format!("Token {key}")))
-            .ok()?;
-        session(&self.0, &p).ok()
+        let m = self.0.upgrade()?;
+        let p = m.auth.authenticate(Some(&format!("Token {key}"))).ok()?;
+        session(&m, &p).ok()
     }
 
     fn observe(&self, elapsed: std::time::Duration, ok: bool) {
-        self.0.metrics.sql("postgres", elapsed, ok);
+        if let Some(m) = self.0.upgrade() {
+            m.metrics.sql("postgres", elapsed, ok);
+        }
     }
 
     fn open_session(&self) -> Session {
@@ -134,7 +134,7 @@ impl sql::pg::PgAuth for PgKeys {
         Session {
             scope: scope_of(&p),
             search: Arc::new(KeySearch {
-                memos: Arc::downgrade(&self.0),
+                memos: self.0.clone(),
                 principal: p,
             }),
         }
@@ -156,6 +156,8 @@ pub async fn serve_pg(
         ));
     }
     let engine = m.sql.clone();
-    sql::pg::serve(listener, engine, Arc::new(PgKeys(m)), shutdown).await;
+    let keys = Arc::new(PgKeys(Arc::downgrade(&m)));
+    drop(m);
+    sql::pg::serve(listener, engine, keys, shutdown).await;
     Ok(())
 }

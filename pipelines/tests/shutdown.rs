@@ -1,0 +1,131 @@
+//! Graceful shutdown: SIGTERM while clients are adding memories loses nothing that was
+//! acknowledged, and the process exits within `shutdown_timeout_secs`.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn memos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_memos"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_during_ingest_loses_nothing_acknowledged_and_exits_in_time() {
+    let model =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+    assert!(
+        memos()
+            .env("MEMOS_MODEL_DIR", &model)
+            .args(["model", "fetch"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let limit = 20;
+    let mut child = memos()
+        .arg("serve")
+        .env("MEMOS_DATA_DIR", data.path())
+        .env("MEMOS_MODEL_DIR", &model)
+        .env("MEMOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MEMOS_PG_ADDR", "")
+        .env("MEMOS_METRICS_ADDR", "")
+        .env("MEMOS_SHUTDOWN_TIMEOUT_SECS", limit.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "server did not start");
+
+    // Four clients add memories one after another until the server goes away.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let url = format!("http://127.0.0.1:{port}/product/add");
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (acked, url) = (acked.clone(), url.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                for i in 0..1000 {
+                    let body = serde_json::json!({"user_id": "sd", "writable_cube_ids": ["shutdown"],
+                        "async_mode": "sync", "messages": [{"role": "user",
+                        "content": format!("client {c} note {i}: the tide was {} metres", i * 7 + c)}]});
+                    let Ok(r) = client.post(&url).json(&body).send() else {
+                        break;
+                    };
+                    if r.status().as_u16() != 200 {
+                        break;
+                    }
+                    let v: serde_json::Value = r.json().unwrap();
+                    for m in v["data"].as_array().unwrap() {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(m["memory_id"].as_str().unwrap().to_string());
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let ingest get going, then SIGTERM in the middle of it.
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < 20 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(limit + 10),
+            "memos did not exit within shutdown_timeout_secs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = sent_at.elapsed();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(limit), "exit took {took:?}");
+
+    // Every memory the server acknowledged is in the store.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 20);
+    let store = store::Store::open(data.path(), store::StoreOptions::default()).unwrap();
+    let txn = store.read_txn().unwrap();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| store.get(&txn, id).unwrap().is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged memories missing",
+        missing.len(),
+        acked.len()
+    );
+}
