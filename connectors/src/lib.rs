@@ -93,6 +93,13 @@ pub trait Ingest: Send + Sync + 'static {
     fn resume_position(&self, _partition: &str) -> Option<String> {
         None
     }
+
+    /// The source connected to its broker (`true`), or stopped (`false`): readiness.
+    fn connected(&self, _source: &'static str, _up: bool) {}
+
+    /// Messages waiting in the broker for a source partition (consumer lag), reported
+    /// periodically while the source runs.
+    fn lag(&self, _source: &'static str, _partition: &str, _messages: i64) {}
 }
 
 /// A search request from a bus.

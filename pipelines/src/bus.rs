@@ -55,6 +55,18 @@ impl Ingest for PipelineIngest {
         let txn = store.read_txn().ok()?;
         store.offset(&txn, partition).ok().flatten()
     }
+
+    fn connected(&self, source: &'static str, up: bool) {
+        self.0.metrics.set_source(source, up);
+    }
+
+    fn lag(&self, source: &'static str, partition: &str, messages: i64) {
+        self.0
+            .metrics
+            .consumer_lag
+            .with_label_values(&[source, partition])
+            .set(messages);
+    }
 }
 
 /// The search service, seen from a connector: the `/product/search` request and response
@@ -111,14 +123,20 @@ impl Search for ServiceSearch {
 }
 
 /// Runs `run` until `shutdown` turns true, restarting it with a backoff when it fails.
-async fn supervise<F, Fut>(name: &'static str, mut shutdown: watch::Receiver<bool>, run: F)
-where
+async fn supervise<F, Fut>(
+    name: &'static str,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+    run: F,
+) where
     F: Fn(watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = Result<(), ConnectorError>>,
 {
     let mut backoff = Duration::from_millis(500);
+    metrics.set_source(name, false);
     loop {
         let r = run(shutdown.clone()).await;
+        metrics.set_source(name, false);
         if *shutdown.borrow() {
             break;
         }
@@ -141,6 +159,13 @@ pub fn start_sources(
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    // Configured sources count as not ready until they connect.
+    if m.cfg.kafka.enabled() {
+        m.metrics.set_source("kafka", false);
+    }
+    if m.cfg.nats.enabled() {
+        m.metrics.set_source("nats", false);
+    }
     if m.cfg.kafka.enabled() {
         let m = m.clone();
         let shutdown = shutdown.clone();
@@ -159,7 +184,7 @@ pub fn start_sources(
                 }
                 Err(e) => tracing::error!(error = %e, "search forwarding is off"),
             }
-            supervise("kafka", shutdown, |stop| {
+            supervise("kafka", m.metrics.clone(), shutdown, |stop| {
                 connectors::kafka::run(
                     m.cfg.kafka.clone(),
                     Arc::new(PipelineIngest(m.clone())),
@@ -174,7 +199,7 @@ pub fn start_sources(
     if m.cfg.nats.enabled() {
         let m = m.clone();
         tasks.push(tokio::spawn(async move {
-            supervise("nats", shutdown, |stop| {
+            supervise("nats", m.metrics.clone(), shutdown, |stop| {
                 connectors::nats::run(
                     m.cfg.nats.clone(),
                     Arc::new(PipelineIngest(m.clone())),

@@ -46,6 +46,11 @@ pub mod names {
     pub const SEARCH_SECONDS: &str = "memos_search_duration_seconds";
     /// Memories returned per search (all buckets and cubes), by `interface`.
     pub const SEARCH_RESULTS: &str = "memos_search_results";
+    /// Messages waiting in the broker per `source` and `partition` (Kafka partition of the
+    /// events topic; the JetStream durable consumer).
+    pub const CONSUMER_LAG: &str = "memos_consumer_lag_messages";
+    /// 1 while a configured source (`source`: kafka, nats) is connected, else 0.
+    pub const SOURCE_CONNECTED: &str = "memos_source_connected";
     /// Memories in the store by `memory_type` and `status`.
     pub const MEMORIES: &str = "memos_memories";
     /// Bytes of the LMDB file.
@@ -72,6 +77,8 @@ pub mod names {
         SEARCHES,
         SEARCH_SECONDS,
         SEARCH_RESULTS,
+        CONSUMER_LAG,
+        SOURCE_CONNECTED,
         MEMORIES,
         STORE_BYTES,
         DEAD_LETTERS,
@@ -112,6 +119,11 @@ pub struct Metrics {
     pub search_seconds: HistogramVec,
     /// [`names::SEARCH_RESULTS`].
     pub search_results: HistogramVec,
+    /// [`names::CONSUMER_LAG`].
+    pub consumer_lag: IntGaugeVec,
+    /// [`names::SOURCE_CONNECTED`].
+    pub source_connected: IntGaugeVec,
+    source_states: std::sync::Mutex<std::collections::BTreeMap<String, bool>>,
     /// [`names::MEMORIES`].
     pub memories: IntGaugeVec,
     /// [`names::STORE_BYTES`].
@@ -154,6 +166,12 @@ fn plain_histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> His
         .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -275,6 +293,19 @@ impl Metrics {
                 &["interface"],
                 &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0],
             ),
+            consumer_lag: gauge_vec(
+                &r,
+                names::CONSUMER_LAG,
+                "Messages waiting in the broker per source partition.",
+                &["source", "partition"],
+            ),
+            source_connected: gauge_vec(
+                &r,
+                names::SOURCE_CONNECTED,
+                "1 while a configured source is connected.",
+                &["source"],
+            ),
+            source_states: Default::default(),
             memories,
             store_bytes: gauge(&r, names::STORE_BYTES, "Bytes of the LMDB data file."),
             dead_letters: gauge(&r, names::DEAD_LETTERS, "Dead letters kept in the store."),
@@ -295,6 +326,23 @@ impl Metrics {
         self.sql_seconds
             .with_label_values(&[interface])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Marks a configured source connected or not.
+    pub fn set_source(&self, source: &str, up: bool) {
+        self.source_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(source.to_string(), up);
+        self.source_connected
+            .with_label_values(&[source])
+            .set(up as i64);
+    }
+
+    /// Configured sources and whether each is connected.
+    pub fn sources(&self) -> Vec<(String, bool)> {
+        let g = self.source_states.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Records one search and how many memories it returned.

@@ -264,3 +264,28 @@ async fn metrics_follow_traffic_and_pass_promtool() {
     let _ = metrics_server.await;
     server.stop().await;
 }
+
+/// `/ready` is 503 while a configured source cannot connect, and says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_sources() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = tests::config(dir.path());
+    tests::nats_config(&mut cfg);
+    // Nothing listens on port 1.
+    cfg.nats.url = "nats://127.0.0.1:1".into();
+    let server = Server::start(cfg).await;
+    let (status, v) = server.get("/ready").await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["sources"]["nats"], false);
+    let (status, _) = server.get("/health").await;
+    assert_eq!(status, 200, "alive, just not ready");
+    server.stop().await;
+
+    // Without broker sources the service is ready as soon as it runs.
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Server::start(tests::config(dir.path())).await;
+    let (status, v) = server.get("/ready").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "ready");
+    server.stop().await;
+}

@@ -256,6 +256,29 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
             .len() as u64
     };
     assert_eq!(after, before + marker_memories, "replays added memories");
+
+    // Readiness and the source's metrics: connected, and its consumer lag reported (nothing is
+    // waiting once everything above was processed).
+    let (status, v) = s.get("/ready").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["sources"]["nats"], true);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = s.memos.metrics_text().await.unwrap();
+        if text.contains("memos_consumer_lag_messages{partition=") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("memos_source_connected{source=\"nats\"} 1"),
+        "{text}"
+    );
+    let lag_line = text
+        .lines()
+        .find(|l| l.starts_with("memos_consumer_lag_messages{") && l.contains("source=\"nats\""))
+        .unwrap_or_else(|| panic!("no nats lag in {text}"));
+    assert!(lag_line.ends_with(" 0"), "{lag_line}");
     s.stop().await;
     let _ = js.delete_stream(&stream_name).await;
 }

@@ -231,6 +231,26 @@ struct Pending<R> {
     rx: R,
 }
 
+/// Reports, per assigned partition of the events topic, how many messages lie between the
+/// consumer's position and the partition's high watermark (a blocking broker call: run it on a
+/// blocking thread).
+fn report_lag<I: Ingest>(consumer: &StreamConsumer<Ctx>, topic: &str, ingest: &I) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for e in positions.elements_for_topic(topic) {
+        let Ok((_, high)) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(2))
+        else {
+            continue;
+        };
+        let lag = match e.offset() {
+            Offset::Offset(pos) => (high - pos).max(0),
+            _ => continue,
+        };
+        ingest.lag("kafka", &e.partition().to_string(), lag);
+    }
+}
+
 /// Consumes events and search requests until `shutdown` turns true (finishing what is in
 /// flight and committing it), or a batch fails after its retries (returns
 /// [`ConnectorError::Failed`] without committing past it: a restart redelivers from there).
@@ -281,6 +301,8 @@ pub async fn run<I: Ingest, S: Search>(
     }
     consumer.subscribe(&topics)?;
     tracing::info!(brokers = %cfg.brokers, group = %cfg.group_id, topics = ?topics, "kafka source started");
+    ingest.connected("kafka", true);
+    let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
 
     // The acknowledger: outcomes in arrival order; dead letters go to the DLQ topic.
     let (pending_tx, mut pending_rx) =
@@ -342,6 +364,10 @@ pub async fn run<I: Ingest, S: Search>(
             _ = fail_rx.changed() => {
                 let reason = fail_rx.borrow().clone().unwrap_or_default();
                 break Err(ConnectorError::Failed(reason));
+            }
+            _ = lag_tick.tick() => {
+                let (c, ing, topic) = (consumer.clone(), ingest.clone(), cfg.events_topic.clone());
+                tokio::task::spawn_blocking(move || report_lag(&c, &topic, ing.as_ref()));
             }
             _ = commit_tick.tick() => {
                 let points = tracker.take_commits(None);

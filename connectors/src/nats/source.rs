@@ -108,6 +108,8 @@ pub async fn run<I: Ingest, S: Search>(
         None
     };
     tracing::info!(url = %cfg.url, stream = %cfg.stream, durable = %cfg.durable, "nats source started");
+    ingest.connected("nats", true);
+    let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
 
     let (pending_tx, mut pending_rx) =
         mpsc::channel::<Pending<I::Receipt>>(cfg.max_in_flight.max(1));
@@ -161,6 +163,12 @@ pub async fn run<I: Ingest, S: Search>(
         tokio::select! {
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break Ok(()); }
+            }
+            _ = lag_tick.tick() => {
+                match consumer.get_info().await {
+                    Ok(info) => ingest.lag("nats", &cfg.durable, info.num_pending as i64),
+                    Err(e) => tracing::debug!(error = %e, "jetstream consumer info"),
+                }
             }
             _ = fail_rx.changed() => {
                 let reason = fail_rx.borrow().clone().unwrap_or_default();

@@ -186,6 +186,7 @@ pub fn app(m: Arc<Memos>) -> Router {
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/openapi.json", get(openapi::serve))
         .merge(protected)
         .fallback(not_found)
@@ -209,6 +210,27 @@ pub async fn health(State(m): State<AppState>) -> Json<Value> {
         "embedder": m.embedder.model_id(),
         "auth": if m.auth.is_open() { "open" } else { "keys" },
     }))
+}
+
+/// Readiness: 200 once the model is loaded (the service exists only then) and every configured
+/// broker source is connected; 503 with the sources' states otherwise.
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses((status = 200, description = "Ready", body = Object),
+        (status = 503, description = "A source is not connected", body = Object)))]
+pub async fn ready(State(m): State<AppState>) -> Response {
+    let sources = m.metrics.sources();
+    let all_up = sources.iter().all(|(_, up)| *up);
+    let body = json!({
+        "status": if all_up { "ready" } else { "not ready" },
+        "embedder": m.embedder.model_id(),
+        "sources": sources.iter().map(|(n, up)| (n.clone(), json!(up))).collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; in-flight requests finish first.

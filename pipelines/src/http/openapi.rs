@@ -25,7 +25,7 @@ impl Modify for Security {
 #[openapi(
     info(title = "memos", description = "A memory operating system for AI agents: the MemOS self-hosted API (/product), the MemOS cloud API shapes (/api/openmem/v1) key administration and SQL."),
     paths(
-        super::health,
+        super::health, super::ready,
         super::product::add, super::product::search, super::product::feedback,
         super::product::get_all, super::product::get_memory, super::product::get_memory_by_id,
         super::product::get_memory_by_ids, super::product::delete_memory,
@@ -47,7 +47,7 @@ impl Modify for Security {
         (name = "cloud", description = "MemOS cloud API shapes, for MemOSClient (memos-spec §1.6)"),
         (name = "admin", description = "API keys (master key)"),
         (name = "sql", description = "Read-only SQL over memory (DataFusion)"),
-        (name = "service", description = "Health"),
+        (name = "service", description = "Health and readiness"),
     )
 )]
 pub struct ApiDoc;
