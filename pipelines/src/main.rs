@@ -95,7 +95,8 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         url: String,
     },
-    /// Show store size and counts.
+    /// Show store size and counts, and what a running server reports (tasks, sources, consumer
+    /// lag, events) on its metrics port.
     Status,
     /// Print the OpenAPI document (what `openapi.json` holds).
     Openapi,
@@ -153,6 +154,58 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+/// What a running server on this machine reports on its metrics port: async tasks, sources
+/// and their consumer lag, events handled.
+async fn server_status(metrics_addr: &str) -> Value {
+    if metrics_addr.is_empty() {
+        return json!({"reachable": false, "reason": "metrics_addr is empty"});
+    }
+    let url = format!("http://{metrics_addr}/metrics");
+    let text = async {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()?
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    };
+    let text = match text.await {
+        Ok(t) => t,
+        Err(e) => return json!({"reachable": false, "url": url, "reason": e.to_string()}),
+    };
+    let (mut sources, mut lag, mut events) = (json!({}), json!({}), json!({}));
+    let mut tasks = 0i64;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        let label = |name: &str| {
+            series
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        if series == "memos_tasks_active" {
+            tasks = value as i64;
+        } else if series.starts_with("memos_source_connected{") {
+            sources[label("source")] = json!(value > 0.0);
+        } else if series.starts_with("memos_consumer_lag_messages{") {
+            lag[format!("{}/{}", label("source"), label("partition"))] = json!(value as i64);
+        } else if series.starts_with("memos_events_total{") {
+            let k = format!("{}/{}", label("source"), label("outcome"));
+            events[k] = json!(value as i64);
+        }
+    }
+    json!({"reachable": true, "url": url, "tasks_active": tasks, "sources": sources,
+           "consumer_lag": lag, "events": events})
 }
 
 async fn post(url: &str, key: Option<&str>, body: Value) -> Result<Value> {
@@ -440,7 +493,9 @@ async fn main() -> Result<()> {
         Cmd::Openapi => println!("{}", http::openapi::json()),
         Cmd::Status => {
             let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
-            println!("{}", serde_json::to_string_pretty(&store.stats()?)?);
+            let mut v = serde_json::to_value(store.stats()?)?;
+            v["server"] = server_status(&cfg.metrics_addr).await;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
     }
     Ok(())

@@ -18,6 +18,9 @@ pub mod names {
     /// Events handled by the pipeline, by `source` and `outcome`
     /// (stored, duplicate, dead_lettered, failed).
     pub const EVENTS: &str = "memos_events_total";
+    /// Events decoded by the pipeline, by `source` and `kind` (messages, tool_call, document,
+    /// feedback, delete, invalid).
+    pub const EVENTS_RECEIVED: &str = "memos_events_received_total";
     /// Pipeline batch latency (operators + commit), seconds.
     pub const BATCH_SECONDS: &str = "memos_pipeline_batch_duration_seconds";
     /// Events per pipeline batch.
@@ -63,6 +66,7 @@ pub mod names {
     /// Every name above (dashboards and alert rules are checked against it).
     pub const ALL: &[&str] = &[
         EVENTS,
+        EVENTS_RECEIVED,
         OPERATOR_SECONDS,
         OPERATOR_ITEMS,
         EMBED_BATCH,
@@ -91,6 +95,8 @@ pub struct Metrics {
     registry: Registry,
     /// [`names::EVENTS`].
     pub events: IntCounterVec,
+    /// [`names::EVENTS_RECEIVED`].
+    pub events_received: IntCounterVec,
     /// [`names::BATCH_SECONDS`].
     pub batch_seconds: Histogram,
     /// [`names::BATCH_EVENTS`].
@@ -203,6 +209,12 @@ impl Metrics {
                 names::EVENTS,
                 "Events handled by the pipeline, by source and outcome.",
                 &["source", "outcome"],
+            ),
+            events_received: counter(
+                &r,
+                names::EVENTS_RECEIVED,
+                "Events decoded by the pipeline, by source and kind.",
+                &["source", "kind"],
             ),
             batch_seconds: plain_histogram(
                 &r,

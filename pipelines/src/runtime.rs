@@ -314,6 +314,20 @@ impl Processor {
                         (e.validate().map(|_| *e), bytes)
                     }
                 };
+                let kind = match &decoded {
+                    Ok(ev) => match ev.kind {
+                        EventKind::Messages => "messages",
+                        EventKind::ToolCall => "tool_call",
+                        EventKind::Document => "document",
+                        EventKind::Feedback => "feedback",
+                        EventKind::Delete => "delete",
+                    },
+                    Err(_) => "invalid",
+                };
+                self.metrics
+                    .events_received
+                    .with_label_values(&[source_label(&source), kind])
+                    .inc();
                 let ev = match decoded {
                     Ok(ev) => ev,
                     Err(e) => {

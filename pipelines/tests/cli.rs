@@ -254,6 +254,27 @@ fn serve_add_search_then_import_and_status() {
         "{metrics}"
     );
 
+    // `memos status` next to a running server: store counts and what the server reports.
+    let out = memos()
+        .arg("status")
+        .env("MEMOS_DATA_DIR", data.path())
+        .env("MEMOS_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["server"]["reachable"], true, "{v}");
+    assert_eq!(v["server"]["tasks_active"], 0, "{v}");
+    assert!(
+        v["server"]["events"]["http/stored"].as_i64().unwrap() >= 2,
+        "{v}"
+    );
+    assert!(v["memories"].as_u64().unwrap() >= 2, "{v}");
+
     // SIGTERM: graceful shutdown.
     let _ = Command::new("kill").arg(server.0.id().to_string()).status();
     let status = server.0.wait().unwrap();
@@ -300,9 +321,14 @@ fn serve_add_search_then_import_and_status() {
     let out = memos()
         .arg("status")
         .env("MEMOS_DATA_DIR", data.path())
+        .env("MEMOS_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["server"]["reachable"], false,
+        "the server is stopped: {v}"
+    );
     assert_eq!(v["cubes"], 3, "alice, demo (README examples), bob");
     assert_eq!(v["dead_letters"], 2);
     assert!(v["memories"].as_u64().unwrap() >= 7);
