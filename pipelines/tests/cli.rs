@@ -1,42 +1,11 @@
 //! The `memos` binary end to end: `serve` (embedded defaults overridden by env), `add`,
 //! `search`, `import`, `status`.
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-fn memos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_memos"))
-}
-
-fn model_dir() -> std::path::PathBuf {
-    let dir =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
-    let st = memos()
-        .env("MEMOS_MODEL_DIR", &dir)
-        .args(["model", "fetch"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    dir
-}
-
-/// Kills the server if the test fails before stopping it.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Guard, free_port, memos, model_dir, wait_listening};
 
 #[test]
 fn serve_add_search_then_import_and_status() {
@@ -59,15 +28,7 @@ fn serve_add_search_then_import_and_status() {
             .spawn()
             .unwrap(),
     );
-    let mut up = false;
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(up, "server did not start");
+    assert!(wait_listening(port), "server did not start");
     let out = memos()
         .args([
             "add",

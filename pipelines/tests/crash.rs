@@ -11,17 +11,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-fn memos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_memos"))
-}
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, memos, model_dir};
 
 struct Kill(Child);
 
@@ -74,16 +66,7 @@ fn event(src: &str, i: usize) -> Value {
 
 #[test]
 fn kill_9_at_random_points_loses_and_duplicates_nothing() {
-    let model =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
-    assert!(
-        memos()
-            .env("MEMOS_MODEL_DIR", &model)
-            .args(["model", "fetch"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let model = model_dir();
     let (_broker, brokers) = tansu();
     let data = tempfile::tempdir().unwrap();
     let p = format!("c{}", &uuid_like());

@@ -1,34 +1,17 @@
 //! Graceful shutdown: SIGTERM while clients are adding memories loses nothing that was
 //! acknowledged, and the process exits within `shutdown_timeout_secs`.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn memos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_memos"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, memos, model_dir, wait_listening};
 
 #[test]
 fn sigterm_during_ingest_loses_nothing_acknowledged_and_exits_in_time() {
-    let model =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
-    assert!(
-        memos()
-            .env("MEMOS_MODEL_DIR", &model)
-            .args(["model", "fetch"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let model = model_dir();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let limit = 20;
@@ -44,15 +27,7 @@ fn sigterm_during_ingest_loses_nothing_acknowledged_and_exits_in_time() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(up, "server did not start");
+    assert!(wait_listening(port), "server did not start");
 
     // Four clients add memories one after another until the server goes away.
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
