@@ -161,6 +161,15 @@ async fn main() {
     let text_all = sql::format::pretty(&explain_all.batches).unwrap();
     let scanned_all = metric(&text_all, "rows_scanned");
 
+    // A Prometheus scrape: store gauges are computed from the per-cube bitmaps at scrape time.
+    let mut scrape = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let text = m.metrics_text().await.unwrap();
+        scrape.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(text.contains("memos_memories{"));
+    }
+
     // search() over POST /sql against POST /product/search, alternated query by query.
     let client = reqwest::Client::new();
     let post = |path: &'static str, body: Value| {
@@ -217,6 +226,7 @@ async fn main() {
     let (n50, n99) = stats(full_count);
     let (r50, r99) = stats(rest);
     let (s50, s99) = stats(via_sql);
+    let (m50, m99) = stats(scrape);
     let md = format!(
         "SQL (`cargo bench --profile dev -p benches --bench sql`): {size} memories in {cubes} cubes ({per} per cube, 10 users each, 30 days), filled directly in {fill:.0} s with hashed vectors; in-process `Engine::query` unless marked HTTP; {n} runs per query (20 for the full-table ones) after a warm-up; 2 cores.\n\n\
 | query | p50 ms | p99 ms | target |\n|---|---|---|---|\n\
@@ -226,7 +236,8 @@ async fn main() {
 | full-table `SELECT count(*) FROM memories` | {n50:.1} | {n99:.1} | |\n\
 | HTTP `POST /product/search` (top_k 10, real query embedding) | {r50:.2} | {r99:.2} | |\n\
 | HTTP `POST /sql` with `search(q, 10, cube)` | {s50:.2} | {s99:.2} | within 20 % |\n\
-| `search()` − REST | {:+.2} ({:+.1} %) | | |\n\n\
+| `search()` − REST | {:+.2} ({:+.1} %) | | |\n\
+| Prometheus scrape of `/metrics` (memories by type/status from {cubes} cubes' bitmaps, store stats) | {m50:.1} | {m99:.1} | |\n\n\
 Same `text_mem` ids in the same order from both paths in {same} of {n} queries.\n\n\
 Rows decoded (`EXPLAIN ANALYZE`, the scan's `rows_scanned` / `cubes_scanned` metrics): the single-cube filtered query decoded **{scanned}** records in {cubes_scanned} cube (the cube ∩ user bitmap), not {size}; `SELECT count(*) FROM memories` decoded {scanned_all}.\n",
         s50 - r50,
