@@ -115,13 +115,7 @@ pub struct Principal {
 }
 
 fn matches(patterns: &[String], s: &str) -> bool {
-    patterns.iter().any(|p| {
-        p == "*"
-            || match p.strip_suffix('*') {
-                Some(prefix) => s.starts_with(prefix),
-                None => p == s,
-            }
-    })
+    patterns.iter().any(|p| sql::pattern_matches(p, s))
 }
 
 impl Principal {

@@ -129,7 +129,6 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// [`names::SOURCE_CONNECTED`].
     pub source_connected: IntGaugeVec,
-    source_states: std::sync::Mutex<std::collections::BTreeMap<String, bool>>,
     /// [`names::MEMORIES`].
     pub memories: IntGaugeVec,
     /// [`names::STORE_BYTES`].
@@ -317,7 +316,6 @@ impl Metrics {
                 "1 while a configured source is connected.",
                 &["source"],
             ),
-            source_states: Default::default(),
             memories,
             store_bytes: gauge(&r, names::STORE_BYTES, "Bytes of the LMDB data file."),
             dead_letters: gauge(&r, names::DEAD_LETTERS, "Dead letters kept in the store."),
@@ -342,19 +340,32 @@ impl Metrics {
 
     /// Marks a configured source connected or not.
     pub fn set_source(&self, source: &str, up: bool) {
-        self.source_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(source.to_string(), up);
         self.source_connected
             .with_label_values(&[source])
             .set(up as i64);
     }
 
-    /// Configured sources and whether each is connected.
+    /// Configured sources and whether each is connected (read from
+    /// [`names::SOURCE_CONNECTED`]).
     pub fn sources(&self) -> Vec<(String, bool)> {
-        let g = self.source_states.lock().unwrap_or_else(|p| p.into_inner());
-        g.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        use prometheus::core::Collector;
+        let mut out: Vec<(String, bool)> = self
+            .source_connected
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| {
+                let source = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "source")
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default();
+                (source, m.get_gauge().get_value() > 0.0)
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Records one search and how many memories it returned.

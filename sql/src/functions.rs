@@ -29,13 +29,11 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use store::{Filter, MemoryRecord, Store};
 
-use crate::scan::{Cell, Column, build_array, build_batch, col, schema_of, text_list, ts, vector};
+use crate::scan::{
+    Cell, Column, build_array, build_batch, col, info, opt, schema_of, text_list, ts, vector,
+};
 use crate::tables::query_ctx;
 use crate::{Embed, SearchArgs, SearchRow, SqlError, visible_cubes};
-
-fn opt(s: &Option<String>) -> Cell<'_> {
-    s.as_deref().map(Cell::Str).unwrap_or(Cell::Null)
-}
 
 static HIT_COLUMNS: std::sync::LazyLock<Vec<Column<SearchRow>>> = std::sync::LazyLock::new(|| {
     vec![
@@ -60,9 +58,7 @@ static HIT_COLUMNS: std::sync::LazyLock<Vec<Column<SearchRow>>> = std::sync::Laz
         }),
         col("key", DataType::Utf8, |r| opt(&r.record.key)),
         col("tags", text_list(), |r| Cell::List(&r.record.tags)),
-        col("info", DataType::Utf8, |r| {
-            Cell::String(serde_json::to_string(&r.record.info).unwrap_or_default())
-        }),
+        col("info", DataType::Utf8, |r| info(&r.record.info)),
         col("created_at", ts(), |r| Cell::Micros(r.record.created_at)),
         col("event_time", ts(), |r| {
             r.record.event_time.map(Cell::Micros).unwrap_or(Cell::Null)

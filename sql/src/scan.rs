@@ -88,6 +88,25 @@ pub struct Column<R> {
     pub get: fn(&R) -> Cell<'_>,
 }
 
+/// An optional text cell.
+pub fn opt(s: &Option<String>) -> Cell<'_> {
+    s.as_deref().map(Cell::Str).unwrap_or(Cell::Null)
+}
+
+/// A value as JSON text.
+pub fn json(v: &impl serde::Serialize) -> Cell<'static> {
+    Cell::String(serde_json::to_string(v).unwrap_or_default())
+}
+
+/// A memory's `info` as JSON text (`{}` when empty).
+pub fn info(m: &serde_json::Map<String, serde_json::Value>) -> Cell<'static> {
+    if m.is_empty() {
+        Cell::Str("{}")
+    } else {
+        json(m)
+    }
+}
+
 /// A column (shorthand for the table definitions).
 pub fn col<R>(name: &'static str, ty: DataType, get: fn(&R) -> Cell<'_>) -> Column<R> {
     Column { name, ty, get }

@@ -20,8 +20,8 @@ use store::heed::{RoTxn, WithoutTls};
 use store::{DeadLetter, EventRecord, MemoryRecord, Store};
 
 use crate::scan::{
-    Cell, Column, ScanCounters, ScanExec, Snapshot, Source, SourceFactory, build_batch, col,
-    schema_of, text_list, ts, vector,
+    Cell, Column, ScanCounters, ScanExec, Snapshot, Source, SourceFactory, build_batch, col, info,
+    json, opt, schema_of, text_list, ts, vector,
 };
 use crate::{Scope, Session, SqlConfig, SqlError, visible_cubes};
 
@@ -378,22 +378,6 @@ fn projected_schema(full: &SchemaRef, projection: Option<&Vec<usize>>) -> DfResu
         Some(p) => Arc::new(full.project(p)?),
         None => full.clone(),
     })
-}
-
-fn opt(s: &Option<String>) -> Cell<'_> {
-    s.as_deref().map(Cell::Str).unwrap_or(Cell::Null)
-}
-
-fn json(v: &impl serde::Serialize) -> Cell<'static> {
-    Cell::String(serde_json::to_string(v).unwrap_or_default())
-}
-
-fn info(m: &serde_json::Map<String, serde_json::Value>) -> Cell<'static> {
-    if m.is_empty() {
-        Cell::Str("{}")
-    } else {
-        json(m)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -126,6 +126,25 @@ impl Server {
         addr
     }
 
+    /// Starts the Prometheus metrics endpoint on a free loopback port (as `memos serve` does on
+    /// `metrics_addr`); it stops with the server.
+    pub async fn start_metrics(&mut self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        let addr = listener.local_addr().expect("metrics addr");
+        let mut rx = self.sources_stop.subscribe();
+        let m = self.memos.clone();
+        self.sources.push(tokio::spawn(async move {
+            pipelines::http::serve_metrics(listener, m, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+            .expect("serve metrics");
+        }));
+        addr
+    }
+
     /// POSTs JSON and returns (status, body).
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = reqwest::Client::new()

@@ -99,19 +99,8 @@ fn dashboard_and_rules_query_exported_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_memos() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = tests::Server::start(tests::config(&dir.path().join("data"))).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = tokio::spawn(pipelines::http::serve_metrics(
-        listener,
-        server.memos.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let mut server = tests::Server::start(tests::config(&dir.path().join("data"))).await;
+    let metrics_addr = server.start_metrics().await;
     let (status, v) = server
         .post(
             "/product/add",
@@ -180,8 +169,6 @@ async fn a_real_prometheus_scrapes_memos() {
     assert_eq!(sample["metric"]["job"], "memos");
     assert_eq!(sample["metric"]["source"], "http");
     assert_eq!(sample["value"][1], "1");
-    let _ = stop.send(());
-    let _ = metrics_server.await;
     server.stop().await;
 }
 

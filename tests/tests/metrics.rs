@@ -54,19 +54,8 @@ fn value(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_traffic_and_pass_promtool() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = Server::start(tests::config(dir.path())).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = tokio::spawn(pipelines::http::serve_metrics(
-        listener,
-        server.memos.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let mut server = Server::start(tests::config(dir.path())).await;
+    let url = format!("http://{}/metrics", server.start_metrics().await);
 
     for i in 0..3 {
         let (status, v) = server
@@ -260,8 +249,6 @@ async fn metrics_follow_traffic_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _ = stop.send(());
-    let _ = metrics_server.await;
     server.stop().await;
 }
 
