@@ -82,6 +82,17 @@ fn default_version() -> u32 {
     EVENT_VERSION
 }
 
+/// A tool call of an assistant message (OpenAI `tool_calls`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCall {
+    /// Call id, matched by the tool message's `tool_call_id`.
+    pub id: Option<String>,
+    /// Tool name.
+    pub name: String,
+    /// Arguments (JSON text as sent).
+    pub arguments: String,
+}
+
 /// A normalised chat message.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatMessage {
@@ -97,6 +108,10 @@ pub struct ChatMessage {
     pub message_id: Option<String>,
     /// Tool call id (tool messages).
     pub tool_call_id: Option<String>,
+    /// Tool calls an assistant message made.
+    pub tool_calls: Vec<ToolCall>,
+    /// Image parts: (url, caption or alt text).
+    pub images: Vec<(String, Option<String>)>,
     /// File ids of file parts.
     pub file_ids: Vec<String>,
 }
@@ -143,11 +158,34 @@ fn part_text(p: &Value, file_ids: &mut Vec<String>) -> Result<String> {
             } else {
                 url
             };
-            format!("[image: {url}]")
+            match image_of(p).and_then(|(_, c)| c) {
+                Some(c) => format!("[image: {url}] {c}"),
+                None => format!("[image: {url}]"),
+            }
         }
         "input_audio" => "[audio]".to_string(),
         other => return Err(bad(format!("unknown content part type \"{other}\""))),
     })
+}
+
+/// An image part's URL and caption (`alt`, `caption` or `detail` text beside the URL).
+fn image_of(p: &Value) -> Option<(String, Option<String>)> {
+    if p.get("type").and_then(Value::as_str) != Some("image_url") {
+        return None;
+    }
+    let url = p
+        .pointer("/image_url/url")
+        .and_then(Value::as_str)
+        .filter(|u| !u.starts_with("data:"))?;
+    let caption = ["alt", "caption"]
+        .iter()
+        .find_map(|k| {
+            p.get(*k)
+                .or_else(|| p.pointer(&format!("/image_url/{k}")))
+                .and_then(Value::as_str)
+        })
+        .map(String::from);
+    Some((url.to_string(), caption))
 }
 
 fn content_text(c: &Value, file_ids: &mut Vec<String>) -> Result<String> {
@@ -194,6 +232,11 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                     }
                     let mut content =
                         content_text(o.get("content").unwrap_or(&Value::Null), &mut file_ids)?;
+                    let images = match o.get("content") {
+                        Some(Value::Array(parts)) => parts.iter().filter_map(image_of).collect(),
+                        _ => Vec::new(),
+                    };
+                    let mut tool_calls = Vec::new();
                     if let Some(Value::Array(calls)) = o.get("tool_calls") {
                         for c in calls {
                             let name = c
@@ -207,8 +250,13 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                             content.push_str(&format!(
                                 "{}[tool call {name}({})]",
                                 if content.is_empty() { "" } else { " " },
-                                args.unwrap_or_default()
+                                args.clone().unwrap_or_default()
                             ));
+                            tool_calls.push(ToolCall {
+                                id: c.get("id").and_then(Value::as_str).map(String::from),
+                                name: name.to_string(),
+                                arguments: args.unwrap_or_default(),
+                            });
                         }
                     }
                     let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
@@ -223,6 +271,8 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                         chat_time: s("chat_time"),
                         message_id: s("message_id"),
                         tool_call_id: s("tool_call_id"),
+                        tool_calls,
+                        images,
                         file_ids,
                     });
                 } else if o.contains_key("type") {
@@ -230,6 +280,7 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                     out.push(ChatMessage {
                         role: "doc".into(),
                         content,
+                        images: image_of(m).into_iter().collect(),
                         file_ids,
                         ..Default::default()
                     });
@@ -304,8 +355,12 @@ impl Event {
                 }
             }
             EventKind::Document => {
-                if self.payload.get("text").and_then(Value::as_str).is_none() {
-                    return Err(bad("a document event needs payload.text"));
+                let text = self.payload.get("text").and_then(Value::as_str);
+                let data = self.payload.get("data_base64").and_then(Value::as_str);
+                if text.is_none() == data.is_none() {
+                    return Err(bad(
+                        "a document event needs exactly one of payload.text (UTF-8: text, Markdown, HTML) or payload.data_base64 (e.g. PDF)",
+                    ));
                 }
             }
             EventKind::Feedback => {

@@ -56,12 +56,37 @@ const POSITIVE: &[&str] = &[
     "my favourite ",
     "i'd rather ",
     "i would rather ",
-    "i always ",
-    "i usually ",
     "i really like ",
     "i really love ",
     "i really enjoy ",
+];
+/// Habits: an implicit preference is read from what the user keeps doing, not from what they
+/// say they like ("I usually take the train", "I go climbing every weekend").
+const HABITUAL_START: &[&str] = &[
+    "i always ",
+    "i usually ",
+    "i often ",
     "i tend to ",
+    "i keep ",
+    "i mostly ",
+    "i normally ",
+    "i typically ",
+    "i regularly ",
+    "i frequently ",
+];
+const HABITUAL_ANYWHERE: &[&str] = &[
+    " every morning",
+    " every day",
+    " every evening",
+    " every night",
+    " every week",
+    " every weekend",
+    " every month",
+    " every summer",
+    " every winter",
+    " most weekends",
+    " most mornings",
+    " whenever i ",
 ];
 const NEGATIVE: &[&str] = &[
     "i hate ",
@@ -193,6 +218,14 @@ pub fn preference_polarity(sentence: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a sentence states a habit of the user (an implicit preference).
+pub fn is_habit(sentence: &str) -> bool {
+    let s = normalise(sentence);
+    s.starts_with("i ")
+        && (HABITUAL_START.iter().any(|p| s.starts_with(p))
+            || HABITUAL_ANYWHERE.iter().any(|p| s.contains(p)))
+}
+
 fn is_fact(sentence: &str) -> bool {
     let s = normalise(sentence);
     s.split_whitespace().count() >= 4 && FACTS.iter().any(|p| s.starts_with(p))
@@ -227,6 +260,9 @@ impl Operator for ExtractOperator {
                 for s in &sents {
                     let (ty, polarity) = match preference_polarity(s) {
                         Some(p) if self.cfg.preferences => (MemoryType::PreferenceMemory, Some(p)),
+                        None if self.cfg.preferences && is_habit(s) => {
+                            (MemoryType::PreferenceMemory, Some("habit"))
+                        }
                         _ if self.cfg.user_facts && sents.len() > 1 && is_fact(s) => {
                             (MemoryType::UserMemory, None)
                         }
@@ -250,12 +286,23 @@ impl Operator for ExtractOperator {
                 r.confidence = 0.9;
                 r.tags.retain(|t| t != "mode:fast");
                 r.tags.push("extract:rule".into());
-                if let Some(p) = polarity {
-                    r.info.insert(
-                        "preference_type".into(),
-                        Value::String("explicit_preference".into()),
-                    );
-                    r.info.insert("preference".into(), Value::String(p.into()));
+                match polarity {
+                    Some("habit") => {
+                        r.info.insert(
+                            "preference_type".into(),
+                            Value::String("implicit_preference".into()),
+                        );
+                        r.info
+                            .insert("preference".into(), Value::String("like".into()));
+                    }
+                    Some(p) => {
+                        r.info.insert(
+                            "preference_type".into(),
+                            Value::String("explicit_preference".into()),
+                        );
+                        r.info.insert("preference".into(), Value::String(p.into()));
+                    }
+                    None => {}
                 }
                 r.info
                     .insert("derived_from".into(), Value::String(d.record.id.clone()));
@@ -275,6 +322,14 @@ impl Operator for ExtractOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn habits_are_implicit() {
+        assert!(is_habit("I usually take the train to work."));
+        assert!(is_habit("I go climbing every weekend"));
+        assert!(!is_habit("The train was late every day"));
+        assert!(!is_habit("I love trains"));
+    }
 
     #[test]
     fn preferences() {

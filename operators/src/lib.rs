@@ -10,10 +10,12 @@
 #![warn(missing_docs)]
 
 pub mod dedupe;
+pub mod document;
 pub mod embed;
 pub mod error;
 pub mod event;
 pub mod extract;
+pub mod feedback;
 pub mod window;
 
 use std::sync::Arc;

@@ -70,7 +70,12 @@ pub fn key_of(text: &str) -> String {
     first.chars().take(80).collect()
 }
 
-fn base_record(ie: &IdentifiedEvent, seq: u32, memory: String, ty: MemoryType) -> MemoryRecord {
+pub(crate) fn base_record(
+    ie: &IdentifiedEvent,
+    seq: u32,
+    memory: String,
+    ty: MemoryType,
+) -> MemoryRecord {
     let e = &ie.event;
     let now = store::time::now_micros();
     let mut tags = e.tags.clone();
@@ -132,13 +137,27 @@ impl WindowOperator {
 
     fn messages(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
         let msgs = parse_messages(ie.event.payload.get("messages").unwrap_or(&Value::Null))?;
+        // Tool calls by id: their results become trajectories, not separate turns.
+        let calls: std::collections::HashMap<&str, &crate::event::ToolCall> = msgs
+            .iter()
+            .flat_map(|m| m.tool_calls.iter())
+            .filter_map(|c| c.id.as_deref().map(|id| (id, c)))
+            .collect();
         // Group into windows of message indexes.
         let mut groups: Vec<Vec<&ChatMessage>> = Vec::new();
         for m in &msgs {
             if m.content.trim().is_empty() {
                 continue;
             }
-            if m.role == "system" && !m.content.contains("<tool_schema>") {
+            // System prompts are not memories; their tool schemas are (below).
+            if m.role == "system" {
+                continue;
+            }
+            if m.role == "tool"
+                && m.tool_call_id
+                    .as_deref()
+                    .is_some_and(|id| calls.contains_key(id))
+            {
                 continue;
             }
             let start_new = match (self.cfg.granularity, groups.last()) {
@@ -160,9 +179,7 @@ impl WindowOperator {
                 .map(|m| self.line(m))
                 .collect::<Vec<_>>()
                 .join("\n");
-            let ty = if g.iter().all(|m| m.role == "system") {
-                MemoryType::ToolSchemaMemory
-            } else if g.iter().all(|m| m.role == "tool") {
+            let ty = if g.iter().all(|m| m.role == "tool") {
                 MemoryType::ToolTrajectoryMemory
             } else if g.iter().all(|m| m.role == "user") {
                 MemoryType::UserMemory
@@ -200,6 +217,97 @@ impl WindowOperator {
             d.seq = seq;
             out.push(d);
         }
+        let push = |out: &mut Vec<Draft>, mut r: MemoryRecord, m: &ChatMessage| {
+            let seq = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
+            r.id = memory_id(&ie.event.cube_id, &ie.id, seq);
+            if let Some(t) = m.chat_time.as_deref().and_then(store::time::parse_time) {
+                r.event_time = Some(t);
+            }
+            let mut d = draft(ie, r);
+            d.seq = seq;
+            out.push(d);
+        };
+        // Tool schemas from `<tool_schema>` blocks of system messages: one memory per schema.
+        for m in msgs.iter().filter(|m| m.role == "system") {
+            for schema in tool_schemas(&m.content) {
+                let name = schema
+                    .get("name")
+                    .or_else(|| schema.pointer("/function/name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("tool")
+                    .to_string();
+                let mut r = base_record(ie, 0, schema.to_string(), MemoryType::ToolSchemaMemory);
+                r.source = Some("system".into());
+                r.key = Some(name.clone());
+                r.info.insert("tool_name".into(), Value::String(name));
+                push(out, r, m);
+            }
+        }
+        // Trajectories: each answered tool call with its arguments and result.
+        for m in msgs.iter().filter(|m| m.role == "tool") {
+            let Some(call) = m.tool_call_id.as_deref().and_then(|id| calls.get(id)) else {
+                continue;
+            };
+            let (ok, error) = tool_outcome(&m.content);
+            let mut r = base_record(
+                ie,
+                0,
+                format!(
+                    "tool {}({}) {} {}",
+                    call.name,
+                    call.arguments,
+                    if ok { "succeeded:" } else { "failed:" },
+                    m.content
+                ),
+                MemoryType::ToolTrajectoryMemory,
+            );
+            r.source = Some("tool".into());
+            r.key = Some(call.name.clone());
+            r.info
+                .insert("tool_name".into(), Value::String(call.name.clone()));
+            r.info
+                .insert("arguments".into(), Value::String(call.arguments.clone()));
+            r.info
+                .insert("result".into(), Value::String(m.content.clone()));
+            r.info.insert("success".into(), Value::Bool(ok));
+            if let Some(e) = error {
+                r.info.insert("error".into(), Value::String(e));
+            }
+            r.sources.push(SourceMessage {
+                kind: "tool".into(),
+                role: Some("tool".into()),
+                message_id: m.tool_call_id.clone(),
+                content: Some(m.content.clone()),
+                ..Default::default()
+            });
+            push(out, r, m);
+        }
+        // Images: one memory each with the URL and any caption.
+        for m in &msgs {
+            for (url, caption) in &m.images {
+                let text = match caption {
+                    Some(c) => format!("[image_url]: {url} {c}"),
+                    None => format!("[image_url]: {url}"),
+                };
+                let mut r = base_record(ie, 0, text, MemoryType::UserMemory);
+                r.source = Some("image".into());
+                r.tags.push("multimodal:image".into());
+                r.info
+                    .insert("image_url".into(), Value::String(url.clone()));
+                if let Some(c) = caption {
+                    r.info.insert("caption".into(), Value::String(c.clone()));
+                }
+                r.sources.push(SourceMessage {
+                    kind: "image".into(),
+                    role: Some(m.role.clone()),
+                    name: m.name.clone(),
+                    chat_time: m.chat_time.clone(),
+                    content: Some(url.clone()),
+                    ..Default::default()
+                });
+                push(out, r, m);
+            }
+        }
         Ok(())
     }
 
@@ -225,6 +333,17 @@ impl WindowOperator {
         r.info
             .insert("tool_name".into(), Value::String(name.into()));
         r.info.insert("success".into(), Value::Bool(ok));
+        r.info
+            .insert("arguments".into(), Value::String(args.clone()));
+        r.info
+            .insert("result".into(), Value::String(result.clone()));
+        if let Some(e) = p.get("error").filter(|e| !e.is_null()) {
+            r.info.insert(
+                "error".into(),
+                Value::String(e.as_str().map(String::from).unwrap_or(e.to_string())),
+            );
+        }
+        r.key = Some(name.to_string());
         r.sources.push(SourceMessage {
             kind: "tool".into(),
             role: Some("tool".into()),
@@ -239,27 +358,65 @@ impl WindowOperator {
         Ok(())
     }
 
+    /// A document: text extracted by format (text, Markdown, HTML, PDF), cut into chunks by
+    /// structure and size; each chunk is a `RawFileMemory` linked to its neighbours.
     fn document(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
+        use crate::document;
         let p = &ie.event.payload;
-        let text = p.get("text").and_then(Value::as_str).unwrap_or_default();
         let filename = p
             .get("filename")
             .and_then(Value::as_str)
             .unwrap_or("document");
-        let chunks = chunk(text, self.cfg.chunk_chars, self.cfg.chunk_overlap);
+        let bytes = document::payload_bytes(p)?;
+        let format = document::detect(p.get("mime").and_then(Value::as_str), filename, &bytes);
+        let sections = document::sections(format, &bytes)?;
+        let chunks =
+            document::chunk_sections(&sections, self.cfg.chunk_chars, self.cfg.chunk_overlap);
+        if chunks.is_empty() {
+            return Err(OperatorError::Invalid(format!(
+                "document {filename} has no text"
+            )));
+        }
         let total = chunks.len();
+        let cube = &ie.event.cube_id;
         for (i, c) in chunks.into_iter().enumerate() {
-            let mut r = base_record(ie, i as u32, c, MemoryType::RawFileMemory);
+            let mut r = base_record(ie, i as u32, c.text, MemoryType::RawFileMemory);
             r.source = Some("file".into());
+            r.tags.push("multimodal:file".into());
             r.tags.push(format!("chunk:{}/{}", i + 1, total));
             if let Some(f) = p.get("file_id").and_then(Value::as_str) {
                 r.file_ids.push(f.into());
             }
-            for k in ["kb_id", "file_id", "mime"] {
+            for k in ["kb_id", "file_id"] {
                 if let Some(v) = p.get(k) {
                     r.info.insert(k.into(), v.clone());
                 }
             }
+            r.info.insert("file_name".into(), Value::from(filename));
+            r.info.insert("mime".into(), Value::from(format.mime()));
+            r.info.insert("chunk_index".into(), Value::from(i));
+            r.info.insert("chunk_total".into(), Value::from(total));
+            if !c.section.is_empty() {
+                r.info
+                    .insert("section".into(), Value::from(c.section.clone()));
+            }
+            if i > 0 {
+                r.info.insert(
+                    "preceding_id".into(),
+                    Value::from(memory_id(cube, &ie.id, i as u32 - 1)),
+                );
+            }
+            if i + 1 < total {
+                r.info.insert(
+                    "following_id".into(),
+                    Value::from(memory_id(cube, &ie.id, i as u32 + 1)),
+                );
+            }
+            r.key = Some(if c.section.is_empty() {
+                format!("{filename} ({}/{total})", i + 1)
+            } else {
+                format!("{filename}: {}", c.section)
+            });
             r.sources.push(SourceMessage {
                 kind: "file".into(),
                 content: Some(filename.to_string()),
@@ -271,6 +428,52 @@ impl WindowOperator {
         }
         Ok(())
     }
+}
+
+/// The JSON schemas inside `<tool_schema>…</tool_schema>` blocks (a list gives one each).
+pub fn tool_schemas(text: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<tool_schema>") {
+        let after = &rest[start + "<tool_schema>".len()..];
+        let Some(end) = after.find("</tool_schema>") else {
+            break;
+        };
+        match serde_json::from_str::<Value>(after[..end].trim()) {
+            Ok(Value::Array(a)) => out.extend(a),
+            Ok(v) => out.push(v),
+            Err(_) => out.push(Value::String(after[..end].trim().to_string())),
+        }
+        rest = &after[end..];
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|v| seen.insert(v.to_string()));
+    out
+}
+
+/// Whether a tool result reports success, and its error if not: a JSON object with an
+/// `error` field (or `success: false`), or text starting with "error".
+pub fn tool_outcome(result: &str) -> (bool, Option<String>) {
+    if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(result) {
+        if let Some(e) = o.get("error").filter(|e| !e.is_null()) {
+            return (
+                false,
+                Some(e.as_str().map(String::from).unwrap_or(e.to_string())),
+            );
+        }
+        if o.get("success").and_then(Value::as_bool) == Some(false) {
+            return (false, Some(result.to_string()));
+        }
+        return (true, None);
+    }
+    let lower = result.trim_start().to_lowercase();
+    if lower.starts_with("error")
+        || lower.starts_with("exception")
+        || lower.starts_with("traceback")
+    {
+        return (false, Some(result.trim().to_string()));
+    }
+    (true, None)
 }
 
 /// Splits text into chunks of at most `size` characters on paragraph/sentence boundaries where
@@ -380,7 +583,13 @@ mod tests {
             {"role": "assistant", "content": [{"type": "text", "text": "Nice!"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]},
             {"role": "user", "content": "Thanks"}]});
         let turns = run(WindowConfig::default(), ev("messages", msgs.clone()));
-        assert_eq!(turns.len(), 3, "system messages are not memories");
+        assert_eq!(
+            turns.len(),
+            4,
+            "system messages are not memories; the image part is one"
+        );
+        assert_eq!(turns[3].record.memory, "[image_url]: http://x/y.png");
+        assert_eq!(turns[3].record.info["image_url"], json!("http://x/y.png"));
         assert_eq!(
             turns[0].record.memory,
             "[1:56 pm on 8 May, 2023] Ann: Hi, I moved to Lisbon."
@@ -409,7 +618,7 @@ mod tests {
             "reserved info keys are dropped"
         );
         let ids: std::collections::HashSet<_> = turns.iter().map(|d| d.record.id.clone()).collect();
-        assert_eq!(ids.len(), 3);
+        assert_eq!(ids.len(), 4);
 
         let rounds = run(
             WindowConfig {
@@ -418,7 +627,7 @@ mod tests {
             },
             ev("messages", msgs),
         );
-        assert_eq!(rounds.len(), 2);
+        assert_eq!(rounds.len(), 3);
         assert_eq!(rounds[0].record.sources.len(), 2);
         assert_eq!(rounds[0].record.memory_type, MemoryType::LongTermMemory);
 
@@ -459,6 +668,22 @@ mod tests {
                 .tags
                 .iter()
                 .any(|t| t == &format!("chunk:2/{}", doc.len()))
+        );
+    }
+
+    #[test]
+    fn tool_schemas_and_outcomes() {
+        let t = "x <tool_schema>[{\"name\": \"a\"}, {\"name\": \"b\"}]</tool_schema> y <tool_schema>{\"name\": \"a\"}</tool_schema>";
+        let s = tool_schemas(t);
+        assert_eq!(s, vec![json!({"name": "a"}), json!({"name": "b"})]);
+        assert_eq!(tool_outcome("Sunny"), (true, None));
+        assert_eq!(
+            tool_outcome("{\"error\": \"no such city\"}"),
+            (false, Some("no such city".into()))
+        );
+        assert_eq!(
+            tool_outcome("Error: timeout"),
+            (false, Some("Error: timeout".into()))
         );
     }
 }

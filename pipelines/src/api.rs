@@ -94,6 +94,12 @@ pub struct SearchRequest {
     pub search_memory_type: String,
     /// Return embeddings in metadata.
     pub include_embedding: bool,
+    /// System time (RFC 3339): search the memories as memos held them then (earlier versions,
+    /// statuses of that moment; later additions invisible).
+    pub as_of: Option<String>,
+    /// Event time (RFC 3339): search what was true then (a fact replaced by feedback at a
+    /// later event time shows its earlier version).
+    pub event_as_of: Option<String>,
 }
 
 impl Default for SearchRequest {
@@ -117,6 +123,8 @@ impl Default for SearchRequest {
             filter: None,
             search_memory_type: "All".into(),
             include_embedding: false,
+            as_of: None,
+            event_as_of: None,
         }
     }
 }
@@ -171,6 +179,12 @@ pub struct FeedbackRequest {
     pub async_mode: Option<String>,
     /// Also produce a corrected answer (needs the LLM stage).
     pub corrected_answer: bool,
+    /// Knowledge bases this feedback may change (none when absent).
+    pub allow_knowledgebase_ids: Option<Vec<String>>,
+    /// Agent (copied to the memories feedback writes).
+    pub agent_id: Option<String>,
+    /// App.
+    pub app_id: Option<String>,
     /// Info.
     #[schema(value_type = Option<Object>)]
     pub info: Option<Map<String, Value>>,
@@ -432,8 +446,12 @@ pub struct CloudFeedbackRequest {
     pub feedback_time: Option<String>,
     /// Accepted.
     pub allow_public: Option<bool>,
-    /// Accepted.
+    /// Knowledge bases this feedback may change (none when absent).
     pub allow_knowledgebase_ids: Option<Vec<String>>,
+    /// Memories the answer used.
+    pub retrieved_memory_ids: Option<Vec<String>>,
+    /// sync (wait and return what changed) | async (default).
+    pub async_mode: Option<String>,
 }
 
 /// Cloud `POST get/status`.
@@ -476,9 +494,35 @@ pub struct KbFile {
     /// Text content.
     #[serde(alias = "text", alias = "file_data")]
     pub content: Option<String>,
-    /// MIME type.
+    /// MIME type (else guessed from the name and content: text, Markdown, HTML, PDF).
     #[serde(alias = "type")]
     pub mime: Option<String>,
+    /// Binary content (e.g. a PDF), base64; instead of `content`.
+    pub data_base64: Option<String>,
+}
+
+/// Cloud `POST get/knowledgebase-file`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct GetKbFileRequest {
+    /// Files to list (or every file of `knowledgebase_id`).
+    pub file_ids: Option<Vec<String>>,
+    /// Knowledge base.
+    pub knowledgebase_id: Option<String>,
+    /// Page (1-based).
+    pub page: Option<usize>,
+    /// Page size.
+    pub page_size: Option<usize>,
+}
+
+/// Cloud `POST delete/knowledgebase-file`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct DeleteKbFileRequest {
+    /// Files to delete (required).
+    pub file_ids: Option<Vec<String>>,
+    /// Knowledge base (default: every knowledge base the key may write).
+    pub knowledgebase_id: Option<String>,
 }
 
 /// Cloud `POST add/knowledgebase-file` (JSON form).

@@ -43,6 +43,10 @@ pub struct Config {
     pub extract: ExtractConfig,
     /// dedupe stage.
     pub dedupe: DedupeConfig,
+    /// feedback-merge stage.
+    pub feedback: operators::feedback::FeedbackConfig,
+    /// Capacity-based forgetting per memory type.
+    pub memory: MemoryConfig,
     /// Search.
     pub search: SearchConfig,
     /// Request limits.
@@ -57,6 +61,17 @@ pub struct Config {
     pub nats: connectors::nats::NatsConfig,
     /// SQL: Postgres wire address (`MEMOS_PG_ADDR`), timeout, memory pool, row limit.
     pub sql: sql::SqlConfig,
+}
+
+/// Capacity limits: after each batch, a cube holding more activated memories of a type than
+/// its limit forgets the oldest (by `updated_at`) of that type (memos-spec §3.6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Per memory type (`WorkingMemory = 20`); 0 or absent = unlimited.
+    pub capacity: std::collections::BTreeMap<String, usize>,
+    /// `archive` (kept in history and `as_of`, not searchable) or `delete` (hard delete).
+    pub forget: String,
 }
 
 /// Embedder settings.
@@ -220,8 +235,23 @@ impl Config {
             }
             merge(&mut v, o);
         }
-        v.try_into()
-            .map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))
+        let cfg: Config = v
+            .try_into()
+            .map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))?;
+        for t in cfg.memory.capacity.keys() {
+            if store::MemoryType::parse(t).is_none() {
+                return Err(PipelineError::Config(format!(
+                    "memory.capacity: unknown memory type \"{t}\""
+                )));
+            }
+        }
+        if !["archive", "delete"].contains(&cfg.memory.forget.as_str()) {
+            return Err(PipelineError::Config(format!(
+                "memory.forget must be \"archive\" or \"delete\", not \"{}\"",
+                cfg.memory.forget
+            )));
+        }
+        Ok(cfg)
     }
 
     /// Store options derived from this configuration.

@@ -79,6 +79,20 @@ enum Cmd {
         /// JSONL file, one event per line.
         file: PathBuf,
     },
+    /// Write a cube's MemCube snapshot (Parquet + manifest.json) to DIR (offline: stop the
+    /// server first, or use POST /product/export_cube).
+    Export {
+        /// The cube.
+        #[arg(long)]
+        cube: String,
+        /// Directory to create (must be empty).
+        dir: PathBuf,
+    },
+    /// Load a MemCube snapshot written by `memos export` into the data directory (offline).
+    ImportCube {
+        /// The snapshot directory.
+        dir: PathBuf,
+    },
     /// Evaluate retrieval.
     Eval {
         #[command(subcommand)]
@@ -491,6 +505,17 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Openapi => println!("{}", http::openapi::json()),
+        Cmd::Export { cube, dir } => {
+            let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
+            let embedder = format!("{} {}", cfg.embedder.kind, cfg.embedder.model);
+            let manifest = pipelines::export::export(&store, &cube, &dir, embedder.trim())?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        Cmd::ImportCube { dir } => {
+            let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
+            let out = pipelines::export::import(&store, &dir)?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         Cmd::Status => {
             let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
             let mut v = serde_json::to_value(store.stats()?)?;

@@ -35,6 +35,11 @@ pub mod names {
     pub const COMMIT_SECONDS: &str = "memos_store_commit_duration_seconds";
     /// Memories written by the pipeline, by `kind` (inserted, merged, feedback).
     pub const MEMORIES_WRITTEN: &str = "memos_pipeline_memories_written_total";
+    /// Feedback processed by the feedback-merge stage, by `intent` (replace, set, retract,
+    /// forget, supplement).
+    pub const FEEDBACK: &str = "memos_feedback_total";
+    /// Memories forgotten by capacity limits, by `memory_type`.
+    pub const FORGOTTEN: &str = "memos_memories_forgotten_total";
     /// HTTP requests by `route` (the matched path), `method` and `status`.
     pub const HTTP_REQUESTS: &str = "memos_http_requests_total";
     /// HTTP request latency by `route`, seconds.
@@ -74,6 +79,8 @@ pub mod names {
         BATCH_SECONDS,
         BATCH_EVENTS,
         MEMORIES_WRITTEN,
+        FEEDBACK,
+        FORGOTTEN,
         HTTP_REQUESTS,
         HTTP_SECONDS,
         SQL_QUERIES,
@@ -111,6 +118,10 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// [`names::MEMORIES_WRITTEN`].
     pub memories_written: IntCounterVec,
+    /// [`names::FEEDBACK`].
+    pub feedback: IntCounterVec,
+    /// [`names::FORGOTTEN`].
+    pub forgotten: IntCounterVec,
     /// [`names::HTTP_REQUESTS`].
     pub http_requests: IntCounterVec,
     /// [`names::HTTP_SECONDS`].
@@ -257,6 +268,18 @@ impl Metrics {
                 names::MEMORIES_WRITTEN,
                 "Memories written by the pipeline (inserted, merged, feedback).",
                 &["kind"],
+            ),
+            feedback: counter(
+                &r,
+                names::FEEDBACK,
+                "Feedback processed by the feedback-merge stage, by intent.",
+                &["intent"],
+            ),
+            forgotten: counter(
+                &r,
+                names::FORGOTTEN,
+                "Memories forgotten by capacity limits, by memory type.",
+                &["memory_type"],
             ),
             http_requests: counter(
                 &r,

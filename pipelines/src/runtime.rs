@@ -18,7 +18,7 @@ use operators::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use store::{DeadLetter, EventRecord, Filter, Store};
+use store::{DeadLetter, EventRecord, Filter, MemoryType, Status, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
@@ -150,6 +150,9 @@ pub struct Processor {
     extract: ExtractOperator,
     embed: EmbedOperator,
     dedupe: DedupeOperator,
+    feedback: operators::feedback::FeedbackMergeOperator,
+    capacity: Vec<(MemoryType, usize)>,
+    hard_forget: bool,
     max_event_bytes: usize,
     retry_attempts: u32,
     /// Source partitions whose offsets are held back after a failed batch: partition → the
@@ -225,13 +228,68 @@ impl Processor {
             store,
             window: cfg.window.build(),
             extract: cfg.extract.build(),
+            feedback: cfg.feedback.build(embedder.clone()),
             embed: EmbedOperator::new(embedder),
             dedupe: cfg.dedupe.build(),
+            capacity: cfg
+                .memory
+                .capacity
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .filter_map(|(t, n)| MemoryType::parse(t).map(|t| (t, *n)))
+                .collect(),
+            hard_forget: cfg.memory.forget == "delete",
             max_event_bytes: cfg.pipeline.max_event_bytes,
             retry_attempts: cfg.pipeline.retry_attempts,
             held: HashMap::new(),
             metrics,
         }
+    }
+
+    /// Capacity-based forgetting (memos-spec §3.6): per memory type with a limit, the oldest
+    /// activated memories of `cube` beyond it are archived (or hard-deleted).
+    fn forget_over_capacity(
+        &self,
+        wtxn: &mut store::heed::RwTxn,
+        cube: &str,
+    ) -> Result<usize, PipelineError> {
+        let mut forgotten = 0;
+        for &(ty, cap) in &self.capacity {
+            let ids = self
+                .store
+                .field_ids(wtxn, cube, "memory_type", ty.as_str())?
+                & self
+                    .store
+                    .field_ids(wtxn, cube, "status", Status::Activated.as_str())?;
+            if ids.len() as usize <= cap {
+                continue;
+            }
+            let mut recs = Vec::new();
+            for id in &ids {
+                if let Some(r) = self.store.record(wtxn, id)? {
+                    recs.push(r);
+                }
+            }
+            recs.sort_by_key(|r| (r.updated_at, r.created_at));
+            let over: Vec<String> = recs[..recs.len() - cap]
+                .iter()
+                .map(|r| r.id.clone())
+                .collect();
+            if self.hard_forget {
+                self.store.delete(wtxn, &over)?;
+            } else {
+                for id in &over {
+                    self.store
+                        .set_status(wtxn, id, Status::Archived, "capacity")?;
+                }
+            }
+            forgotten += over.len();
+            self.metrics
+                .forgotten
+                .with_label_values(&[ty.as_str()])
+                .inc_by(over.len() as u64);
+        }
+        Ok(forgotten)
     }
 
     fn memories_of(
@@ -443,18 +501,36 @@ impl Processor {
                     }
                 },
                 EventKind::Feedback => {
-                    // Kept as received; the feedback stage (memory control) processes it.
+                    // feedback-merge runs here, in the batch's transaction: it sees the
+                    // memories this batch wrote and commits with them.
+                    let outcome = match self.feedback.apply(&self.store, &mut wtxn, &p.ie) {
+                        Ok(o) => o,
+                        Err(e) if !e.retryable() => {
+                            dead.push((
+                                p.idx,
+                                DeadLetter {
+                                    source: "pipeline".into(),
+                                    position: None,
+                                    reason: format!("feedback: {e}"),
+                                    payload: p.bytes.clone(),
+                                    at: now,
+                                },
+                            ));
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    for c in outcome.add.iter().chain(&outcome.update) {
+                        ids.push(c.id.clone());
+                    }
+                    let text =
+                        |k: &str| ev.payload.get(k).and_then(|v| v.as_str()).map(String::from);
                     let f = store::FeedbackRecord {
                         id: p.ie.id.clone(),
                         cube_id: ev.cube_id.clone(),
                         user_id: ev.user_id.clone(),
                         session_id: ev.session_id.clone(),
-                        feedback_content: ev
-                            .payload
-                            .get("feedback_content")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .to_string(),
+                        feedback_content: text("feedback_content").unwrap_or_default(),
                         history: ev
                             .payload
                             .get("history")
@@ -465,16 +541,14 @@ impl Processor {
                             .get("retrieved_memory_ids")
                             .and_then(|v| serde_json::from_value(v.clone()).ok())
                             .unwrap_or_default(),
-                        feedback_time: ev
-                            .payload
-                            .get("feedback_time")
-                            .and_then(|v| v.as_str())
-                            .map(String::from),
-                        status: "pending".into(),
+                        feedback_time: text("feedback_time"),
+                        status: "processed".into(),
                         created_at: now,
+                        result: serde_json::to_string(&outcome).ok(),
                     };
                     self.store.put_feedback(&mut wtxn, &f)?;
                     stats.feedback += 1;
+                    m.feedback.with_label_values(&[&outcome.intent]).inc();
                 }
                 _ => {
                     for d in by_event.remove(&p.ie.id).unwrap_or_default() {
@@ -530,6 +604,13 @@ impl Processor {
         }
         for (_, dl) in &dead {
             self.store.put_dead_letter(&mut wtxn, dl)?;
+        }
+        let cubes: std::collections::BTreeSet<&str> = pending
+            .iter()
+            .map(|p| p.ie.event.cube_id.as_str())
+            .collect();
+        for cube in cubes {
+            self.forget_over_capacity(&mut wtxn, cube)?;
         }
         stats.dead_lettered = dead.len();
         let mut released = Vec::new();

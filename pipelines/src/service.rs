@@ -488,19 +488,32 @@ impl Memos {
         &self,
         events: Vec<Event>,
     ) -> Result<Vec<Vec<AddedMemory>>, PipelineError> {
+        let mut out = Vec::new();
+        for o in self.add_sync_outcomes(events).await? {
+            out.push(o?);
+        }
+        Ok(out)
+    }
+
+    /// Like [`Memos::add_sync_each`], but one result per event: a dead-lettered event is a
+    /// `BadRequest` with its reason while the others still report their memories.
+    pub async fn add_sync_outcomes(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<Result<Vec<AddedMemory>, PipelineError>>, PipelineError> {
         let rxs = self.submit_all(events).await?;
         let mut out = Vec::new();
         for rx in rxs {
             let o = rx.await.map_err(|_| {
                 PipelineError::Unavailable("the pipeline stopped before replying".into())
             })?;
-            match o {
+            out.push(match o {
                 Outcome::Stored { memories, .. } | Outcome::Duplicate { memories, .. } => {
-                    out.push(memories)
+                    Ok(memories)
                 }
-                Outcome::DeadLettered { reason } => return Err(PipelineError::BadRequest(reason)),
+                Outcome::DeadLettered { reason } => Err(PipelineError::BadRequest(reason)),
                 Outcome::Failed { reason } => return Err(PipelineError::Unavailable(reason)),
-            }
+            });
         }
         Ok(out)
     }
@@ -757,6 +770,11 @@ impl Memos {
             .iter()
             .map(|c| Filter::parse_for_cube(req.filter.as_ref().unwrap_or(&Value::Null), c, &cubes))
             .collect::<Result<_, _>>()?;
+        let at = store::search::AsOf {
+            system: parse_as_of("as_of", req.as_of.as_deref())?,
+            event: parse_as_of("event_as_of", req.event_as_of.as_deref())?,
+        };
+        let embedder = self.embedder.clone();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.search.timeout_ms);
         let qv = tokio::time::timeout_at(deadline.into(), self.embed_query(&req.query))
             .await
@@ -837,9 +855,22 @@ impl Memos {
                         s.vector_pool = cfg.vector_pool;
                         s.lexical = Some(&lexical);
                         s.within = Some(&all);
-                        hits = search(&store, &txn, &s)?;
+                        hits = if at.is_set() {
+                            let mut embed = |t: &[String]| {
+                                embedder
+                                    .embed(t)
+                                    .map_err(|e| store::StoreError::InvalidArgument(e.to_string()))
+                            };
+                            store::search::search_as_of(&store, &txn, &s, at, &mut embed)?
+                        } else {
+                            search(&store, &txn, &s)?
+                        };
                         if *name == "pref_mem" {
-                            pref_lines.extend(hits.iter().map(|h| h.record.memory.clone()));
+                            pref_lines.extend(hits.iter().map(|h| {
+                                let implicit = h.record.info.get("preference_type")
+                                    == Some(&json!("implicit_preference"));
+                                (implicit, h.record.memory.clone())
+                            }));
                         }
                     }
                     buckets.push(BucketHits {
@@ -849,16 +880,54 @@ impl Memos {
                     });
                 }
             }
-            let note = "In addition to the user's explicit preferences listed above, follow them when answering.";
-            let pref_string = if pref_lines.is_empty() {
-                String::new()
-            } else {
-                let list: Vec<String> = pref_lines
+            // Knowledge-base chunks searched alongside a user's memories take at most half of
+            // top_k (MemOS allots documents half the results), best first.
+            let is_doc = |h: &store::search::Hit| h.record.memory_type == MemoryType::RawFileMemory;
+            let text = |b: &BucketHits| b.name == "text_mem";
+            if buckets
+                .iter()
+                .filter(|b| text(b))
+                .any(|b| b.hits.iter().any(|h| !is_doc(h)))
+            {
+                let cap = (req2.top_k / 2).max(1);
+                let mut docs: Vec<(f32, usize, u32)> = buckets
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| format!("{}. {p}", i + 1))
+                    .filter(|(_, b)| text(b))
+                    .flat_map(|(i, b)| {
+                        b.hits
+                            .iter()
+                            .filter(|h| is_doc(h))
+                            .map(move |h| (h.score, i, h.id))
+                    })
                     .collect();
-                format!("Explicit Preference:\n{}\n{note}", list.join("\n"))
+                docs.sort_by(|a, b| b.0.total_cmp(&a.0));
+                for (_, i, id) in docs.into_iter().skip(cap) {
+                    buckets[i].hits.retain(|h| h.id != id);
+                }
+            }
+            let note = "Follow the user's explicit preferences above; use the implicit ones (read from their habits) when they fit the request.";
+            let list = |implicit: bool| -> Vec<String> {
+                pref_lines
+                    .iter()
+                    .filter(|(i, _)| *i == implicit)
+                    .enumerate()
+                    .map(|(n, (_, p))| format!("{}. {p}", n + 1))
+                    .collect()
+            };
+            let mut parts = Vec::new();
+            for (title, items) in [
+                ("Explicit Preference:", list(false)),
+                ("Implicit Preference:", list(true)),
+            ] {
+                if !items.is_empty() {
+                    parts.push(format!("{title}\n{}", items.join("\n")));
+                }
+            }
+            let pref_string = if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n{note}", parts.join("\n"))
             };
             Ok(SearchHits {
                 buckets,
@@ -1012,7 +1081,12 @@ impl Memos {
             .ok_or_else(|| PipelineError::BadRequest("feedback_content is required".into()))?;
         let cubes = cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
         p.check(Access::Write, &cubes, Some(&user))?;
+        let kbs = req.allow_knowledgebase_ids.clone().unwrap_or_default();
+        if !kbs.is_empty() {
+            p.check(Access::Write, &kbs, None)?;
+        }
         let payload = json!({
+            "allow_knowledgebase_ids": kbs,
             "feedback_content": content,
             "history": req.history.clone().unwrap_or(Value::Null),
             "retrieved_memory_ids": req.retrieved_memory_ids.clone().unwrap_or_default(),
@@ -1029,9 +1103,17 @@ impl Memos {
                 cube_id: cube.clone(),
                 user_id: user.clone(),
                 session_id: req.session_id.clone(),
-                agent_id: None,
-                app_id: None,
-                time: Some(store::time::micros_to_rfc3339(store::time::now_micros())),
+                agent_id: req.agent_id.clone(),
+                app_id: req.app_id.clone(),
+                time: Some(
+                    req.feedback_time
+                        .as_deref()
+                        .and_then(store::time::parse_time)
+                        .map(store::time::micros_to_rfc3339)
+                        .unwrap_or_else(|| {
+                            store::time::micros_to_rfc3339(store::time::now_micros())
+                        }),
+                ),
                 mode: Mode::Fast,
                 tags: vec![],
                 info: req.info.clone().unwrap_or_default(),
@@ -1042,6 +1124,38 @@ impl Memos {
             e.validate()?;
         }
         Ok(events)
+    }
+
+    /// What the feedback stage did with feedback `id` in each of `cubes` (after it ran):
+    /// `{"add": […], "update": […], "archive": […]}` merged over the cubes.
+    pub async fn feedback_outcome(
+        &self,
+        cubes: Vec<String>,
+        id: String,
+    ) -> Result<Value, PipelineError> {
+        self.blocking(move |store| {
+            let txn = store.read_txn()?;
+            let mut out = json!({"add": [], "update": [], "archive": []});
+            for cube in &cubes {
+                let Some(f) = store.feedback_by_id(&txn, cube, &id)? else {
+                    continue;
+                };
+                let Some(r) = f.result.as_deref() else {
+                    continue;
+                };
+                let r: Value = serde_json::from_str(r).unwrap_or_default();
+                for k in ["add", "update", "archive"] {
+                    if let (Some(dst), Some(src)) =
+                        (out[k].as_array_mut(), r.get(k).and_then(Value::as_array))
+                    {
+                        dst.extend(src.iter().cloned());
+                    }
+                }
+                out["intent"] = r.get("intent").cloned().unwrap_or(Value::Null);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Activated memories of a cube of `types` matching `filter`, in insertion order, one page
@@ -1150,6 +1264,18 @@ impl Memos {
             Ok(receipt.ids.len())
         })
         .await
+    }
+}
+
+/// Parses an `as_of`-style time parameter (RFC 3339 or `YYYY-MM-DD HH:MM`).
+pub fn parse_as_of(name: &str, v: Option<&str>) -> Result<Option<i64>, PipelineError> {
+    match v.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => store::time::parse_time(s).map(Some).ok_or_else(|| {
+            PipelineError::BadRequest(format!(
+                "{name} \"{s}\" is not a time (use RFC 3339, e.g. 2026-01-31T12:00:00Z)"
+            ))
+        }),
     }
 }
 

@@ -30,6 +30,7 @@ use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use error::{Result, StoreError};
 pub use filter::Filter;
@@ -153,10 +154,36 @@ pub struct FeedbackRecord {
     pub retrieved_memory_ids: Vec<String>,
     /// When the user gave it (as sent).
     pub feedback_time: Option<String>,
-    /// `pending` until processed.
+    /// `pending` until processed, then `processed` or `failed`.
     pub status: String,
     /// Received, unix micros.
     pub created_at: i64,
+    /// What processing did (JSON: `{"add":[…],"update":[…],"archive":[…]}`), once processed.
+    pub result: Option<String>,
+}
+
+/// A precomputed activation (KV) cache for a set of memories (filled by the activation-memory
+/// operator). Deleting any of `memory_ids` deletes the entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// Cube it belongs to.
+    pub cube_id: String,
+    /// Name within the cube (e.g. `working_set`).
+    pub name: String,
+    /// The memories whose text the cache was built from.
+    pub memory_ids: Vec<String>,
+    /// Model the cache is for.
+    pub model_id: String,
+    /// Hash of the tokenizer.
+    pub tokenizer_hash: String,
+    /// Tokens in the cached prefix.
+    pub token_count: u32,
+    /// Hash of the composed memory text.
+    pub text_hash: String,
+    /// Built, unix micros.
+    pub created_at: i64,
+    /// The tensors (safetensors bytes).
+    pub data: Vec<u8>,
 }
 
 /// What a delete removed, per index.
@@ -172,6 +199,11 @@ pub struct DeleteReceipt {
     pub postings: usize,
     /// History versions removed.
     pub history: usize,
+    /// Memories removed because they were derived from a removed one (extracted facts and
+    /// preferences) or were its earlier, archived versions (feedback replacements).
+    pub derived: usize,
+    /// Activation (KV) cache entries removed because they covered a removed memory.
+    pub kv_cache: usize,
 }
 
 /// Counts for `memos status` and metrics.
@@ -198,6 +230,8 @@ pub struct StoreStats {
 const META_NEXT_ID: &str = "next_id";
 const META_PENDING: &str = "vector_pending";
 const META_DIMS: &str = "dimensions";
+/// Field-bitmap name of the "derived from" links (`info.derived_from`).
+const LINK_DERIVED: &str = "\u{1}derived";
 
 /// The store. Cheap to share behind an `Arc`; LMDB allows one writer and many readers.
 pub struct Store {
@@ -217,6 +251,7 @@ pub struct Store {
     offsets: Database<'static, Str, Bytes>,
     api_keys: Database<'static, Str, Bytes>,
     feedback: Database<'static, Bytes, Bytes>,
+    kv: Database<'static, Bytes, Bytes>,
     lexical: lexical::LexicalIndex,
     vindex: ArroyIndex,
 }
@@ -333,13 +368,14 @@ impl Store {
             })?
             .unwrap_commit();
         let wtxn = env.write_txn()?;
-        let (dead_letters, offsets, api_keys, feedback) = env
+        let (dead_letters, offsets, api_keys, feedback, kv) = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     dbo.create_database(wtxn, Some("dead_letters"))?,
                     dbo.create_database(wtxn, Some("offsets"))?,
                     dbo.create_database(wtxn, Some("api_keys"))?,
                     dbo.create_database(wtxn, Some("feedback"))?,
+                    dbo.create_database(wtxn, Some("kv_cache"))?,
                 )))
             })?
             .unwrap_commit();
@@ -361,6 +397,7 @@ impl Store {
             offsets,
             api_keys,
             feedback,
+            kv,
             lexical: lexical::LexicalIndex { postings, stats },
             vindex,
             opts,
@@ -517,6 +554,10 @@ impl Store {
         }
         if let Some(a) = &r.app_id {
             keys.push(field_key(cube, "app_id", a));
+        }
+        // Lineage: which memories were derived from which, so deletes can follow them.
+        if let Some(Value::String(parent)) = r.info.get(model::DERIVED_FROM) {
+            keys.push(field_key(cube, LINK_DERIVED, parent.as_str()));
         }
         for k in keys {
             self.bitmap_update(wtxn, &k, id, add)?;
@@ -676,6 +717,16 @@ impl Store {
         Ok(rec)
     }
 
+    /// Stores a full earlier version of a memory (its `version` numbers it), as [`Store::update`]
+    /// does; used to import a cube's history.
+    pub fn put_version(&self, wtxn: &mut RwTxn, v: &MemoryRecord) -> Result<()> {
+        let mut hk = v.id.as_bytes().to_vec();
+        hk.push(0);
+        hk.extend_from_slice(&v.version.to_be_bytes());
+        self.history.put(wtxn, &hk, &v.encode()?)?;
+        Ok(())
+    }
+
     /// Previous full versions of a memory, oldest first.
     pub fn versions(&self, txn: &RoTxn, uuid: &str) -> Result<Vec<MemoryRecord>> {
         let mut prefix = uuid.as_bytes().to_vec();
@@ -688,26 +739,44 @@ impl Store {
         Ok(out)
     }
 
-    /// Hard-deletes memories by uuid: record, vector (trees and delta), postings, field
-    /// bitmaps, content hash and history, all in the caller's transaction.
+    /// Hard-deletes memories by uuid, completely and in the caller's transaction: the record,
+    /// its vector (trees and delta), postings, field bitmaps, content hash and history; the
+    /// memories derived from it (`info.derived_from`, e.g. extracted preferences) and its
+    /// earlier archived versions (`info.covered_history`, feedback replacements), recursively;
+    /// and every activation (KV) cache entry that covered any of them.
     pub fn delete(&self, wtxn: &mut RwTxn, uuids: &[String]) -> Result<DeleteReceipt> {
         let mut receipt = DeleteReceipt::default();
         let mut pending = self.pending(wtxn)?;
         let indexed = self.vindex.indexed(wtxn)?;
         let mut tree_changed = false;
-        for uuid in uuids {
-            let Some(id) = self.internal_id(wtxn, uuid)? else {
+        let mut queue: std::collections::VecDeque<(String, bool)> =
+            uuids.iter().map(|u| (u.clone(), false)).collect();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut removed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        while let Some((uuid, derived)) = queue.pop_front() {
+            if !seen.insert(uuid.clone()) {
+                continue;
+            }
+            let Some(id) = self.internal_id(wtxn, &uuid)? else {
                 continue;
             };
             let Some(r) = self.record(wtxn, id)? else {
                 continue;
             };
+            for child in self.bitmap(wtxn, &field_key(&r.cube_id, LINK_DERIVED, &uuid))? {
+                if let Some(c) = self.record(wtxn, child)? {
+                    queue.push_back((c.id, true));
+                }
+            }
+            if let Some(Value::String(prev)) = r.info.get(model::COVERED_HISTORY) {
+                queue.push_back((prev.clone(), true));
+            }
             self.index_fields(wtxn, &r, id, false)?;
             if r.status == Status::Activated {
                 receipt.postings += self.lexical.remove(wtxn, &r.cube_id, id, &r.memory)?;
             }
             self.records.delete(wtxn, &k32(id))?;
-            self.ids.delete(wtxn, uuid)?;
+            self.ids.delete(wtxn, &uuid)?;
             if self.vectors.delete(wtxn, &k32(id))? {
                 receipt.vectors += 1;
             }
@@ -728,13 +797,97 @@ impl Store {
                 receipt.history += 1;
             }
             receipt.records += 1;
+            if derived {
+                receipt.derived += 1;
+            }
             receipt.ids.push(uuid.clone());
+            removed.insert(uuid);
+        }
+        if !removed.is_empty() {
+            let stale: Vec<Vec<u8>> = self
+                .kv
+                .iter(wtxn)?
+                .filter_map(|i| match i {
+                    Ok((k, v)) => match postcard::from_bytes::<KvEntry>(v) {
+                        Ok(e) if e.memory_ids.iter().any(|m| removed.contains(m)) => {
+                            Some(Ok(k.to_vec()))
+                        }
+                        Ok(_) => None,
+                        Err(e) => Some(Err(StoreError::from(e))),
+                    },
+                    Err(e) => Some(Err(e.into())),
+                })
+                .collect::<Result<_>>()?;
+            for k in stale {
+                self.kv.delete(wtxn, &k)?;
+                receipt.kv_cache += 1;
+            }
         }
         self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
         if tree_changed {
             self.vindex.build(wtxn)?;
         }
         Ok(receipt)
+    }
+
+    /// Stores an activation (KV) cache entry under its cube and name, replacing any previous.
+    pub fn put_kv(&self, wtxn: &mut RwTxn, e: &KvEntry) -> Result<()> {
+        validate_key_part("cube_id", &e.cube_id)?;
+        let k = join(&[e.cube_id.as_bytes(), e.name.as_bytes()]);
+        self.kv.put(wtxn, &k, &postcard::to_stdvec(e)?)?;
+        Ok(())
+    }
+
+    /// A cube's activation (KV) cache entries.
+    pub fn kv_entries(&self, txn: &RoTxn, cube: &str) -> Result<Vec<KvEntry>> {
+        let mut prefix = cube.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.kv.prefix_iter(txn, &prefix)? {
+            let (_, v) = item?;
+            out.push(postcard::from_bytes(v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every record of a cube, any status, in insertion order.
+    pub fn cube_records(&self, txn: &RoTxn, cube: &str) -> Result<Vec<MemoryRecord>> {
+        let mut out = Vec::new();
+        for id in self.cube_ids(txn, cube)? {
+            if let Some(r) = self.record(txn, id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The version of a memory that was current at system time `t` (unix micros): the last
+    /// version whose `updated_at` is at or before `t`, or None if it did not exist yet. Its
+    /// `status` says whether it was searchable then. Hard-deleted memories have no versions.
+    pub fn version_at(
+        &self,
+        txn: &RoTxn,
+        current: &MemoryRecord,
+        t: i64,
+    ) -> Result<Option<MemoryRecord>> {
+        if current.updated_at <= t {
+            return Ok(Some(current.clone()));
+        }
+        if current.created_at > t {
+            return Ok(None);
+        }
+        let mut best = None;
+        for v in self.versions(txn, &current.id)? {
+            let since = if v.version == 1 {
+                v.created_at
+            } else {
+                v.updated_at
+            };
+            if since <= t {
+                best = Some(v);
+            }
+        }
+        Ok(best)
     }
 
     /// Changes the status of a memory (e.g. archive, soft-delete, recover), keeping history.
@@ -1068,6 +1221,16 @@ impl Store {
         key.extend_from_slice(f.id.as_bytes());
         self.feedback.put(wtxn, &key, &postcard::to_stdvec(f)?)?;
         Ok(())
+    }
+
+    /// One feedback record by cube and id.
+    pub fn feedback_by_id(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        id: &str,
+    ) -> Result<Option<FeedbackRecord>> {
+        Ok(self.feedback(txn, cube)?.into_iter().find(|f| f.id == id))
     }
 
     /// A cube's feedback, oldest first.

@@ -262,6 +262,13 @@ impl MemoryRecord {
     }
 }
 
+/// `info` key naming the memory this one was derived from (extracted facts, preferences).
+pub const DERIVED_FROM: &str = "derived_from";
+/// `info` key naming the memory this one replaced (feedback); the old one is archived.
+pub const COVERED_HISTORY: &str = "covered_history";
+/// `info` key naming the memory that replaced an archived one.
+pub const SUCCESSOR: &str = "successor_id";
+
 /// Field names that belong to the record itself; `info` keys with these names are dropped on add
 /// (MemOS does the same).
 pub const RESERVED_FIELDS: &[&str] = &[

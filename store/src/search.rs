@@ -13,9 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::filter::Filter;
-use crate::model::{MemoryRecord, MemoryType};
+use crate::model::{MemoryRecord, MemoryType, Status};
 use crate::vector::dot;
 use crate::{Store, lexical};
 use heed::RoTxn;
@@ -344,4 +344,123 @@ pub fn char_dice(a: &str, b: &str) -> f32 {
 /// Keeps the `k` best (id, score) pairs; re-exported for callers that fuse their own lists.
 pub fn top_k(v: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
     lexical::top_k(v, k)
+}
+
+/// A point in time to search at (unix micros). `system`: what the store held then (versions
+/// and statuses as they were; memories added later are invisible). `event`: what was true in
+/// the world then, by event time: memories that had happened by then, and of a fact replaced
+/// through feedback, the version whose event time is the latest at or before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AsOf {
+    /// System time.
+    pub system: Option<i64>,
+    /// Event time.
+    pub event: Option<i64>,
+}
+
+impl AsOf {
+    /// Whether any time is set.
+    pub fn is_set(&self) -> bool {
+        self.system.is_some() || self.event.is_some()
+    }
+}
+
+/// The version of `current` visible at `at`, if any (see [`AsOf`]).
+pub fn visible_at(
+    store: &Store,
+    txn: &RoTxn,
+    current: &MemoryRecord,
+    at: AsOf,
+) -> Result<Option<MemoryRecord>> {
+    let sys = at.system.unwrap_or(i64::MAX);
+    let Some(v) = store.version_at(txn, current, sys)? else {
+        return Ok(None);
+    };
+    let Some(te) = at.event else {
+        return Ok((v.status == Status::Activated).then_some(v));
+    };
+    if v.event_time.unwrap_or(v.created_at) > te {
+        return Ok(None);
+    }
+    match v.status {
+        Status::Activated => Ok(Some(v)),
+        Status::Archived => {
+            // Replaced later in event time: it was still true at `te`.
+            let Some(succ) = v.info.get(crate::model::SUCCESSOR).and_then(|s| s.as_str()) else {
+                return Ok(None);
+            };
+            let Some(s) = store.get(txn, succ)? else {
+                return Ok(None);
+            };
+            let Some(s) = store.version_at(txn, &s, sys)? else {
+                return Ok(None);
+            };
+            let mut v = v;
+            v.status = Status::Activated;
+            Ok((s.event_time.unwrap_or(s.created_at) > te).then_some(v))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Search at a point in time: every record of the cube is rewound to its version at `at` (see
+/// [`AsOf`]) and scored by cosine similarity — exhaustively, since past versions are not in the
+/// ANN index. Versions whose text differs from the current one are embedded with `embed`.
+pub fn search_as_of(
+    store: &Store,
+    txn: &RoTxn,
+    req: &SearchRequest,
+    at: AsOf,
+    embed: &mut dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Hit>> {
+    let qv = req
+        .query_vec
+        .ok_or_else(|| StoreError::InvalidArgument("as_of search needs a query vector".into()))?;
+    let mut found: Vec<(u32, MemoryRecord, bool)> = Vec::new();
+    for id in store.cube_ids(txn, req.cube_id)? {
+        let Some(cur) = store.record(txn, id)? else {
+            continue;
+        };
+        let Some(v) = visible_at(store, txn, &cur, at)? else {
+            continue;
+        };
+        if req.types.is_some_and(|t| !t.contains(&v.memory_type)) || !req.filter.matches(&v) {
+            continue;
+        }
+        let same = v.memory == cur.memory;
+        found.push((id, v, same));
+    }
+    let texts: Vec<String> = found
+        .iter()
+        .filter(|(_, _, same)| !*same)
+        .map(|(_, v, _)| v.memory.clone())
+        .collect();
+    let mut fresh = if texts.is_empty() {
+        Vec::new()
+    } else {
+        embed(&texts)?
+    }
+    .into_iter();
+    let mut hits = Vec::new();
+    for (id, mut v, same) in found {
+        let e = if same {
+            store.embedding(txn, id)?.unwrap_or_default()
+        } else {
+            fresh.next().unwrap_or_default()
+        };
+        let score: f32 = e.iter().zip(qv).map(|(a, b)| a * b).sum();
+        if score < req.relativity {
+            continue;
+        }
+        v.embedding = e;
+        hits.push(Hit {
+            id,
+            record: v,
+            score,
+            vector_score: Some(score),
+            lexical_score: None,
+        });
+    }
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(dedup(hits, req.top_k, req.dedup))
 }

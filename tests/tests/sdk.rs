@@ -82,7 +82,8 @@ async fn official_memos_sdk_works_unchanged() {
     ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
     }
-    // What the SDK did is in the store: its (async) feedback was recorded.
+    // What the SDK did is in the store: its (async) feedback was processed by feedback-merge
+    // (new information: added as a memory).
     for _ in 0..200 {
         if s.memos.tasks.active() == 0 {
             break;
@@ -91,9 +92,14 @@ async fn official_memos_sdk_works_unchanged() {
     }
     let txn = s.memos.store.read_txn().unwrap();
     let fb = s.memos.store.feedback(&txn, "sdk-user").unwrap();
+    let f = fb
+        .iter()
+        .find(|f| f.feedback_content.contains("raspberries"))
+        .expect("the SDK's feedback");
+    assert_eq!(f.status, "processed");
     assert!(
-        fb.iter()
-            .any(|f| f.feedback_content.contains("raspberries"))
+        f.result.as_deref().unwrap_or("").contains("raspberries"),
+        "{f:?}"
     );
     drop(txn);
     s.stop().await;

@@ -406,13 +406,33 @@ pub async fn add_feedback(
         session_id: req.conversation_id.clone(),
         feedback_content: req.feedback_content.clone(),
         feedback_time: req.feedback_time.clone(),
+        allow_knowledgebase_ids: req.allow_knowledgebase_ids.clone(),
+        retrieved_memory_ids: req.retrieved_memory_ids.clone(),
+        agent_id: req.agent_id.clone(),
+        app_id: req.app_id.clone(),
         ..Default::default()
     };
     let events = m.feedback_events(&f, &p)?;
-    let task_id = m.add_async(events, None, &user).await?;
-    Ok(ok(
-        json!({"success": true, "task_id": task_id, "status": "running"}),
-    ))
+    match req.async_mode.as_deref() {
+        Some("sync") => {
+            let cubes: Vec<String> = events.iter().map(|e| e.cube_id.clone()).collect();
+            let id = events.first().map(|e| e.id()).unwrap_or_default();
+            m.add_sync(events).await?;
+            let record = m.feedback_outcome(cubes, id).await?;
+            Ok(ok(
+                json!({"success": true, "status": "completed", "record": record}),
+            ))
+        }
+        None | Some("async") => {
+            let task_id = m.add_async(events, None, &user).await?;
+            Ok(ok(
+                json!({"success": true, "task_id": task_id, "status": "running"}),
+            ))
+        }
+        Some(o) => Err(PipelineError::BadRequest(format!(
+            "async_mode \"{o}\" is not sync or async"
+        ))),
+    }
 }
 
 /// Status of a task: `[{task_id, status}]` (status: waiting, in_progress, completed, failed).
@@ -437,7 +457,7 @@ pub async fn get_status(
     }])))
 }
 
-async fn knowledge_base(
+pub(crate) async fn knowledge_base(
     m: &Memos,
     p: &Principal,
     id: &str,
@@ -517,17 +537,22 @@ async fn multipart_files(req: Request) -> Result<AddKbFileRequest, PipelineError
             .bytes()
             .await
             .map_err(|e| PipelineError::BadRequest(e.body_text()))?;
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
-            PipelineError::BadRequest(format!(
-                "file {} is not UTF-8 text; only text files are supported",
-                name.as_deref().unwrap_or("?")
-            ))
-        })?;
+        let (content, data_base64) = match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => (Some(text), None),
+            Err(_) => {
+                use base64::Engine;
+                (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                )
+            }
+        };
         files.push(crate::api::KbFile {
             file_id: None,
             file_name: name,
-            content: Some(text),
+            content,
             mime,
+            data_base64,
         });
     }
     Ok(AddKbFileRequest {
@@ -569,47 +594,6 @@ pub async fn add_knowledgebase_file(
         ));
     }
     let kb = knowledge_base(&m, &p, &id, Access::Write).await?;
-    let mut events = Vec::new();
-    let mut files = Vec::new();
-    for (i, f) in req.file.iter().enumerate() {
-        let text = f
-            .content
-            .clone()
-            .filter(|c| !c.trim().is_empty())
-            .ok_or_else(|| PipelineError::BadRequest(format!("file[{i}].content is required")))?;
-        let file_id = f
-            .file_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let name = f.file_name.clone().unwrap_or_else(|| file_id.clone());
-        events.push(operators::event::Event {
-            version: operators::event::EVENT_VERSION,
-            event_id: Some(format!("{id}/{file_id}")),
-            kind: operators::event::EventKind::Document,
-            cube_id: id.clone(),
-            user_id: kb.owner_id.clone(),
-            session_id: None,
-            agent_id: None,
-            app_id: None,
-            time: Some(store::time::micros_to_rfc3339(store::time::now_micros())),
-            mode: operators::event::Mode::Fast,
-            tags: vec!["knowledgebase".into()],
-            info: Default::default(),
-            payload: json!({"text": text, "filename": name, "file_id": file_id, "kb_id": id, "mime": f.mime}),
-        });
-        files.push((file_id, name));
-    }
-    for e in &events {
-        e.validate()?;
-    }
-    let added = m.add_sync_each(events).await?;
-    let out: Vec<Value> = files
-        .into_iter()
-        .zip(added)
-        .map(|((fid, name), mems)| {
-            let ids: Vec<String> = mems.into_iter().map(|a| a.memory_id).collect();
-            json!({"file_id": fid, "file_name": name, "status": "completed", "knowledgebase_id": id, "memory_ids": ids})
-        })
-        .collect();
+    let out = m.kb_add_files(&kb, &req.file).await?;
     Ok(ok(json!(out)))
 }

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod cloud;
+pub mod control;
 pub mod openapi;
 pub mod product;
 pub mod sql;
@@ -180,6 +181,7 @@ pub fn app(m: Arc<Memos>) -> Router {
     let limit = m.cfg.limits.max_body_bytes;
     let protected = Router::new()
         .merge(product::routes())
+        .merge(control::routes())
         .nest(cloud::BASE, cloud::routes())
         .merge(admin::routes())
         .merge(sql::routes())

@@ -123,10 +123,12 @@ pub async fn feedback(
     let cubes: Vec<String> = events.iter().map(|e| e.cube_id.clone()).collect();
     match req.async_mode.as_deref() {
         Some("sync") => {
+            let id = events.first().map(|e| e.id()).unwrap_or_default();
             m.add_sync(events).await?;
+            let record = m.feedback_outcome(cubes.clone(), id).await?;
             Ok(ok(
-                "Feedback recorded",
-                json!([{"answer": "", "record": {"add": [], "update": []}, "status": "recorded", "cube_ids": cubes}]),
+                "Feedback processed",
+                json!([{"answer": "", "record": record, "status": "processed", "cube_ids": cubes}]),
             ))
         }
         None | Some("async") => {
@@ -211,24 +213,54 @@ pub async fn get_memory(
     Ok(ok("Memories retrieved successfully", data))
 }
 
-/// One memory by id (404 when unknown or outside the key's cubes).
+/// `GET /product/get_memory/{id}` query.
+#[derive(Debug, Clone, serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GetOneQuery {
+    /// Also list every earlier full version (`versions`).
+    pub history: bool,
+    /// System time: the memory as memos held it then.
+    pub as_of: Option<String>,
+    /// Event time: the version that was true then.
+    pub event_as_of: Option<String>,
+}
+
+/// One memory by id (404 when unknown or outside the key's cubes). `?history=true` adds every
+/// earlier full version; `?as_of=` / `?event_as_of=` show the version of that moment (404 when
+/// it did not exist or was not active then).
 #[utoipa::path(get, path = "/product/get_memory/{id}", tag = "product",
-    params(("id" = String, Path, description = "Memory id")),
+    params(("id" = String, Path, description = "Memory id"),
+        ("history" = Option<bool>, Query, description = "Include earlier versions"),
+        ("as_of" = Option<String>, Query, description = "System time (RFC 3339)"),
+        ("event_as_of" = Option<String>, Query, description = "Event time (RFC 3339)")),
     responses((status = 200, body = crate::api::Envelope), (status = 404, body = crate::api::Envelope)),
     security(("token" = [])))]
 pub async fn get_memory_by_id(
     State(m): State<AppState>,
     Extension(p): P,
     Path(id): Path<String>,
+    Q(q): Q<GetOneQuery>,
 ) -> R {
-    let (found, _) = m.get_by_ids(vec![id.clone()], &p).await?;
-    match found.first() {
-        Some(r) => Ok(ok(
-            "Memory retrieved successfully",
-            format_item(r, None, None, false),
-        )),
-        None => Err(PipelineError::NotFound(format!("memory {id} not found"))),
+    let at = store::search::AsOf {
+        system: crate::service::parse_as_of("as_of", q.as_of.as_deref())?,
+        event: crate::service::parse_as_of("event_as_of", q.event_as_of.as_deref())?,
+    };
+    let (shown, versions) = m.memory_versions(id.clone(), at, q.history, &p).await?;
+    let Some(r) = shown else {
+        return Err(PipelineError::NotFound(format!(
+            "memory {id} did not exist or was not active at that time"
+        )));
+    };
+    let mut v = format_item(&r, None, None, false);
+    if q.history {
+        v["versions"] = json!(
+            versions
+                .iter()
+                .map(|r| format_item(r, None, None, false))
+                .collect::<Vec<_>>()
+        );
     }
+    Ok(ok("Memory retrieved successfully", v))
 }
 
 /// Memories by ids (a JSON list); ids that are unknown or outside the key's cubes are listed in

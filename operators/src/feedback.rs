@@ -1,0 +1,734 @@
+//! `feedback-merge`: turns user feedback on memories into non-destructive edits.
+//!
+//! 1. **Intent.** Without an LLM, deterministic rules read the common forms
+//!    (memos-spec §5 does this with LLM prompts):
+//!    - *replace*: "No, it's X not Y", "it is X, not Y", "not Y but X", "X instead of Y",
+//!      "change Y to X", "replace Y with X";
+//!    - *set*: "change it to X", "update it to X", "it should be X", "actually it's X";
+//!    - *retract*: "I don't like X anymore", "I no longer like X", "I stopped liking X";
+//!    - *forget*: "forget that …", "forget about …", "please forget …", "delete the memory …";
+//!    - anything else *supplements*: it is added as a new memory.
+//! 2. **Targets.** The request's `retrieved_memory_ids`, else a search of the cube (and of the
+//!    knowledge bases in `allow_knowledgebase_ids`; no other knowledge base is ever touched):
+//!    lexical containment for *replace*/*retract*, semantic similarity above
+//!    `min_similarity` for *set*/*forget*.
+//! 3. **Apply** (in the sink's write transaction, so one commit covers the feedback and
+//!    everything it changed): an *update* writes a successor memory (new id, the new text, the
+//!    old one's history plus the replaced version, `info.covered_history` = the old id) and
+//!    archives the old one with `info.successor_id`; *forget* archives; *retract* archives the
+//!    preference and records the new one. Nothing is hard-deleted: archived memories stay
+//!    readable through history and `as_of`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use store::heed::RwTxn;
+use store::{HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status, Store, model};
+
+use crate::embed::Embedder;
+use crate::event::{EventKind, memory_id};
+use crate::window::key_of;
+use crate::{IdentifiedEvent, OperatorError, Result};
+
+/// Config of the feedback stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// Most memories one feedback may change.
+    pub max_targets: usize,
+    /// Cosine similarity a searched memory needs to be a target of *set* or *forget*.
+    pub min_similarity: f32,
+    /// Candidates read per search.
+    pub search_k: usize,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            max_targets: 5,
+            min_similarity: 0.45,
+            search_k: 20,
+        }
+    }
+}
+
+impl FeedbackConfig {
+    /// Builds the operator.
+    pub fn build(&self, embedder: Arc<dyn Embedder>) -> FeedbackMergeOperator {
+        FeedbackMergeOperator {
+            cfg: self.clone(),
+            embedder,
+            rules: Rules::new(),
+        }
+    }
+}
+
+/// What the feedback asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intent {
+    /// Replace `old` with `new` wherever a target says it.
+    Replace {
+        /// The wrong value.
+        old: String,
+        /// The right one.
+        new: String,
+    },
+    /// The target's value should be `new`.
+    Set {
+        /// The right value.
+        new: String,
+    },
+    /// The user no longer likes `topic`.
+    Retract {
+        /// What they no longer like.
+        topic: String,
+    },
+    /// Forget memories about `what`.
+    Forget {
+        /// What to forget.
+        what: String,
+    },
+    /// New information: add it.
+    Supplement,
+}
+
+impl Intent {
+    /// Short name for records and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Intent::Replace { .. } => "replace",
+            Intent::Set { .. } => "set",
+            Intent::Retract { .. } => "retract",
+            Intent::Forget { .. } => "forget",
+            Intent::Supplement => "supplement",
+        }
+    }
+}
+
+struct Rules {
+    replace: Vec<(Regex, bool)>,
+    set: Vec<Regex>,
+    retract: Vec<Regex>,
+    forget: Vec<Regex>,
+}
+
+impl Rules {
+    fn new() -> Rules {
+        let r = |s: &str| Regex::new(s).expect("feedback rule compiles");
+        // (pattern, whether the first group is the new value)
+        Rules {
+            replace: vec![
+                (
+                    r(
+                        r"(?i)\b(?:it'?s|it is|that'?s|that is|is|are|was)\s+(?P<new>[^,:;.!?]+?),?\s+not\s+(?P<old>[^.!?]+)",
+                    ),
+                    true,
+                ),
+                (
+                    r(r"(?i)\bnot\s+(?P<old>.+?),?\s+but\s+(?P<new>[^.!?]+)"),
+                    false,
+                ),
+                (
+                    r(r"(?i)\bchange\s+(?P<old>.+?)\s+(?:to|into)\s+(?P<new>[^.!?]+)"),
+                    false,
+                ),
+                (
+                    r(r"(?i)\breplace\s+(?P<old>.+?)\s+with\s+(?P<new>[^.!?]+)"),
+                    false,
+                ),
+                (
+                    r(r"(?i)^(?:no[,.!]?\s*)?(?P<new>.+?)\s+instead of\s+(?P<old>[^.!?]+)"),
+                    true,
+                ),
+            ],
+            set: vec![
+                r(
+                    r"(?i)\b(?:change|update|set|correct)\s+(?:it|that|this)\s+(?:to|into)\s+(?P<new>[^.!?]+)",
+                ),
+                r(r"(?i)\b(?:it|that)\s+should\s+(?:be|say)\s+(?P<new>[^.!?]+)"),
+                r(r"(?i)^(?:no[,.!]?\s*)?actually,?\s+(?:it'?s|it is)\s+(?P<new>[^.!?]+)"),
+            ],
+            retract: vec![
+                r(
+                    r"(?i)\bi\s+(?:don'?t|do not)\s+(?:like|love|enjoy|want)\s+(?P<topic>.+?)\s+any\s?more\b",
+                ),
+                r(r"(?i)\bi\s+no\s+longer\s+(?:like|love|enjoy|want|prefer)\s+(?P<topic>[^.!?]+)"),
+                r(r"(?i)\bi\s+(?:stopped|quit)\s+(?:liking|loving|enjoying)\s+(?P<topic>[^.!?]+)"),
+                r(r"(?i)\bi'?m\s+not\s+(?:into|a fan of)\s+(?P<topic>.+?)\s+any\s?more\b"),
+            ],
+            forget: vec![
+                r(r"(?i)\b(?:please\s+)?forget\s+(?:that|about|the fact that)\s+(?P<what>[^.!?]+)"),
+                r(r"(?i)\b(?:please\s+)?forget\s+(?P<what>[^.!?]+)"),
+                r(
+                    r"(?i)\b(?:delete|remove|erase)\s+(?:the\s+)?memor(?:y|ies)\s+(?:that|about|of)\s+(?P<what>[^.!?]+)",
+                ),
+            ],
+        }
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.trim()
+        .trim_matches(|c: char| "\"'“”‘’.,;:!? ".contains(c))
+        .to_string()
+}
+
+/// Reads the intent of a feedback text with the deterministic rules.
+pub fn parse_intent(text: &str) -> Intent {
+    Rules::new().parse(text)
+}
+
+impl Rules {
+    fn parse(&self, text: &str) -> Intent {
+        let t = text.trim().replace('’', "'");
+        for re in &self.retract {
+            if let Some(c) = re.captures(&t) {
+                return Intent::Retract {
+                    topic: clean(&c["topic"]),
+                };
+            }
+        }
+        for re in &self.forget {
+            if let Some(c) = re.captures(&t) {
+                return Intent::Forget {
+                    what: clean(&c["what"]),
+                };
+            }
+        }
+        for re in &self.set {
+            if let Some(c) = re.captures(&t) {
+                return Intent::Set {
+                    new: clean(&c["new"]),
+                };
+            }
+        }
+        for (re, _) in &self.replace {
+            if let Some(c) = re.captures(&t) {
+                let (old, new) = (clean(&c["old"]), clean(&c["new"]));
+                if !old.is_empty() && !new.is_empty() && !old.eq_ignore_ascii_case(&new) {
+                    return Intent::Replace { old, new };
+                }
+            }
+        }
+        Intent::Supplement
+    }
+}
+
+/// One change in a feedback outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The memory written (or archived).
+    pub id: String,
+    /// Its text.
+    pub text: String,
+    /// For updates: the memory it replaced, now archived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived_id: Option<String>,
+    /// For updates: the replaced text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_memory: Option<String>,
+}
+
+/// What one feedback did (MemOS `record` plus `archive`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackOutcome {
+    /// The rule that read it.
+    pub intent: String,
+    /// New memories.
+    pub add: Vec<Change>,
+    /// Replacements: a successor written, the original archived.
+    pub update: Vec<Change>,
+    /// Memories archived without a successor (forget, retract).
+    pub archive: Vec<Change>,
+}
+
+/// The feedback stage. It runs inside the sink's write transaction (see the module docs).
+pub struct FeedbackMergeOperator {
+    cfg: FeedbackConfig,
+    embedder: Arc<dyn Embedder>,
+    rules: Rules,
+}
+
+/// Replaces every case-insensitive occurrence of `old` in `text` with `new`.
+fn replace_ci(text: &str, old: &str, new: &str) -> Option<String> {
+    let re = Regex::new(&format!(r"(?i)\b{}\b", regex::escape(old))).ok()?;
+    re.is_match(text)
+        .then(|| re.replace_all(text, regex::NoExpand(new)).into_owned())
+}
+
+/// "Set" on a memory: the value after its last copula becomes `new` ("X's favourite colour is
+/// blue" + "green" → "… is green"); without one, the correction is appended.
+pub fn set_value(text: &str, new: &str) -> String {
+    let re =
+        Regex::new(r"(?i)\b(is|are|was|were|lives in|works at|works as|likes|loves|prefers)\s")
+            .expect("copula rule compiles");
+    match re.find_iter(text).last() {
+        Some(m) => format!("{}{}", &text[..m.end()], new.trim_end_matches('.')),
+        None => format!("{} (corrected: {new})", text.trim_end_matches('.')),
+    }
+}
+
+impl FeedbackMergeOperator {
+    /// Reads the intent of a feedback text.
+    pub fn intent(&self, text: &str) -> Intent {
+        self.rules.parse(text)
+    }
+
+    fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+        self.embedder
+            .embed(&[text.to_string()])?
+            .pop()
+            .ok_or_else(|| OperatorError::Model("embedder returned nothing".into()))
+    }
+
+    /// Activated memories of `cubes` by semantic similarity to `query`, best first.
+    fn similar(
+        &self,
+        store: &Store,
+        txn: &RwTxn,
+        cubes: &[String],
+        query: &str,
+    ) -> Result<Vec<(MemoryRecord, f32)>> {
+        let q = self.embed_one(query)?;
+        let mut out = Vec::new();
+        for cube in cubes {
+            let cand = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+            for (id, score) in store.vector_search(txn, &q, self.cfg.search_k, &cand)? {
+                if score >= self.cfg.min_similarity
+                    && let Some(r) = store.record(txn, id)?
+                {
+                    out.push((r, score));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(out)
+    }
+
+    /// Activated memories of `cubes` that contain `phrase` (BM25 candidates, then checked).
+    fn containing(
+        &self,
+        store: &Store,
+        txn: &RwTxn,
+        cubes: &[String],
+        phrase: &str,
+    ) -> Result<Vec<MemoryRecord>> {
+        let lower = phrase.to_lowercase();
+        let mut out = Vec::new();
+        for cube in cubes {
+            let cand = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+            for (id, _) in store.bm25_search(txn, cube, phrase, self.cfg.search_k * 5, &cand)? {
+                if let Some(r) = store.record(txn, id)?
+                    && r.memory.to_lowercase().contains(&lower)
+                {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Processes one feedback event in the sink's transaction and returns what it changed.
+    pub fn apply(
+        &self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        ie: &IdentifiedEvent,
+    ) -> Result<FeedbackOutcome> {
+        let ev = &ie.event;
+        if ev.kind != EventKind::Feedback {
+            return Err(OperatorError::Invalid("not a feedback event".into()));
+        }
+        let p = &ev.payload;
+        let content = p
+            .get("feedback_content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let retrieved: Vec<String> = p
+            .get("retrieved_memory_ids")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        let allowed_kbs: Vec<String> = p
+            .get("allow_knowledgebase_ids")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        // The cubes feedback may touch: its own and the allowed knowledge bases.
+        let mut cubes = vec![ev.cube_id.clone()];
+        cubes.extend(allowed_kbs.iter().cloned());
+        let may_touch = |r: &MemoryRecord| cubes.contains(&r.cube_id);
+        let intent = self.rules.parse(&content);
+        let mut outcome = FeedbackOutcome {
+            intent: intent.name().into(),
+            ..Default::default()
+        };
+        if content.is_empty() {
+            return Ok(outcome);
+        }
+        // Memories named by the request, if any (only those feedback may touch).
+        let mut named = Vec::new();
+        for id in &retrieved {
+            if let Some(r) = store.get(wtxn, id)?
+                && r.status == Status::Activated
+                && may_touch(&r)
+            {
+                named.push(r);
+            }
+        }
+        // The conversation being corrected: the last messages of `history`.
+        let context = p
+            .get("history")
+            .and_then(Value::as_array)
+            .map(|h| {
+                h.iter()
+                    .rev()
+                    .take(2)
+                    .filter_map(|m| m.get("content").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let now = store::time::now_micros();
+        let mut seq = 0u32;
+        let mut done: HashSet<String> = HashSet::new();
+        match &intent {
+            Intent::Replace { old, new } => {
+                let targets = if named.is_empty() {
+                    self.containing(store, wtxn, &cubes, old)?
+                } else {
+                    named.clone()
+                };
+                for t in targets.into_iter().take(self.cfg.max_targets) {
+                    if !done.insert(t.id.clone()) {
+                        continue;
+                    }
+                    if let Some(text) = replace_ci(&t.memory, old, new) {
+                        outcome
+                            .update
+                            .push(self.supersede(store, wtxn, ie, &mut seq, &t, text, now)?);
+                    }
+                }
+            }
+            Intent::Set { new } => {
+                let targets = if named.is_empty() {
+                    let q = if context.is_empty() {
+                        &content
+                    } else {
+                        &context
+                    };
+                    self.similar(store, wtxn, &cubes, q)?
+                        .into_iter()
+                        .take(1)
+                        .map(|(r, _)| r)
+                        .collect()
+                } else {
+                    named.clone()
+                };
+                for t in targets.into_iter().take(self.cfg.max_targets) {
+                    let text = set_value(&t.memory, new);
+                    if text != t.memory && done.insert(t.id.clone()) {
+                        outcome
+                            .update
+                            .push(self.supersede(store, wtxn, ie, &mut seq, &t, text, now)?);
+                    }
+                }
+            }
+            Intent::Retract { topic } => {
+                let mut targets: Vec<MemoryRecord> = self
+                    .containing(store, wtxn, &cubes, topic)?
+                    .into_iter()
+                    .filter(|r| {
+                        r.memory_type == MemoryType::PreferenceMemory
+                            && r.info.get("preference").and_then(Value::as_str) != Some("dislike")
+                    })
+                    .collect();
+                targets.extend(named.iter().cloned());
+                for t in targets.into_iter().take(self.cfg.max_targets) {
+                    if done.insert(t.id.clone()) {
+                        outcome
+                            .archive
+                            .push(self.archive(store, wtxn, &t, "feedback:retract")?);
+                    }
+                }
+                let text = format!("{}: I no longer like {topic}", speaker(ev));
+                let mut r = self.new_record(ie, &mut seq, text, MemoryType::PreferenceMemory, now);
+                r.info
+                    .insert("preference_type".into(), json!("explicit_preference"));
+                r.info.insert("preference".into(), json!("dislike"));
+                outcome.add.push(self.add(store, wtxn, r)?);
+            }
+            Intent::Forget { what } => {
+                // Named memories, else those that say it, else the most similar ones.
+                let mut targets = named.clone();
+                if targets.is_empty() {
+                    targets = self.containing(store, wtxn, &cubes, what)?;
+                }
+                if targets.is_empty() {
+                    targets = self
+                        .similar(store, wtxn, &cubes, what)?
+                        .into_iter()
+                        .map(|(r, _)| r)
+                        .collect();
+                }
+                for t in targets.into_iter().take(self.cfg.max_targets) {
+                    if done.insert(t.id.clone()) {
+                        outcome
+                            .archive
+                            .push(self.archive(store, wtxn, &t, "feedback:forget")?);
+                    }
+                }
+            }
+            Intent::Supplement => {}
+        }
+        // Nothing to change (or new information): keep what the user said as a memory.
+        if outcome.update.is_empty() && outcome.archive.is_empty() && outcome.add.is_empty() {
+            let text = format!("{}: {content}", speaker(ev));
+            let mut r = self.new_record(ie, &mut seq, text, MemoryType::UserMemory, now);
+            if let Some(first) = named.first() {
+                r.info.insert("supplements".into(), json!(first.id));
+            }
+            outcome.add.push(self.add(store, wtxn, r)?);
+        }
+        Ok(outcome)
+    }
+
+    fn new_record(
+        &self,
+        ie: &IdentifiedEvent,
+        seq: &mut u32,
+        text: String,
+        ty: MemoryType,
+        now: i64,
+    ) -> MemoryRecord {
+        let ev = &ie.event;
+        let id = memory_id(&ev.cube_id, &ie.id, *seq);
+        *seq += 1;
+        let mut tags = ev.tags.clone();
+        tags.push("feedback".into());
+        MemoryRecord {
+            id,
+            key: Some(key_of(&text)),
+            memory: text,
+            cube_id: ev.cube_id.clone(),
+            user_id: ev.user_id.clone(),
+            session_id: ev
+                .session_id
+                .clone()
+                .unwrap_or_else(|| "default_session".into()),
+            agent_id: ev.agent_id.clone(),
+            app_id: ev.app_id.clone(),
+            memory_type: ty,
+            status: Status::Activated,
+            tags,
+            info: Default::default(),
+            source: Some("feedback".into()),
+            sources: vec![feedback_source(ev)],
+            confidence: 0.99,
+            created_at: now,
+            updated_at: now,
+            event_time: ev.time.as_deref().and_then(store::time::parse_time),
+            version: 1,
+            history: Vec::new(),
+            event_id: ie.id.clone(),
+            file_ids: Vec::new(),
+            embedding: Vec::new(),
+        }
+    }
+
+    fn add(&self, store: &Store, wtxn: &mut RwTxn, r: MemoryRecord) -> Result<Change> {
+        if let Some(existing) =
+            store.find_by_content(wtxn, &r.cube_id, r.memory_type.bucket(), &r.memory)?
+            && let Some(e) = store.record(wtxn, existing)?
+        {
+            return Ok(Change {
+                id: e.id,
+                text: e.memory,
+                ..Default::default()
+            });
+        }
+        if store.get(wtxn, &r.id)?.is_none() {
+            let v = self.embed_one(&r.memory)?;
+            store.insert(wtxn, &r, &v)?;
+        }
+        Ok(Change {
+            id: r.id,
+            text: r.memory,
+            ..Default::default()
+        })
+    }
+
+    /// Writes a successor of `old` with `text` and archives `old`.
+    #[allow(clippy::too_many_arguments)]
+    fn supersede(
+        &self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        ie: &IdentifiedEvent,
+        seq: &mut u32,
+        old: &MemoryRecord,
+        text: String,
+        now: i64,
+    ) -> Result<Change> {
+        let ev = &ie.event;
+        let mut r = old.clone();
+        r.id = memory_id(&old.cube_id, &ie.id, *seq);
+        *seq += 1;
+        r.key = Some(key_of(&text));
+        r.memory = text;
+        r.version = old.version + 1;
+        r.history.push(HistoryEntry {
+            version: old.version,
+            memory: old.memory.clone(),
+            update_type: "feedback".into(),
+            archived_at: now,
+            merged_from: Some(old.id.clone()),
+        });
+        r.created_at = now;
+        r.updated_at = now;
+        r.event_time = ev
+            .time
+            .as_deref()
+            .and_then(store::time::parse_time)
+            .or(old.event_time);
+        r.event_id = ie.id.clone();
+        r.source = Some("feedback".into());
+        r.sources.push(feedback_source(ev));
+        r.info.remove(model::DERIVED_FROM);
+        r.info
+            .insert(model::COVERED_HISTORY.into(), json!(old.id.clone()));
+        if !r.tags.iter().any(|t| t == "feedback") {
+            r.tags.push("feedback".into());
+        }
+        r.status = Status::Activated;
+        let mut archived = old.clone();
+        archived.status = Status::Archived;
+        archived
+            .info
+            .insert(model::SUCCESSOR.into(), json!(r.id.clone()));
+        store.update(wtxn, &archived, None, "feedback", None)?;
+        if store.get(wtxn, &r.id)?.is_none() {
+            let v = self.embed_one(&r.memory)?;
+            store.insert(wtxn, &r, &v)?;
+        }
+        Ok(Change {
+            id: r.id,
+            text: r.memory,
+            archived_id: Some(old.id.clone()),
+            origin_memory: Some(old.memory.clone()),
+        })
+    }
+
+    fn archive(
+        &self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        old: &MemoryRecord,
+        why: &str,
+    ) -> Result<Change> {
+        let mut archived = old.clone();
+        archived.status = Status::Archived;
+        archived.info.insert("archived_reason".into(), json!(why));
+        store.update(wtxn, &archived, None, why, None)?;
+        Ok(Change {
+            id: old.id.clone(),
+            text: old.memory.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+fn speaker(ev: &crate::event::Event) -> &str {
+    ev.payload
+        .get("speaker")
+        .and_then(Value::as_str)
+        .unwrap_or("user")
+}
+
+fn feedback_source(ev: &crate::event::Event) -> SourceMessage {
+    SourceMessage {
+        kind: "feedback".into(),
+        role: Some("user".into()),
+        chat_time: ev.time.clone(),
+        content: ev
+            .payload
+            .get("feedback_content")
+            .and_then(Value::as_str)
+            .map(String::from),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_forms() {
+        assert_eq!(
+            parse_intent("No, it's Berlin not Paris"),
+            Intent::Replace {
+                old: "Paris".into(),
+                new: "Berlin".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("That's wrong: it is tea, not coffee."),
+            Intent::Replace {
+                old: "coffee".into(),
+                new: "tea".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("change Tuesday to Thursday"),
+            Intent::Replace {
+                old: "Tuesday".into(),
+                new: "Thursday".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("Please change it to green."),
+            Intent::Set {
+                new: "green".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("I don't like sushi anymore"),
+            Intent::Retract {
+                topic: "sushi".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("I no longer like jazz."),
+            Intent::Retract {
+                topic: "jazz".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("Forget that I have a cat."),
+            Intent::Forget {
+                what: "I have a cat".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("My sister is visiting next week."),
+            Intent::Supplement
+        );
+    }
+
+    #[test]
+    fn value_edits() {
+        assert_eq!(
+            set_value("User's favourite colour is blue", "green"),
+            "User's favourite colour is green"
+        );
+        assert_eq!(
+            replace_ci("Caroline moved to Paris in 2020", "paris", "Berlin").as_deref(),
+            Some("Caroline moved to Berlin in 2020")
+        );
+        assert_eq!(replace_ci("Paris", "Lyon", "Berlin"), None);
+    }
+}
