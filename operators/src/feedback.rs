@@ -176,6 +176,24 @@ fn clean(s: &str) -> String {
         .to_string()
 }
 
+/// "in May, not April": the preposition belongs to the sentence, not to the value, unless the
+/// old value has it too.
+fn strip_preposition(new: &str, old: &str) -> String {
+    const P: &[&str] = &["in", "at", "on", "to", "for", "from", "by", "with"];
+    let mut words = new.splitn(2, ' ');
+    let (first, rest) = (words.next().unwrap_or(""), words.next());
+    let old_first = old.split_whitespace().next().unwrap_or("");
+    match rest {
+        Some(rest)
+            if P.contains(&first.to_lowercase().as_str())
+                && !first.eq_ignore_ascii_case(old_first) =>
+        {
+            rest.to_string()
+        }
+        _ => new.to_string(),
+    }
+}
+
 /// Reads the intent of a feedback text with the deterministic rules.
 pub fn parse_intent(text: &str) -> Intent {
     Rules::new().parse(text)
@@ -207,7 +225,10 @@ impl Rules {
         }
         for (re, _) in &self.replace {
             if let Some(c) = re.captures(&t) {
-                let (old, new) = (clean(&c["old"]), clean(&c["new"]));
+                let (old, new) = (
+                    clean(&c["old"]),
+                    strip_preposition(&clean(&c["new"]), &c["old"]),
+                );
                 if !old.is_empty() && !new.is_empty() && !old.eq_ignore_ascii_case(&new) {
                     return Intent::Replace { old, new };
                 }
@@ -680,6 +701,13 @@ mod tests {
             Intent::Replace {
                 old: "coffee".into(),
                 new: "tea".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("Actually the flight is in May, not April."),
+            Intent::Replace {
+                old: "April".into(),
+                new: "May".into()
             }
         );
         assert_eq!(

@@ -202,7 +202,7 @@ pub fn export(
     });
     std::fs::write(
         dir.join("manifest.json"),
-        serde_json::to_vec_pretty(&manifest).map_err(|e| bad(e))?,
+        serde_json::to_vec_pretty(&manifest).map_err(bad)?,
     )?;
     Ok(manifest)
 }

@@ -403,6 +403,9 @@ pub fn visible_at(
     }
 }
 
+/// Embeds texts (past versions that are not in the vector store).
+pub type EmbedFn<'a> = dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>> + 'a;
+
 /// Search at a point in time: every record of the cube is rewound to its version at `at` (see
 /// [`AsOf`]) and scored by cosine similarity — exhaustively, since past versions are not in the
 /// ANN index. Versions whose text differs from the current one are embedded with `embed`.
@@ -411,7 +414,7 @@ pub fn search_as_of(
     txn: &RoTxn,
     req: &SearchRequest,
     at: AsOf,
-    embed: &mut dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>>,
+    embed: &mut EmbedFn<'_>,
 ) -> Result<Vec<Hit>> {
     let qv = req
         .query_vec

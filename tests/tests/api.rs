@@ -37,7 +37,7 @@ async fn product_endpoints_happy_paths_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
     cfg.limits.max_ids = 5;
-    cfg.limits.max_export = 4;
+    cfg.limits.max_export = 5;
     let s = tests::Server::start(cfg).await;
 
     // add: sync, fan-out to two cubes, tags, info, session; every message format of §1.4.
@@ -245,7 +245,7 @@ async fn product_endpoints_happy_paths_and_errors() {
         .post("/product/get_memory", json!({"user_id": "alice"}))
         .await;
     assert_eq!(st, 400);
-    // Unpaginated export above limits.max_export (4) is refused with a pointer to paging.
+    // Unpaginated export above limits.max_export (5) is refused with a pointer to paging.
     let (st, b) = s
         .post("/product/get_memory", json!({"mem_cube_id": "a1"}))
         .await;
@@ -327,13 +327,19 @@ async fn product_endpoints_happy_paths_and_errors() {
             json!({"user_id": "alice", "memory_type": "text_mem", "mem_cube_ids": ["a1"]}),
         )
         .await;
-    assert_eq!(st, 413, "a1 holds more than max_export = 4");
+    assert_eq!(st, 413, "a1 holds more than max_export = 5");
 
-    // feedback: sync and async; kept in the store as received.
+    // feedback: sync (returns what changed) and async; kept in the store with the outcome.
     let (st, b) = s.post("/product/feedback", json!({"user_id": "alice", "writable_cube_ids": ["a1"], "history": [],
         "feedback_content": "Actually the flight is in May, not April.", "retrieved_memory_ids": [osaka], "async_mode": "sync"})).await;
     assert_eq!(st, 200, "{b}");
-    assert_eq!(b["data"][0]["status"], "recorded");
+    assert_eq!(b["data"][0]["status"], "processed");
+    let up = &b["data"][0]["record"]["update"][0];
+    assert_eq!(up["archived_id"], osaka.as_str(), "{b}");
+    assert!(
+        up["text"].as_str().unwrap().contains("Osaka for May"),
+        "{b}"
+    );
     let (st, b) = s
         .post(
             "/product/feedback",
