@@ -835,6 +835,11 @@ impl Memos {
                     .filter(|t| only_type.is_none_or(|o| o == *t))
                     .collect();
                 let all = store.candidates(&txn, cube, Some(&wanted), filter)?;
+                let rewound = if at.is_set() {
+                    Some(store::search::Rewound::new(&store, &txn, cube, at)?)
+                } else {
+                    None
+                };
                 let lexical = store.bm25_scores(&txn, cube, &req2.query, &all)?;
                 for (name, types, k, on) in &specs {
                     let types: Vec<MemoryType> = types
@@ -855,13 +860,13 @@ impl Memos {
                         s.vector_pool = cfg.vector_pool;
                         s.lexical = Some(&lexical);
                         s.within = Some(&all);
-                        hits = if at.is_set() {
+                        hits = if let Some(rw) = &rewound {
                             let mut embed = |t: &[String]| {
                                 embedder
                                     .embed(t)
                                     .map_err(|e| store::StoreError::InvalidArgument(e.to_string()))
                             };
-                            store::search::search_as_of(&store, &txn, &s, at, &mut embed)?
+                            store::search::search_as_of(&store, &txn, &s, rw, &mut embed)?
                         } else {
                             search(&store, &txn, &s)?
                         };

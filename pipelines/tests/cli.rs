@@ -1,5 +1,5 @@
 //! The `memos` binary end to end: `serve` (embedded defaults overridden by env), `add`,
-//! `search`, `import`, `status`.
+//! `search`, `import`, `status`, `export` and `import-cube`.
 
 mod common;
 
@@ -293,4 +293,41 @@ fn serve_add_search_then_import_and_status() {
     assert_eq!(v["cubes"], 3, "alice, demo (README examples), bob");
     assert_eq!(v["dead_letters"], 2);
     assert!(v["memories"].as_u64().unwrap() >= 7);
+
+    // MemCube export of bob's cube, then import into a fresh data directory.
+    let snap = data.path().join("bob-cube");
+    let out = memos()
+        .args(["export", "--cube", "bob"])
+        .arg(&snap)
+        .env("MEMOS_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["format"], "memos-cube");
+    assert_eq!(manifest["counts"]["memories"], 5);
+    let other = tempfile::tempdir().unwrap();
+    let import = || {
+        memos()
+            .arg("import-cube")
+            .arg(&snap)
+            .env("MEMOS_DATA_DIR", other.path())
+            .output()
+            .unwrap()
+    };
+    let out = import();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["memories"], 5);
+    let again = import();
+    assert!(!again.status.success(), "the cube exists now");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }

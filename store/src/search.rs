@@ -406,33 +406,61 @@ pub fn visible_at(
 /// Embeds texts (past versions that are not in the vector store).
 pub type EmbedFn<'a> = dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>> + 'a;
 
-/// Search at a point in time: every record of the cube is rewound to its version at `at` (see
-/// [`AsOf`]) and scored by cosine similarity — exhaustively, since past versions are not in the
-/// ANN index. Versions whose text differs from the current one are embedded with `embed`.
+/// A cube rewound to a point in time: each visible record's version then, and whether its text
+/// is the current one (then its stored vector is valid). Build once per cube and search it
+/// for every bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Rewound {
+    versions: Vec<(u32, MemoryRecord, bool)>,
+}
+
+impl Rewound {
+    /// Rewinds every record of `cube` to `at` (see [`AsOf`]).
+    pub fn new(store: &Store, txn: &RoTxn, cube: &str, at: AsOf) -> Result<Rewound> {
+        let mut versions = Vec::new();
+        for id in store.cube_ids(txn, cube)? {
+            let Some(cur) = store.record(txn, id)? else {
+                continue;
+            };
+            if let Some(v) = visible_at(store, txn, &cur, at)? {
+                let same = v.memory == cur.memory;
+                versions.push((id, v, same));
+            }
+        }
+        Ok(Rewound { versions })
+    }
+
+    /// Records visible then.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether nothing was visible then.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+}
+
+/// Search at a point in time over a [`Rewound`] cube, scored by cosine similarity —
+/// exhaustively, since past versions are not in the ANN index. Versions whose text differs
+/// from the current one are embedded with `embed`.
 pub fn search_as_of(
     store: &Store,
     txn: &RoTxn,
     req: &SearchRequest,
-    at: AsOf,
+    rewound: &Rewound,
     embed: &mut EmbedFn<'_>,
 ) -> Result<Vec<Hit>> {
     let qv = req
         .query_vec
         .ok_or_else(|| StoreError::InvalidArgument("as_of search needs a query vector".into()))?;
-    let mut found: Vec<(u32, MemoryRecord, bool)> = Vec::new();
-    for id in store.cube_ids(txn, req.cube_id)? {
-        let Some(cur) = store.record(txn, id)? else {
-            continue;
-        };
-        let Some(v) = visible_at(store, txn, &cur, at)? else {
-            continue;
-        };
-        if req.types.is_some_and(|t| !t.contains(&v.memory_type)) || !req.filter.matches(&v) {
-            continue;
-        }
-        let same = v.memory == cur.memory;
-        found.push((id, v, same));
-    }
+    let found: Vec<&(u32, MemoryRecord, bool)> = rewound
+        .versions
+        .iter()
+        .filter(|(_, v, _)| {
+            req.types.is_none_or(|t| t.contains(&v.memory_type)) && req.filter.matches(v)
+        })
+        .collect();
     let texts: Vec<String> = found
         .iter()
         .filter(|(_, _, same)| !*same)
@@ -445,9 +473,9 @@ pub fn search_as_of(
     }
     .into_iter();
     let mut hits = Vec::new();
-    for (id, mut v, same) in found {
-        let e = if same {
-            store.embedding(txn, id)?.unwrap_or_default()
+    for (id, v, same) in found {
+        let e = if *same {
+            store.embedding(txn, *id)?.unwrap_or_default()
         } else {
             fresh.next().unwrap_or_default()
         };
@@ -455,9 +483,10 @@ pub fn search_as_of(
         if score < req.relativity {
             continue;
         }
+        let mut v = v.clone();
         v.embedding = e;
         hits.push(Hit {
-            id,
+            id: *id,
             record: v,
             score,
             vector_score: Some(score),
