@@ -93,6 +93,19 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// A file part with its content inline (plain text, or a base64 `data:` URL such as a PDF).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FilePart {
+    /// File id, if given.
+    pub file_id: Option<String>,
+    /// File name.
+    pub filename: String,
+    /// MIME type (from a `data:` URL).
+    pub mime: Option<String>,
+    /// Content.
+    pub bytes: Vec<u8>,
+}
+
 /// A normalised chat message.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatMessage {
@@ -112,6 +125,8 @@ pub struct ChatMessage {
     pub tool_calls: Vec<ToolCall>,
     /// Image parts: (url, caption or alt text).
     pub images: Vec<(String, Option<String>)>,
+    /// File parts with inline content (chunked as documents).
+    pub files: Vec<FilePart>,
     /// File ids of file parts.
     pub file_ids: Vec<String>,
 }
@@ -137,15 +152,11 @@ fn part_text(p: &Value, file_ids: &mut Vec<String>) -> Result<String> {
             }
             let name = f.get("filename").and_then(Value::as_str).unwrap_or("file");
             match f.get("file_data").and_then(Value::as_str) {
-                Some(d)
-                    if !d.starts_with("http://")
-                        && !d.starts_with("https://")
-                        && !d.starts_with("data:") =>
-                {
-                    format!("[file {name}] {d}")
+                // Inline content becomes document chunks (see `file_of`); the turn names it.
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    format!("[file {name}: {url}]")
                 }
-                Some(url) => format!("[file {name}: {url}]"),
-                None => format!("[file {name}]"),
+                _ => format!("[file {name}]"),
             }
         }
         "image_url" => {
@@ -166,6 +177,57 @@ fn part_text(p: &Value, file_ids: &mut Vec<String>) -> Result<String> {
         "input_audio" => "[audio]".to_string(),
         other => return Err(bad(format!("unknown content part type \"{other}\""))),
     })
+}
+
+/// A file part's inline content: text as is, or a base64 `data:` URL decoded. URLs are not
+/// fetched (the part stays a reference in the turn).
+fn file_of(p: &Value) -> Result<Option<FilePart>> {
+    if p.get("type").and_then(Value::as_str) != Some("file") {
+        return Ok(None);
+    }
+    let Some(f) = p.get("file") else {
+        return Ok(None);
+    };
+    let Some(d) = f.get("file_data").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if d.starts_with("http://") || d.starts_with("https://") || d.trim().is_empty() {
+        return Ok(None);
+    }
+    let filename = f
+        .get("filename")
+        .and_then(Value::as_str)
+        .unwrap_or("file")
+        .to_string();
+    let file_id = f.get("file_id").and_then(Value::as_str).map(String::from);
+    let (mime, bytes) = match d.strip_prefix("data:") {
+        Some(rest) => {
+            let (meta, data) = rest
+                .split_once(',')
+                .ok_or_else(|| bad(format!("file {filename}: a data: URL needs a comma")))?;
+            let mime = meta
+                .split(';')
+                .next()
+                .filter(|m| !m.is_empty())
+                .map(String::from);
+            let bytes = if meta.ends_with(";base64") {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_err(|e| bad(format!("file {filename}: base64: {e}")))?
+            } else {
+                data.as_bytes().to_vec()
+            };
+            (mime, bytes)
+        }
+        None => (None, d.as_bytes().to_vec()),
+    };
+    Ok(Some(FilePart {
+        file_id,
+        filename,
+        mime,
+        bytes,
+    }))
 }
 
 /// An image part's URL and caption (`alt`, `caption` or `detail` text beside the URL).
@@ -232,9 +294,16 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                     }
                     let mut content =
                         content_text(o.get("content").unwrap_or(&Value::Null), &mut file_ids)?;
-                    let images = match o.get("content") {
-                        Some(Value::Array(parts)) => parts.iter().filter_map(image_of).collect(),
-                        _ => Vec::new(),
+                    let (images, files) = match o.get("content") {
+                        Some(Value::Array(parts)) => (
+                            parts.iter().filter_map(image_of).collect(),
+                            parts
+                                .iter()
+                                .map(file_of)
+                                .filter_map(Result::transpose)
+                                .collect::<Result<Vec<_>>>()?,
+                        ),
+                        _ => (Vec::new(), Vec::new()),
                     };
                     let mut tool_calls = Vec::new();
                     if let Some(Value::Array(calls)) = o.get("tool_calls") {
@@ -273,6 +342,7 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                         tool_call_id: s("tool_call_id"),
                         tool_calls,
                         images,
+                        files,
                         file_ids,
                     });
                 } else if o.contains_key("type") {
@@ -281,6 +351,7 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
                         role: "doc".into(),
                         content,
                         images: image_of(m).into_iter().collect(),
+                        files: file_of(m)?.into_iter().collect(),
                         file_ids,
                         ..Default::default()
                     });

@@ -308,6 +308,12 @@ impl WindowOperator {
                 push(out, r, m);
             }
         }
+        // Files with their content inline: chunked like documents.
+        for m in &msgs {
+            for f in &m.files {
+                self.file_chunks(ie, out, f, None, Some(m))?;
+            }
+        }
         Ok(())
     }
 
@@ -361,15 +367,37 @@ impl WindowOperator {
     /// A document: text extracted by format (text, Markdown, HTML, PDF), cut into chunks by
     /// structure and size; each chunk is a `RawFileMemory` linked to its neighbours.
     fn document(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
-        use crate::document;
         let p = &ie.event.payload;
         let filename = p
             .get("filename")
             .and_then(Value::as_str)
             .unwrap_or("document");
-        let bytes = document::payload_bytes(p)?;
-        let format = document::detect(p.get("mime").and_then(Value::as_str), filename, &bytes);
-        let sections = document::sections(format, &bytes)?;
+        let bytes = crate::document::payload_bytes(p)?;
+        let file = crate::event::FilePart {
+            file_id: p.get("file_id").and_then(Value::as_str).map(String::from),
+            filename: filename.to_string(),
+            mime: p.get("mime").and_then(Value::as_str).map(String::from),
+            bytes,
+        };
+        self.file_chunks(ie, out, &file, p.get("kb_id"), None)
+    }
+
+    /// A file's chunks: text extracted by format (text, Markdown, HTML, PDF), cut by structure
+    /// and size; each chunk is a `RawFileMemory` linked to its neighbours. Sequence numbers
+    /// continue after what `out` already holds for this event.
+    fn file_chunks(
+        &self,
+        ie: &IdentifiedEvent,
+        out: &mut Vec<Draft>,
+        file: &crate::event::FilePart,
+        kb_id: Option<&Value>,
+        from: Option<&ChatMessage>,
+    ) -> Result<()> {
+        use crate::document;
+        let filename = file.filename.as_str();
+        let format = document::detect(file.mime.as_deref(), filename, &file.bytes);
+        let sections = document::sections(format, &file.bytes)
+            .map_err(|e| OperatorError::Invalid(format!("file {filename}: {e}")))?;
         let chunks =
             document::chunk_sections(&sections, self.cfg.chunk_chars, self.cfg.chunk_overlap);
         if chunks.is_empty() {
@@ -379,18 +407,19 @@ impl WindowOperator {
         }
         let total = chunks.len();
         let cube = &ie.event.cube_id;
+        let first = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
         for (i, c) in chunks.into_iter().enumerate() {
-            let mut r = base_record(ie, i as u32, c.text, MemoryType::RawFileMemory);
+            let seq = first + i as u32;
+            let mut r = base_record(ie, seq, c.text, MemoryType::RawFileMemory);
             r.source = Some("file".into());
             r.tags.push("multimodal:file".into());
             r.tags.push(format!("chunk:{}/{}", i + 1, total));
-            if let Some(f) = p.get("file_id").and_then(Value::as_str) {
-                r.file_ids.push(f.into());
+            if let Some(f) = &file.file_id {
+                r.file_ids.push(f.clone());
+                r.info.insert("file_id".into(), Value::from(f.clone()));
             }
-            for k in ["kb_id", "file_id"] {
-                if let Some(v) = p.get(k) {
-                    r.info.insert(k.into(), v.clone());
-                }
+            if let Some(kb) = kb_id {
+                r.info.insert("kb_id".into(), kb.clone());
             }
             r.info.insert("file_name".into(), Value::from(filename));
             r.info.insert("mime".into(), Value::from(format.mime()));
@@ -403,13 +432,13 @@ impl WindowOperator {
             if i > 0 {
                 r.info.insert(
                     "preceding_id".into(),
-                    Value::from(memory_id(cube, &ie.id, i as u32 - 1)),
+                    Value::from(memory_id(cube, &ie.id, seq - 1)),
                 );
             }
             if i + 1 < total {
                 r.info.insert(
                     "following_id".into(),
-                    Value::from(memory_id(cube, &ie.id, i as u32 + 1)),
+                    Value::from(memory_id(cube, &ie.id, seq + 1)),
                 );
             }
             r.key = Some(if c.section.is_empty() {
@@ -417,13 +446,22 @@ impl WindowOperator {
             } else {
                 format!("{filename}: {}", c.section)
             });
+            if let Some(t) = from
+                .and_then(|m| m.chat_time.as_deref())
+                .and_then(store::time::parse_time)
+            {
+                r.event_time = Some(t);
+            }
             r.sources.push(SourceMessage {
                 kind: "file".into(),
+                role: from.map(|m| m.role.clone()),
+                name: from.and_then(|m| m.name.clone()),
+                chat_time: from.and_then(|m| m.chat_time.clone()),
                 content: Some(filename.to_string()),
                 ..Default::default()
             });
             let mut d = draft(ie, r);
-            d.seq = i as u32;
+            d.seq = seq;
             out.push(d);
         }
         Ok(())

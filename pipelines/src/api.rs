@@ -100,6 +100,26 @@ pub struct SearchRequest {
     /// Event time (RFC 3339): search what was true then (a fact replaced by feedback at a
     /// later event time shows its earlier version).
     pub event_as_of: Option<String>,
+    /// Knowledge bases to search alongside the cubes (their chunks take at most half of
+    /// top_k when the cubes have results too).
+    pub knowledgebase_ids: Option<Vec<String>>,
+}
+
+impl SearchRequest {
+    /// The cubes searched: `readable_cube_ids` (or `mem_cube_id`, or `[user_id]`) then the
+    /// knowledge bases, without repeats.
+    pub fn cubes(&self) -> Result<Vec<String>, crate::error::PipelineError> {
+        let mut cubes =
+            crate::service::cube_list(&self.readable_cube_ids, &self.mem_cube_id, &self.user_id)?;
+        for kb in self.knowledgebase_ids.iter().flatten() {
+            store::validate_key_part("knowledge base id", kb)
+                .map_err(|e| crate::error::PipelineError::BadRequest(e.to_string()))?;
+            if !cubes.contains(kb) {
+                cubes.push(kb.clone());
+            }
+        }
+        Ok(cubes)
+    }
 }
 
 impl Default for SearchRequest {
@@ -125,6 +145,7 @@ impl Default for SearchRequest {
             include_embedding: false,
             as_of: None,
             event_as_of: None,
+            knowledgebase_ids: None,
         }
     }
 }

@@ -618,7 +618,7 @@ impl Memos {
         local_only: bool,
     ) -> Result<Value, PipelineError> {
         if !local_only && let Some(f) = self.forwarder.get() {
-            let cubes = cube_list(&req.readable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+            let cubes = req.cubes()?;
             p.check(Access::Read, &cubes, req.user_id.as_deref())?;
             let (remote, local): (Vec<String>, Vec<String>) =
                 cubes.into_iter().partition(|c| !self.ownership.owns(c));
@@ -748,7 +748,7 @@ impl Memos {
                 self.cfg.search.max_top_k
             )));
         }
-        let cubes = cube_list(&req.readable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+        let cubes = req.cubes()?;
         p.check(Access::Read, &cubes, req.user_id.as_deref())?;
         let dedup = match req.dedup.as_deref() {
             None | Some("mmr") => Dedup::Mmr,
@@ -1257,8 +1257,9 @@ impl Memos {
         .await
     }
 
-    /// Deletes every memory of a cube and its registration, in one transaction.
-    pub async fn drop_cube(&self, cube: &str) -> Result<usize, PipelineError> {
+    /// Deletes every memory of a cube and its registration, in one transaction; returns the
+    /// receipt.
+    pub async fn drop_cube(&self, cube: &str) -> Result<store::DeleteReceipt, PipelineError> {
         let cube = cube.to_string();
         self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
@@ -1266,7 +1267,7 @@ impl Memos {
             let receipt = store.delete(&mut wtxn, &ids)?;
             store.remove_cube(&mut wtxn, &cube)?;
             store.commit(wtxn)?;
-            Ok(receipt.ids.len())
+            Ok(receipt)
         })
         .await
     }

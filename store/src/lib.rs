@@ -162,6 +162,44 @@ pub struct FeedbackRecord {
     pub result: Option<String>,
 }
 
+/// The encoding of [`FeedbackRecord`] before it carried `result` (stores written by 0.1
+/// releases); decoded as a pending record.
+#[derive(Deserialize)]
+struct FeedbackRecordV1 {
+    id: String,
+    cube_id: String,
+    user_id: String,
+    session_id: Option<String>,
+    feedback_content: String,
+    history: String,
+    retrieved_memory_ids: Vec<String>,
+    feedback_time: Option<String>,
+    status: String,
+    created_at: i64,
+}
+
+fn decode_feedback(b: &[u8]) -> Result<FeedbackRecord> {
+    match postcard::from_bytes::<FeedbackRecord>(b) {
+        Ok(f) => Ok(f),
+        Err(e) => match postcard::from_bytes::<FeedbackRecordV1>(b) {
+            Ok(o) => Ok(FeedbackRecord {
+                id: o.id,
+                cube_id: o.cube_id,
+                user_id: o.user_id,
+                session_id: o.session_id,
+                feedback_content: o.feedback_content,
+                history: o.history,
+                retrieved_memory_ids: o.retrieved_memory_ids,
+                feedback_time: o.feedback_time,
+                status: o.status,
+                created_at: o.created_at,
+                result: None,
+            }),
+            Err(_) => Err(e.into()),
+        },
+    }
+}
+
 /// A precomputed activation (KV) cache for a set of memories (filled by the activation-memory
 /// operator). Deleting any of `memory_ids` deletes the entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1240,7 +1278,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.feedback.prefix_iter(txn, &prefix)? {
             let (_, v) = item?;
-            out.push(postcard::from_bytes(v)?);
+            out.push(decode_feedback(v)?);
         }
         Ok(out)
     }
@@ -1389,5 +1427,51 @@ impl Store {
         m.insert("feedback".into(), size(self.feedback.stat(txn)?));
         m.insert("arroy".into(), size(self.vindex.stat(txn)?));
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feedback_records_of_older_stores_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            id: &'a str,
+            cube_id: &'a str,
+            user_id: &'a str,
+            session_id: Option<&'a str>,
+            feedback_content: &'a str,
+            history: &'a str,
+            retrieved_memory_ids: Vec<&'a str>,
+            feedback_time: Option<&'a str>,
+            status: &'a str,
+            created_at: i64,
+        }
+        let old = postcard::to_stdvec(&V1 {
+            id: "f1",
+            cube_id: "c",
+            user_id: "u",
+            session_id: None,
+            feedback_content: "no",
+            history: "[]",
+            retrieved_memory_ids: vec!["m1"],
+            feedback_time: None,
+            status: "pending",
+            created_at: 7,
+        })
+        .unwrap();
+        let f = decode_feedback(&old).unwrap();
+        assert_eq!(
+            (f.id.as_str(), f.status.as_str(), f.result.as_deref()),
+            ("f1", "pending", None)
+        );
+        assert_eq!(f.retrieved_memory_ids, vec!["m1".to_string()]);
+        let mut new = f.clone();
+        new.result = Some("{}".into());
+        let b = postcard::to_stdvec(&new).unwrap();
+        assert_eq!(decode_feedback(&b).unwrap(), new);
+        assert!(decode_feedback(b"\xff").is_err());
     }
 }

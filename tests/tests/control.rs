@@ -584,7 +584,7 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
     assert_eq!(st, 200, "{b}");
     let kb = b["data"]["knowledgebase_id"].as_str().unwrap().to_string();
 
-    let pdf = pdf(&[
+    let expenses = pdf(&[
         &[
             "Expense policy.",
             "Taxi receipts must be filed within thirty days.",
@@ -603,7 +603,7 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
             &format!("/product/knowledgebase/{kb}/files"),
             json!({"files": [
                 {"file_id": "f-pdf", "file_name": "expenses.pdf",
-                 "data_base64": base64::engine::general_purpose::STANDARD.encode(&pdf)},
+                 "data_base64": base64::engine::general_purpose::STANDARD.encode(&expenses)},
                 {"file_id": "f-html", "file_name": "onboarding.html", "content": html},
                 {"file_id": "f-md", "file_name": "wine.md", "content": md},
             ]}),
@@ -670,7 +670,7 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
         "emp",
         "When must taxi receipts be filed?",
         json!({
-        "readable_cube_ids": ["emp", kb], "top_k": 4}),
+        "knowledgebase_ids": [kb], "top_k": 4}),
     )
     .await;
     let all = texts(&d, "text_mem");
@@ -721,6 +721,51 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
         .await;
     assert_eq!(st, 200, "{b}");
     assert!(b["data"]["deleted"].as_u64().unwrap() >= 2);
+    // File parts inside a conversation: inline text and a base64 data: URL (a PDF) become
+    // chunks with their file ids; the turn itself only names the files.
+    let data_url = format!(
+        "data:application/pdf;base64,{}",
+        base64::engine::general_purpose::STANDARD
+            .encode(pdf(&[&["The boiler is serviced every October."]]))
+    );
+    let added = add(&s, "emp", json!([{"role": "user", "content": [
+        {"type": "text", "text": "Here are the building notes."},
+        {"type": "file", "file": {"file_id": "f-notes", "filename": "notes.txt", "file_data": "The roof was repaired in 2021."}},
+        {"type": "file", "file": {"file_id": "f-boiler", "filename": "boiler.pdf", "file_data": data_url}}]}])).await;
+    let types: Vec<&str> = added
+        .iter()
+        .map(|m| m["memory_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "RawFileMemory").count(),
+        2,
+        "{added:?}"
+    );
+    let turn = added
+        .iter()
+        .find(|m| m["memory_type"] != "RawFileMemory")
+        .unwrap();
+    assert!(!turn["memory"].as_str().unwrap().contains("roof"), "{turn}");
+    let d = search(
+        &s,
+        "emp",
+        "When is the boiler serviced?",
+        json!({"top_k": 1}),
+    )
+    .await;
+    assert!(texts(&d, "text_mem")[0].contains("every October"), "{d}");
+    let (st, b) = s
+        .post(
+            "/product/delete_memory",
+            json!({"file_ids": ["f-boiler"], "writable_cube_ids": ["emp"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(
+        b["data"]["deleted"].as_u64().unwrap() >= 2,
+        "the chunk and the turn naming it: {b}"
+    );
+
     // A broken PDF fails alone, with its reason; the other file of the request is stored.
     let (st, b) = s
         .post(&format!("/product/knowledgebase/{kb}/files"), json!({"files": [
@@ -734,6 +779,24 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
         "{b}"
     );
     assert_eq!(b["data"][1]["status"], "completed", "{b}");
+    // Deleting the knowledge base removes every chunk, with a receipt; it is gone after.
+    let (st, b) = s
+        .call(
+            "DELETE",
+            &format!("/product/knowledgebase/{kb}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(
+        b["data"]["receipt"]["records"].as_u64().unwrap() >= 3,
+        "{b}"
+    );
+    assert_eq!(s.get(&format!("/product/knowledgebase/{kb}")).await.0, 404);
+    let (st, b) = s.get("/product/knowledgebase").await;
+    assert_eq!(st, 200);
+    assert!(b["data"].as_array().unwrap().is_empty(), "{b}");
     s.stop().await;
 }
 

@@ -508,8 +508,10 @@ pub async fn delete_knowledgebase(
 ) -> R {
     let id = required(&req.knowledgebase_id, "knowledgebase_id")?;
     knowledge_base(&m, &p, &id, Access::Write).await?;
-    let deleted = m.drop_cube(&id).await?;
-    Ok(ok(json!({"success": true, "deleted": deleted})))
+    let receipt = m.drop_cube(&id).await?;
+    Ok(ok(
+        json!({"success": true, "deleted": receipt.records, "receipt": receipt}),
+    ))
 }
 
 /// The SDK's form variant: `?knowledgebase_id=…` and one multipart `file` field per file

@@ -203,8 +203,11 @@ pub async fn get_kb(State(m): State<AppState>, Extension(p): P, Path(id): Path<S
     security(("token" = [])))]
 pub async fn delete_kb(State(m): State<AppState>, Extension(p): P, Path(id): Path<String>) -> R {
     knowledge_base(&m, &p, &id, Access::Write).await?;
-    let deleted = m.drop_cube(&id).await?;
-    Ok(ok("Knowledge base deleted", json!({"deleted": deleted})))
+    let receipt = m.drop_cube(&id).await?;
+    Ok(ok(
+        "Knowledge base deleted",
+        json!({"deleted": receipt.records, "receipt": receipt}),
+    ))
 }
 
 /// `POST /product/knowledgebase/{id}/files`.
