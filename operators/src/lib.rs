@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod extract;
 pub mod feedback;
+pub mod llm;
 pub mod window;
 
 use std::sync::Arc;

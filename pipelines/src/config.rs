@@ -47,6 +47,8 @@ pub struct Config {
     pub feedback: operators::feedback::FeedbackConfig,
     /// Capacity-based forgetting per memory type.
     pub memory: MemoryConfig,
+    /// LLMs (OpenAI-compatible chat completions) for chat and fine extraction.
+    pub llm: operators::llm::LlmConfig,
     /// Search.
     pub search: SearchConfig,
     /// Request limits.
@@ -191,7 +193,18 @@ impl Config {
                 .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
             merge(&mut v, o);
         }
+        let mut llm_env = operators::llm::ModelConfig {
+            name: "default".into(),
+            ..Default::default()
+        };
         for (k, val) in env {
+            // One LLM from the environment: MEMOS_LLM_URL, MEMOS_LLM_MODEL, MEMOS_LLM_API_KEY.
+            match k.as_str() {
+                "MEMOS_LLM_URL" => llm_env.url = val.clone(),
+                "MEMOS_LLM_MODEL" => llm_env.model = val.clone(),
+                "MEMOS_LLM_API_KEY" => llm_env.api_key = val.clone(),
+                _ => {}
+            }
             // The brief's short names for the broker addresses.
             let k = match k.as_str() {
                 "MEMOS_KAFKA_BROKERS" => "MEMOS_KAFKA__BROKERS".to_string(),
@@ -235,9 +248,18 @@ impl Config {
             }
             merge(&mut v, o);
         }
-        let cfg: Config = v
+        let mut cfg: Config = v
             .try_into()
             .map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))?;
+        if !llm_env.url.is_empty() {
+            if llm_env.model.is_empty() {
+                return Err(PipelineError::Config(
+                    "MEMOS_LLM_URL is set but MEMOS_LLM_MODEL is not".into(),
+                ));
+            }
+            cfg.llm.models.retain(|m| m.name != "default");
+            cfg.llm.models.insert(0, llm_env);
+        }
         for t in cfg.memory.capacity.keys() {
             if store::MemoryType::parse(t).is_none() {
                 return Err(PipelineError::Config(format!(

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod chat;
 pub mod config;
 pub mod control;
 pub mod error;

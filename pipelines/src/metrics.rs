@@ -40,6 +40,14 @@ pub mod names {
     pub const FEEDBACK: &str = "memos_feedback_total";
     /// Memories forgotten by capacity limits, by `memory_type`.
     pub const FORGOTTEN: &str = "memos_memories_forgotten_total";
+    /// LLM requests by `model` (configured name) and `outcome` (ok, error).
+    pub const LLM_REQUESTS: &str = "memos_llm_requests_total";
+    /// LLM tokens by `model` and `kind` (prompt, completion), as the server reported them.
+    pub const LLM_TOKENS: &str = "memos_llm_tokens_total";
+    /// LLM request latency by `model`, seconds (a stream: until its last token).
+    pub const LLM_SECONDS: &str = "memos_llm_request_duration_seconds";
+    /// Chat requests by `interface` (complete, stream, cloud) and `outcome`.
+    pub const CHATS: &str = "memos_chat_requests_total";
     /// HTTP requests by `route` (the matched path), `method` and `status`.
     pub const HTTP_REQUESTS: &str = "memos_http_requests_total";
     /// HTTP request latency by `route`, seconds.
@@ -81,6 +89,10 @@ pub mod names {
         MEMORIES_WRITTEN,
         FEEDBACK,
         FORGOTTEN,
+        LLM_REQUESTS,
+        LLM_TOKENS,
+        LLM_SECONDS,
+        CHATS,
         HTTP_REQUESTS,
         HTTP_SECONDS,
         SQL_QUERIES,
@@ -120,6 +132,14 @@ pub struct Metrics {
     pub memories_written: IntCounterVec,
     /// [`names::FEEDBACK`].
     pub feedback: IntCounterVec,
+    /// [`names::LLM_REQUESTS`].
+    pub llm_requests: IntCounterVec,
+    /// [`names::LLM_TOKENS`].
+    pub llm_tokens: IntCounterVec,
+    /// [`names::LLM_SECONDS`].
+    pub llm_seconds: HistogramVec,
+    /// [`names::CHATS`].
+    pub chats: IntCounterVec,
     /// [`names::FORGOTTEN`].
     pub forgotten: IntCounterVec,
     /// [`names::HTTP_REQUESTS`].
@@ -269,6 +289,31 @@ impl Metrics {
                 "Memories written by the pipeline (inserted, merged, feedback).",
                 &["kind"],
             ),
+            llm_requests: counter(
+                &r,
+                names::LLM_REQUESTS,
+                "LLM requests by configured model and outcome.",
+                &["model", "outcome"],
+            ),
+            llm_tokens: counter(
+                &r,
+                names::LLM_TOKENS,
+                "LLM tokens by configured model and kind (prompt, completion).",
+                &["model", "kind"],
+            ),
+            llm_seconds: histogram(
+                &r,
+                names::LLM_SECONDS,
+                "LLM request latency by configured model.",
+                &["model"],
+                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+            ),
+            chats: counter(
+                &r,
+                names::CHATS,
+                "Chat requests by interface and outcome.",
+                &["interface", "outcome"],
+            ),
             feedback: counter(
                 &r,
                 names::FEEDBACK,
@@ -411,5 +456,20 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl operators::llm::LlmObserver for Metrics {
+    fn observe(&self, model: &str, outcome: &str, seconds: f64, usage: &operators::llm::Usage) {
+        self.llm_requests.with_label_values(&[model, outcome]).inc();
+        self.llm_seconds
+            .with_label_values(&[model])
+            .observe(seconds);
+        self.llm_tokens
+            .with_label_values(&[model, "prompt"])
+            .inc_by(usage.prompt_tokens);
+        self.llm_tokens
+            .with_label_values(&[model, "completion"])
+            .inc_by(usage.completion_tokens);
     }
 }

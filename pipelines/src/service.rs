@@ -179,6 +179,8 @@ pub struct Memos {
     pub sql: Arc<sql::Engine>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The configured LLMs (none: chat is unavailable, fine mode behaves as fast).
+    pub llm: operators::llm::Llm,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -285,6 +287,10 @@ impl Memos {
             cfg.search.max_top_k,
         )?);
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let llm = cfg
+            .llm
+            .build(Some(metrics.clone() as Arc<dyn operators::llm::LlmObserver>))
+            .map_err(|e| PipelineError::Config(e.to_string()))?;
         let (pipeline, task) =
             runtime::spawn(&cfg, store.clone(), embedder.clone(), metrics.clone());
         Ok((
@@ -299,6 +305,7 @@ impl Memos {
                 forwarder: std::sync::OnceLock::new(),
                 sql,
                 metrics,
+                llm,
             }),
             task,
         ))

@@ -397,3 +397,160 @@ pub mod bench {
         v[((v.len() - 1) as f64 * p).round() as usize]
     }
 }
+
+/// What the scripted LLM server answers to one request.
+#[derive(Debug, Clone)]
+pub enum FakeReply {
+    /// A completion with this text (streamed word by word when the request asks to stream).
+    Text(String),
+    /// An HTTP error status with a JSON error body.
+    Status(u16),
+    /// No answer for this long (to trip timeouts).
+    Hang(std::time::Duration),
+}
+
+/// Decides the reply to the `n`-th request (0-based) given its JSON body.
+pub type FakeScript = Arc<dyn Fn(&serde_json::Value, usize) -> FakeReply + Send + Sync>;
+
+/// A small OpenAI-compatible chat-completions server over real HTTP (and real SSE when a
+/// request streams), answering from a script and recording every request body.
+pub struct FakeLlm {
+    /// Base URL to configure (`…/v1`).
+    pub url: String,
+    /// Request bodies received, in order.
+    pub requests: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeLlm {
+    /// Starts it on a free loopback port.
+    pub async fn start(script: FakeScript) -> FakeLlm {
+        use axum::response::IntoResponse;
+        let requests: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let state = (requests.clone(), script);
+        let app = axum::Router::new()
+            .route(
+                "/v1/chat/completions",
+                axum::routing::post(
+                    |axum::extract::State((reqs, script)): axum::extract::State<(
+                        Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+                        FakeScript,
+                    )>,
+                     axum::Json(body): axum::Json<serde_json::Value>| async move {
+                        let n = {
+                            let mut r = reqs.lock().unwrap();
+                            r.push(body.clone());
+                            r.len() - 1
+                        };
+                        let reply = script(&body, n);
+                        let text = match reply {
+                            FakeReply::Status(s) => {
+                                let code = axum::http::StatusCode::from_u16(s).unwrap();
+                                return (code, axum::Json(serde_json::json!({"error": {"message": "scripted failure"}})))
+                                    .into_response();
+                            }
+                            FakeReply::Hang(d) => {
+                                tokio::time::sleep(d).await;
+                                return axum::http::StatusCode::GATEWAY_TIMEOUT.into_response();
+                            }
+                            FakeReply::Text(t) => t,
+                        };
+                        let prompt = body.to_string().split_whitespace().count() as u64;
+                        let completion = text.split_whitespace().count() as u64;
+                        let usage = serde_json::json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                            "total_tokens": prompt + completion});
+                        if body["stream"] == true {
+                            // Word by word, a little apart, then the usage and [DONE].
+                            let mut events: Vec<String> = Vec::new();
+                            let words: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
+                            for w in words {
+                                events.push(format!("data: {}\n\n", serde_json::json!({"id": "c1", "object": "chat.completion.chunk",
+                                    "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]})));
+                            }
+                            events.push(format!("data: {}\n\n", serde_json::json!({"id": "c1", "object": "chat.completion.chunk",
+                                "choices": [], "usage": usage})));
+                            events.push("data: [DONE]\n\n".into());
+                            let stream = futures::stream::unfold(events.into_iter(), |mut it| async move {
+                                let e = it.next()?;
+                                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                                Some((Ok::<_, std::convert::Infallible>(e), it))
+                            });
+                            return (
+                                [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                                axum::body::Body::from_stream(stream),
+                            )
+                                .into_response();
+                        }
+                        axum::Json(serde_json::json!({"id": "c1", "object": "chat.completion", "model": body["model"],
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                            "usage": usage}))
+                        .into_response()
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeLlm {
+            url,
+            requests,
+            task,
+        }
+    }
+
+    /// A model config pointing at this server.
+    pub fn model(&self, name: &str) -> operators::llm::ModelConfig {
+        operators::llm::ModelConfig {
+            name: name.into(),
+            url: self.url.clone(),
+            model: format!("{name}-model"),
+            timeout_secs: 5,
+            max_retries: 2,
+            ..Default::default()
+        }
+    }
+
+    /// The recorded request bodies.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Parses a `text/event-stream` body by the SSE rules (lines `data:` joined per event, events
+/// separated by a blank line) and returns each event's data.
+pub fn sse_events(body: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut data: Vec<String> = Vec::new();
+    for line in body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+        if line.is_empty() {
+            if !data.is_empty() {
+                out.push(data.join("\n"));
+                data.clear();
+            }
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        if field == "data" {
+            data.push(value.to_string());
+        }
+    }
+    if !data.is_empty() {
+        out.push(data.join("\n"));
+    }
+    out
+}

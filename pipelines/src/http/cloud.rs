@@ -41,7 +41,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/add/knowledgebase-file", post(add_knowledgebase_file))
 }
 
-fn ok(data: Value) -> Json<Value> {
+pub(crate) fn ok(data: Value) -> Json<Value> {
     Json(json!({"code": 0, "message": "ok", "data": data}))
 }
 

@@ -272,7 +272,7 @@ pub async fn delete_kb_file(
     Ok(ok("File deleted", json!({"receipt": receipt})))
 }
 
-/// Cloud: files of a knowledge base, or by id: `{files, total, page, page_size}`.
+/// Cloud: files of a knowledge base, or by id: `{file_detail_list, total, page, page_size}`.
 #[utoipa::path(post, path = "/api/openmem/v1/get/knowledgebase-file", tag = "cloud",
     request_body = GetKbFileRequest,
     responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
@@ -304,8 +304,8 @@ pub async fn cloud_get_kb_files(
         .skip((page - 1) * size)
         .take(size)
         .collect();
-    Ok(Json(json!({"code": 0, "message": "ok", "data": {
-        "files": files, "total": total, "page": page, "page_size": size}})))
+    Ok(super::cloud::ok(json!({
+        "file_detail_list": files, "total": total, "page": page, "page_size": size})))
 }
 
 async fn readable_kbs(
@@ -348,8 +348,8 @@ pub async fn cloud_delete_kb_files(
     };
     p.check(Access::Write, &kbs, None)?;
     let receipt = m.delete_files(kbs, ids).await?;
-    Ok(Json(json!({"code": 0, "message": "ok", "data": {
-        "success": true, "deleted": receipt.records, "receipt": receipt}})))
+    Ok(super::cloud::ok(json!({
+        "success": true, "deleted": receipt.records, "receipt": receipt})))
 }
 
 /// `GET /product/tool_stats?mem_cube_id=`.

@@ -13,6 +13,7 @@
 //! status (see [`PipelineError::status`]); no failure is a 200.
 
 pub mod admin;
+pub mod chat;
 pub mod cloud;
 pub mod control;
 pub mod openapi;
@@ -182,6 +183,7 @@ pub fn app(m: Arc<Memos>) -> Router {
     let protected = Router::new()
         .merge(product::routes())
         .merge(control::routes())
+        .merge(chat::routes())
         .nest(cloud::BASE, cloud::routes())
         .merge(admin::routes())
         .merge(sql::routes())
