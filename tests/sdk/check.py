@@ -4,6 +4,7 @@ Run by tests/tests/sdk.rs with MEMOS_BASE_URL (…/api/openmem/v1) and MEMOS_API
 non-zero on the first mismatch and prints one `ok <step>` line per checked call.
 """
 
+import json
 import os
 import time
 
@@ -90,6 +91,25 @@ except Exception:
     pass
 ok("delete_memory")
 
+files = c.get_knowledgebase_file(knowledgebase_id=kb)
+names = [f.model_dump().get("file_name") for f in files.data.file_detail_list]
+assert sorted(names) == ["leave.md", "travel.md"], files
+file_id = files.data.file_detail_list[0].model_dump()["file_id"]
+assert c.delete_knowledgebase_file([file_id]).code == 0
+assert c.get_knowledgebase_file(knowledgebase_id=kb).data.total == 1
+ok("get_knowledgebase_file + delete_knowledgebase_file")
+
 assert c.delete_knowledgebase(kb).success
 ok("delete_knowledgebase")
+
+r = c.chat(user_id=user, conversation_id=conv, query="What fruit do I like?", add_message_on_answer=False)
+assert r.response == "You like strawberries.", r
+ok("chat")
+
+events = [json.loads(d) for d in c.chat(user_id=user, conversation_id=conv, query="What fruit do I like?",
+                                        stream=True, add_message_on_answer=False)]
+assert events[0]["type"] == "reference" and "raspberries" in json.dumps(events[0]["data"]), events
+assert "".join(e["data"] for e in events if e["type"] == "text") == "You like strawberries.", events
+assert events[-1]["type"] == "end", events
+ok("chat stream")
 print("SDK OK")

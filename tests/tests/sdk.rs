@@ -47,6 +47,12 @@ async fn official_memos_sdk_works_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
     cfg.auth.keys = vec![pipelines::auth::KeyConfig::full("sdk", "mpg-sdk-key")];
+    // The SDK's chat talks to a scripted OpenAI-compatible server (real HTTP and SSE).
+    let llm = tests::FakeLlm::start(std::sync::Arc::new(|_, _| {
+        tests::FakeReply::Text("You like strawberries.".into())
+    }))
+    .await;
+    cfg.llm.models = vec![llm.model("fake")];
     let s = tests::Server::start(cfg).await;
     let work = tempfile::tempdir().unwrap();
     let script = tests::root().join("tests/sdk/check.py");
@@ -77,7 +83,10 @@ async fn official_memos_sdk_works_unchanged() {
         "ok knowledge base multipart file",
         "ok add_feedback",
         "ok delete_memory",
+        "ok get_knowledgebase_file + delete_knowledgebase_file",
         "ok delete_knowledgebase",
+        "ok chat",
+        "ok chat stream",
         "SDK OK",
     ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
