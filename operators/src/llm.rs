@@ -60,7 +60,7 @@ impl Default for ModelConfig {
 }
 
 /// The `[llm]` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
     /// Model used for chat when a request names none (empty: the first model).
@@ -69,6 +69,20 @@ pub struct LlmConfig {
     pub extract: String,
     /// The models; none = no LLM (chat answers 503, fine mode behaves as fast).
     pub models: Vec<ModelConfig>,
+    /// Fine-extraction jobs queued at most; beyond it a job is dropped (its fast memories
+    /// stay) and counted.
+    pub fine_queue: usize,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            chat: String::new(),
+            extract: String::new(),
+            models: Vec::new(),
+            fine_queue: 1000,
+        }
+    }
 }
 
 /// Token and request accounting, reported after each request.
@@ -252,6 +266,11 @@ impl LlmClient {
         &self.cfg.name
     }
 
+    /// Requests in flight at most.
+    pub fn concurrency(&self) -> usize {
+        self.cfg.concurrency.max(1)
+    }
+
     fn body(&self, messages: &[Msg], o: &ChatOptions, stream: bool, json_mode: bool) -> Value {
         let mut b = json!({
             "model": self.cfg.model,
@@ -366,6 +385,15 @@ impl LlmClient {
             Err(_) => self.observe("error", t, &Usage::default()),
         }
         r
+    }
+
+    /// A completion in JSON mode (`response_format: json_object`), unparsed.
+    pub async fn complete_json_mode(
+        &self,
+        messages: &[Msg],
+        o: &ChatOptions,
+    ) -> Result<Completion> {
+        self.complete_with(messages, o, true).await
     }
 
     /// A completion in JSON mode, parsed; malformed JSON is repaired or rejected with the reason.

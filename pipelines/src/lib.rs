@@ -11,6 +11,7 @@ pub mod control;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod fine;
 pub mod http;
 pub mod metrics;
 pub mod runtime;

@@ -48,6 +48,8 @@ pub mod names {
     pub const LLM_SECONDS: &str = "memos_llm_request_duration_seconds";
     /// Chat requests by `interface` (complete, stream, cloud) and `outcome`.
     pub const CHATS: &str = "memos_chat_requests_total";
+    /// Fine-extraction jobs by `outcome` (ok, failed, dropped).
+    pub const FINE_JOBS: &str = "memos_fine_jobs_total";
     /// HTTP requests by `route` (the matched path), `method` and `status`.
     pub const HTTP_REQUESTS: &str = "memos_http_requests_total";
     /// HTTP request latency by `route`, seconds.
@@ -93,6 +95,7 @@ pub mod names {
         LLM_TOKENS,
         LLM_SECONDS,
         CHATS,
+        FINE_JOBS,
         HTTP_REQUESTS,
         HTTP_SECONDS,
         SQL_QUERIES,
@@ -140,6 +143,8 @@ pub struct Metrics {
     pub llm_seconds: HistogramVec,
     /// [`names::CHATS`].
     pub chats: IntCounterVec,
+    /// [`names::FINE_JOBS`].
+    pub fine_jobs: IntCounterVec,
     /// [`names::FORGOTTEN`].
     pub forgotten: IntCounterVec,
     /// [`names::HTTP_REQUESTS`].
@@ -307,6 +312,12 @@ impl Metrics {
                 "LLM request latency by configured model.",
                 &["model"],
                 &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+            ),
+            fine_jobs: counter(
+                &r,
+                names::FINE_JOBS,
+                "Fine-extraction jobs by outcome (ok, failed, dropped).",
+                &["outcome"],
             ),
             chats: counter(
                 &r,

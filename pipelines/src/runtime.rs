@@ -151,6 +151,7 @@ pub struct Processor {
     embed: EmbedOperator,
     dedupe: DedupeOperator,
     feedback: operators::feedback::FeedbackMergeOperator,
+    fine: Option<crate::fine::FineQueue>,
     capacity: Vec<(MemoryType, usize)>,
     hard_forget: bool,
     max_event_bytes: usize,
@@ -229,6 +230,7 @@ impl Processor {
             window: cfg.window.build(),
             extract: cfg.extract.build(),
             feedback: cfg.feedback.build(embedder.clone()),
+            fine: None,
             embed: EmbedOperator::new(embedder),
             dedupe: cfg.dedupe.build(),
             capacity: cfg
@@ -467,6 +469,7 @@ impl Processor {
             by_event.entry(d.event_id.clone()).or_default().push(d);
         }
         let mut produced: HashMap<usize, (String, Vec<String>)> = HashMap::new();
+        let mut fine_jobs: Vec<crate::fine::FineJob> = Vec::new();
         for p in &pending {
             if let Some(reason) = failed.get(&p.ie.id) {
                 dead.push((
@@ -551,6 +554,7 @@ impl Processor {
                     m.feedback.with_label_values(&[&outcome.intent]).inc();
                 }
                 _ => {
+                    let mut fast_turns = Vec::new();
                     for d in by_event.remove(&p.ie.id).unwrap_or_default() {
                         match d.action {
                             Action::Skip => ids.push(d.record.id.clone()),
@@ -558,6 +562,13 @@ impl Processor {
                                 self.store.insert(&mut wtxn, &d.record, &d.embedding)?;
                                 stats.inserted += 1;
                                 ids.push(d.record.id.clone());
+                                if matches!(
+                                    d.record.memory_type,
+                                    MemoryType::UserMemory | MemoryType::LongTermMemory
+                                ) && d.record.tags.iter().any(|t| t == "mode:fast")
+                                {
+                                    fast_turns.push(d.record.id.clone());
+                                }
                             }
                             Action::Merge { target, reason } => {
                                 match self.store.get(&wtxn, &target)? {
@@ -585,6 +596,19 @@ impl Processor {
                                 }
                             }
                         }
+                    }
+                    if ev.mode == operators::event::Mode::Fine
+                        && ev.kind == EventKind::Messages
+                        && !fast_turns.is_empty()
+                        && self.fine.is_some()
+                    {
+                        fine_jobs.push(crate::fine::FineJob {
+                            cube_id: ev.cube_id.clone(),
+                            user_id: ev.user_id.clone(),
+                            event_id: p.ie.id.clone(),
+                            memory_ids: fast_turns,
+                            tags: ev.tags.clone(),
+                        });
                     }
                 }
             }
@@ -629,6 +653,12 @@ impl Processor {
         let t_sink = Instant::now();
         self.store.commit(wtxn)?;
         m.commit_seconds.observe(t_sink.elapsed().as_secs_f64());
+        // Fine extraction starts only once the fast memories are durable.
+        if let Some(q) = &self.fine {
+            for job in fine_jobs {
+                q.submit(job);
+            }
+        }
         for src in released {
             self.held.remove(&src);
         }
@@ -720,6 +750,7 @@ pub fn spawn(
     store: Arc<Store>,
     embedder: Arc<dyn Embedder>,
     metrics: Arc<crate::metrics::Metrics>,
+    fine: Option<crate::fine::FineQueue>,
 ) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Incoming>(cfg.pipeline.channel_capacity.max(1));
     let batch_size = cfg.pipeline.batch_size.max(1);
@@ -730,6 +761,7 @@ pub fn spawn(
     type Work = (Vec<BatchItem>, oneshot::Sender<(Vec<Outcome>, BatchStats)>);
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
     let mut processor = Processor::new(cfg, store.clone(), embedder, metrics.clone());
+    processor.fine = fine;
     let worker = std::thread::Builder::new()
         .name("memos-pipeline".into())
         .spawn(move || {

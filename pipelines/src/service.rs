@@ -66,7 +66,7 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    fn set(&self, t: TaskStatus) {
+    pub(crate) fn set(&self, t: TaskStatus) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.insert(t.task_id.clone(), t);
         if g.len() > MAX_FINISHED_TASKS {
@@ -291,24 +291,36 @@ impl Memos {
             .llm
             .build(Some(metrics.clone() as Arc<dyn operators::llm::LlmObserver>))
             .map_err(|e| PipelineError::Config(e.to_string()))?;
+        // Fine mode: the sink queues jobs after its commits; the worker runs them.
+        let hook: Arc<std::sync::OnceLock<std::sync::Weak<Memos>>> = Arc::default();
+        let (fine_tx, fine_rx) = tokio::sync::mpsc::channel(cfg.llm.fine_queue.max(1));
+        let fine = llm
+            .extract_model()
+            .is_some()
+            .then(|| crate::fine::FineQueue {
+                tx: fine_tx,
+                memos: hook.clone(),
+            });
         let (pipeline, task) =
-            runtime::spawn(&cfg, store.clone(), embedder.clone(), metrics.clone());
-        Ok((
-            Arc::new(Memos {
-                cfg,
-                store,
-                embedder,
-                pipeline,
-                tasks: Tasks::default(),
-                auth,
-                ownership: Arc::default(),
-                forwarder: std::sync::OnceLock::new(),
-                sql,
-                metrics,
-                llm,
-            }),
-            task,
-        ))
+            runtime::spawn(&cfg, store.clone(), embedder.clone(), metrics.clone(), fine);
+        let memos = Arc::new(Memos {
+            cfg,
+            store,
+            embedder,
+            pipeline,
+            tasks: Tasks::default(),
+            auth,
+            ownership: Arc::default(),
+            forwarder: std::sync::OnceLock::new(),
+            sql,
+            metrics,
+            llm,
+        });
+        let _ = hook.set(Arc::downgrade(&memos));
+        if memos.llm.extract_model().is_some() {
+            crate::fine::spawn_worker(Arc::downgrade(&memos), fine_rx);
+        }
+        Ok((memos, task))
     }
 
     /// The metrics in the Prometheus text format, with the store and task gauges read now.

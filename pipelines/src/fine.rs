@@ -1,0 +1,373 @@
+//! Fine mode: LLM extraction as asynchronous work after the fast memories are committed
+//! (memos-spec §3.3/§3.5), never on the request path.
+//!
+//! The pipeline's sink queues a [`FineJob`] for every stored `messages` event in `fine` mode
+//! (after its commit). The worker asks the extraction model for memories (third person,
+//! pronouns and relative dates resolved, key + tags + memory_type), validates the JSON
+//! (repairing the usual damage), embeds the values, and in **one** LMDB transaction writes the
+//! extracted memories and archives the fast ones (`info.evolve_to` → the new ids). Unlike MemOS
+//! (its issue #1950) a failed, timed-out or unusable extraction changes nothing: the fast
+//! memories stay searchable, the job is `failed` in `scheduler/status` with its reason, and the
+//! reason and the model's reply are kept as a dead letter (`source = "fine"`).
+
+use std::sync::{Arc, Weak};
+
+use operators::llm::{ChatOptions, Msg};
+use serde_json::{Value, json};
+use store::{DeadLetter, MemoryRecord, MemoryType, Status};
+use tokio::sync::mpsc;
+
+use crate::error::PipelineError;
+use crate::runtime::AddedMemory;
+use crate::service::{Memos, TaskStatus};
+
+/// The sink's side of the fine queue.
+#[derive(Clone)]
+pub struct FineQueue {
+    /// Jobs.
+    pub tx: mpsc::Sender<FineJob>,
+    /// The service, once built (to show queued jobs in `scheduler/status`).
+    pub memos: Arc<std::sync::OnceLock<Weak<Memos>>>,
+}
+
+impl FineQueue {
+    /// Queues a job after its fast memories were committed; a full queue drops it (the fast
+    /// memories stay) and counts it.
+    pub fn submit(&self, job: FineJob) {
+        let m = self.memos.get().and_then(Weak::upgrade);
+        if let Some(m) = &m {
+            queued(m, &job);
+        }
+        if let Err(e) = self.tx.try_send(job) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            tracing::warn!(task = %job.task_id(), "fine queue full: job dropped, fast memories kept");
+            if let Some(m) = &m {
+                m.metrics.fine_jobs.with_label_values(&["dropped"]).inc();
+                m.tasks.set(task(
+                    &job,
+                    "failed",
+                    vec![],
+                    Some("fine queue full; fast memories kept".into()),
+                ));
+            }
+        }
+    }
+}
+
+/// Work for the fine stage: the fast memories one event produced.
+#[derive(Debug, Clone)]
+pub struct FineJob {
+    /// Cube.
+    pub cube_id: String,
+    /// User.
+    pub user_id: String,
+    /// The event.
+    pub event_id: String,
+    /// The fast memories (window turns) to extract from.
+    pub memory_ids: Vec<String>,
+    /// `custom_tags` hint.
+    pub tags: Vec<String>,
+}
+
+impl FineJob {
+    /// The job's task id in `scheduler/status`.
+    pub fn task_id(&self) -> String {
+        format!("fine:{}:{}", self.cube_id, self.event_id)
+    }
+}
+
+const PROMPT: &str = "You turn a conversation into long-term memories about the user and the \
+people and events they mention. Write every memory as one standalone sentence in the third \
+person: name people instead of using pronouns, and turn relative dates (\"yesterday\", \"last \
+week\") into absolute dates using the message times. Skip greetings and small talk. Answer with \
+JSON only: {\"memory list\": [{\"key\": \"a short title\", \"memory_type\": \"UserMemory\" (a fact \
+about the user) or \"LongTermMemory\" (anything else worth remembering), \"value\": \"the memory\", \
+\"tags\": [\"keywords\"]}], \"summary\": \"one or two sentences\"}. Use an empty list when nothing \
+is worth remembering.";
+
+/// One validated extracted memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Extracted {
+    /// Title.
+    pub key: String,
+    /// UserMemory or LongTermMemory.
+    pub memory_type: MemoryType,
+    /// The memory.
+    pub value: String,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// Validates the model's answer: `{"memory list": [...]}` (or `memories`), each with a
+/// non-empty `value`. Unknown memory types map to LongTermMemory, anything about the user or
+/// preferences to UserMemory (as MemOS does).
+pub fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
+    let list = v
+        .get("memory list")
+        .or_else(|| v.get("memory_list"))
+        .or_else(|| v.get("memories"))
+        .ok_or("no \"memory list\" in the reply")?
+        .as_array()
+        .ok_or("\"memory list\" is not a list")?;
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let value = m
+            .get("value")
+            .or_else(|| m.get("memory"))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("memory list[{i}] has no value"))?;
+        if value.chars().count() > 4000 {
+            return Err(format!("memory list[{i}] is longer than 4000 characters"));
+        }
+        let ty = m
+            .get("memory_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_lowercase();
+        let memory_type = if ty.contains("user") || ty.contains("pref") {
+            MemoryType::UserMemory
+        } else {
+            MemoryType::LongTermMemory
+        };
+        let tags = m
+            .get("tags")
+            .and_then(Value::as_array)
+            .map(|t| {
+                t.iter()
+                    .filter_map(Value::as_str)
+                    .take(10)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = m
+            .get("key")
+            .and_then(Value::as_str)
+            .filter(|k| !k.trim().is_empty())
+            .map(String::from)
+            .unwrap_or_else(|| operators::window::key_of(value));
+        out.push(Extracted {
+            key,
+            memory_type,
+            value: value.to_string(),
+            tags,
+        });
+    }
+    Ok(out)
+}
+
+/// Starts the worker; it ends when every sender is dropped (the pipeline stopped).
+pub fn spawn_worker(memos: Weak<Memos>, mut rx: mpsc::Receiver<FineJob>) {
+    tokio::spawn(async move {
+        // As many jobs at once as the extraction model takes requests.
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            memos
+                .upgrade()
+                .and_then(|m| m.llm.extract_model().map(|c| c.concurrency()))
+                .unwrap_or(1),
+        ));
+        while let Some(job) = rx.recv().await {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let Some(m) = memos.upgrade() else {
+                break;
+            };
+            tokio::spawn(async move {
+                run(&m, job).await;
+                drop(permit);
+            });
+        }
+    });
+}
+
+fn task(
+    job: &FineJob,
+    status: &str,
+    memories: Vec<AddedMemory>,
+    error: Option<String>,
+) -> TaskStatus {
+    TaskStatus {
+        task_id: job.task_id(),
+        status: status.into(),
+        user_id: job.user_id.clone(),
+        memories,
+        error,
+        created_at: store::time::now_micros(),
+        cubes: vec![job.cube_id.clone()],
+    }
+}
+
+/// Registers a queued job (called by the sink's sender side).
+pub fn queued(m: &Memos, job: &FineJob) {
+    m.tasks.set(task(job, "waiting", vec![], None));
+}
+
+async fn run(m: &Arc<Memos>, job: FineJob) {
+    m.tasks.set(task(&job, "in_progress", vec![], None));
+    let outcome = extract(m, &job).await;
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(_) => "failed",
+    };
+    m.metrics.fine_jobs.with_label_values(&[label]).inc();
+    match outcome {
+        Ok(added) => m.tasks.set(task(&job, "completed", added, None)),
+        Err((reason, reply)) => {
+            tracing::warn!(task = %job.task_id(), %reason, "fine extraction failed; fast memories kept");
+            let dl = DeadLetter {
+                source: "fine".into(),
+                position: Some(job.task_id()),
+                reason: reason.clone(),
+                payload: reply
+                    .unwrap_or_else(|| {
+                        json!({"cube_id": job.cube_id, "event_id": job.event_id,
+                        "memory_ids": job.memory_ids})
+                        .to_string()
+                    })
+                    .into_bytes(),
+                at: store::time::now_micros(),
+            };
+            let _ = m
+                .blocking(move |store| {
+                    let mut w = store.write_txn()?;
+                    store.put_dead_letter(&mut w, &dl)?;
+                    store.commit(w)?;
+                    Ok(())
+                })
+                .await;
+            m.tasks.set(task(&job, "failed", vec![], Some(reason)));
+        }
+    }
+}
+
+/// Runs one job; on failure returns the reason and the model's reply when there was one.
+async fn extract(
+    m: &Arc<Memos>,
+    job: &FineJob,
+) -> Result<Vec<AddedMemory>, (String, Option<String>)> {
+    let fail = |e: PipelineError| (e.to_string(), None);
+    let Some(client) = m.llm.extract_model() else {
+        return Err(("no extraction model is configured".into(), None));
+    };
+    let ids = job.memory_ids.clone();
+    let fast: Vec<MemoryRecord> = m
+        .blocking(move |store| {
+            let txn = store.read_txn()?;
+            let mut out = Vec::new();
+            for id in &ids {
+                if let Some(r) = store.get(&txn, id)?
+                    && r.status == Status::Activated
+                {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(fail)?;
+    if fast.is_empty() {
+        return Ok(vec![]);
+    }
+    let conversation: String = fast
+        .iter()
+        .map(|r| r.memory.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut user = format!("Conversation:\n{conversation}");
+    if !job.tags.is_empty() {
+        user.push_str(&format!(
+            "\n\nPrefer these tags where they fit: {}",
+            job.tags.join(", ")
+        ));
+    }
+    let messages = [Msg::new("system", PROMPT), Msg::new("user", user)];
+    let opts = ChatOptions {
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let c = client
+        .complete_json_mode(&messages, &opts)
+        .await
+        .map_err(|e| (format!("extraction: {e}"), None))?;
+    let v = operators::llm::repair_json(&c.text).map_err(|why| {
+        (
+            format!("extraction: malformed JSON ({why})"),
+            Some(c.text.clone()),
+        )
+    })?;
+    let items = validate(&v).map_err(|why| (format!("extraction: {why}"), Some(c.text.clone())))?;
+    if items.is_empty() {
+        return Ok(vec![]);
+    }
+    let texts: Vec<String> = items.iter().map(|e| e.value.clone()).collect();
+    let embedder = m.embedder.clone();
+    let vecs = tokio::task::spawn_blocking(move || embedder.embed(&texts))
+        .await
+        .map_err(|e| (e.to_string(), None))?
+        .map_err(|e| (format!("embedding: {e}"), None))?;
+    let job2 = job.clone();
+    let model_name = client.name().to_string();
+    m.blocking(move |store| {
+        let mut w = store.write_txn()?;
+        let first = &fast[0];
+        let now = store::time::now_micros();
+        let mut added = Vec::new();
+        let mut new_ids = Vec::new();
+        for (i, (e, v)) in items.iter().zip(&vecs).enumerate() {
+            let id = operators::event::memory_id(&job2.cube_id, &job2.event_id, 20_000 + i as u32);
+            new_ids.push(id.clone());
+            if store.get(&w, &id)?.is_some() {
+                continue;
+            }
+            let mut r = first.clone();
+            r.id = id;
+            r.memory = e.value.clone();
+            r.key = Some(e.key.clone());
+            r.memory_type = e.memory_type;
+            r.tags = first
+                .tags
+                .iter()
+                .filter(|t| *t != "mode:fast")
+                .cloned()
+                .chain(std::iter::once("mode:fine".to_string()))
+                .chain(e.tags.iter().cloned())
+                .collect();
+            r.sources = fast.iter().flat_map(|f| f.sources.clone()).collect();
+            r.confidence = 0.99;
+            r.created_at = now;
+            r.updated_at = now;
+            r.version = 1;
+            r.history = vec![];
+            r.info
+                .insert(store::model::DERIVED_FROM.into(), json!(first.id));
+            r.info.insert(
+                "extracted_from".into(),
+                json!(fast.iter().map(|f| f.id.clone()).collect::<Vec<_>>()),
+            );
+            r.info.insert("extraction_model".into(), json!(model_name));
+            store.insert(&mut w, &r, v)?;
+            added.push(AddedMemory {
+                memory: r.memory.clone(),
+                memory_id: r.id.clone(),
+                memory_type: r.memory_type.as_str().into(),
+                cube_id: r.cube_id.clone(),
+            });
+        }
+        // The fast memories are replaced in the same commit, never before it.
+        for f in &fast {
+            let mut a = f.clone();
+            a.status = Status::Archived;
+            a.info.insert("evolve_to".into(), json!(new_ids));
+            store.update(&mut w, &a, None, "fine", None)?;
+        }
+        store.commit(w)?;
+        Ok(added)
+    })
+    .await
+    .map_err(fail)
+}
