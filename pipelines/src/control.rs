@@ -47,6 +47,33 @@ impl Memos {
         .await
     }
 
+    /// Replaces a memory's text (re-embedded); the previous version is kept in its history.
+    pub async fn update_memory(
+        &self,
+        id: String,
+        text: String,
+        p: &Principal,
+    ) -> Result<MemoryRecord, PipelineError> {
+        if text.trim().is_empty() {
+            return Err(PipelineError::BadRequest("content is empty".into()));
+        }
+        let v = self.embed_query(&text).await?;
+        let p = p.clone();
+        self.blocking(move |store| {
+            let mut w = store.write_txn()?;
+            let Some(mut r) = store.get(&w, &id)?.filter(|r| p.allows_cube(&r.cube_id)) else {
+                return Err(PipelineError::NotFound(format!("memory {id} not found")));
+            };
+            p.check(Access::Write, std::slice::from_ref(&r.cube_id), None)?;
+            r.key = Some(operators::window::key_of(&text));
+            r.memory = text;
+            let r = store.update(&mut w, &r, Some(&v), "update", None)?;
+            store.commit(w)?;
+            Ok(r)
+        })
+        .await
+    }
+
     /// MemOS `delete_memory_by_record_id`: soft-deletes the activated memories of a cube (or
     /// only `memory_ids`), tagging them with `record_id` so [`Memos::recover`] can restore
     /// exactly them. `hard` deletes them for good instead (with a receipt).

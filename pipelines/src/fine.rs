@@ -84,8 +84,12 @@ person: name people instead of using pronouns, and turn relative dates (\"yester
 week\") into absolute dates using the message times. Skip greetings and small talk. Answer with \
 JSON only: {\"memory list\": [{\"key\": \"a short title\", \"memory_type\": \"UserMemory\" (a fact \
 about the user) or \"LongTermMemory\" (anything else worth remembering), \"value\": \"the memory\", \
-\"tags\": [\"keywords\"]}], \"summary\": \"one or two sentences\"}. Use an empty list when nothing \
-is worth remembering.";
+\"tags\": [\"keywords\"]}], \"preferences\": [{\"preference\": \"what the user likes or dislikes, \
+one sentence\", \"preference_type\": \"explicit_preference\" (said outright) or \
+\"implicit_preference\" (shown by habits or choices), \"reasoning\": \"why\"}], \
+\"tool_trajectories\": [{\"tool\": \"name\", \"trajectory\": \"task -> action -> result\", \
+\"correctness\": \"success\" or \"failed\", \"experience\": \"when ... then ...\"}], \"summary\": \
+\"one or two sentences\"}. Use empty lists when nothing is worth remembering.";
 
 /// One validated extracted memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +102,8 @@ pub struct Extracted {
     pub value: String,
     /// Tags.
     pub tags: Vec<String>,
+    /// Extra `info` (preference type and reasoning, tool name and outcome).
+    pub info: serde_json::Map<String, Value>,
 }
 
 /// Validates the model's answer: `{"memory list": [...]}` (or `memories`), each with a
@@ -155,6 +161,61 @@ pub fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
             memory_type,
             value: value.to_string(),
             tags,
+            info: Default::default(),
+        });
+    }
+    let str_of = |m: &Value, k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+    };
+    let list = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (i, p) in list("preferences").iter().enumerate() {
+        let pref =
+            str_of(p, "preference").ok_or_else(|| format!("preferences[{i}] has no preference"))?;
+        let ty = match str_of(p, "preference_type").as_deref() {
+            Some(t) if t.starts_with("implicit") => "implicit_preference",
+            _ => "explicit_preference",
+        };
+        let mut info = serde_json::Map::new();
+        info.insert("preference_type".into(), json!(ty));
+        if let Some(r) = str_of(p, "reasoning") {
+            info.insert("reasoning".into(), json!(r));
+        }
+        out.push(Extracted {
+            key: operators::window::key_of(&pref),
+            memory_type: MemoryType::PreferenceMemory,
+            value: pref,
+            tags: vec![],
+            info,
+        });
+    }
+    for (i, t) in list("tool_trajectories").iter().enumerate() {
+        let trajectory = str_of(t, "trajectory")
+            .ok_or_else(|| format!("tool_trajectories[{i}] has no trajectory"))?;
+        let tool = str_of(t, "tool").unwrap_or_else(|| "tool".into());
+        let mut info = serde_json::Map::new();
+        info.insert("tool_name".into(), json!(tool));
+        info.insert(
+            "success".into(),
+            json!(str_of(t, "correctness").as_deref() != Some("failed")),
+        );
+        if let Some(e) = str_of(t, "experience") {
+            info.insert("experience".into(), json!(e));
+        }
+        out.push(Extracted {
+            key: tool,
+            memory_type: MemoryType::ToolTrajectoryMemory,
+            value: trajectory,
+            tags: vec![],
+            info,
         });
     }
     Ok(out)
@@ -343,6 +404,9 @@ async fn extract(
             r.updated_at = now;
             r.version = 1;
             r.history = vec![];
+            for (k, v) in &e.info {
+                r.info.insert(k.clone(), v.clone());
+            }
             r.info
                 .insert(store::model::DERIVED_FROM.into(), json!(first.id));
             r.info.insert(

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod export;
 pub mod fine;
 pub mod http;
+pub mod mcp;
 pub mod metrics;
 pub mod runtime;
 pub mod service;

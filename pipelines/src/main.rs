@@ -88,6 +88,14 @@ enum Cmd {
         /// Directory to create (must be empty).
         dir: PathBuf,
     },
+    /// Serve MCP (Model Context Protocol) over stdin/stdout with the memory tools, as the key in
+    /// `MEMOS_API_KEY` (or `--key`; none needed when no keys are configured). The same tools are
+    /// served over streamable HTTP at `/mcp` by `memos serve`.
+    Mcp {
+        /// API key to act as.
+        #[arg(long, env = "MEMOS_API_KEY")]
+        key: Option<String>,
+    },
     /// Load a MemCube snapshot written by `memos export` into the data directory (offline).
     ImportCube {
         /// The snapshot directory.
@@ -510,6 +518,14 @@ async fn main() -> Result<()> {
             let embedder = format!("{} {}", cfg.embedder.kind, cfg.embedder.model);
             let manifest = pipelines::export::export(&store, &cube, &dir, embedder.trim())?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        Cmd::Mcp { key } => {
+            let (m, pipeline) = Memos::start(cfg.clone()).await?;
+            let header = key.map(|k| format!("Token {k}"));
+            let p = m.auth.authenticate(header.as_deref())?;
+            pipelines::mcp::serve_stdio(m.clone(), p).await?;
+            drop(m);
+            let _ = pipeline.await;
         }
         Cmd::ImportCube { dir } => {
             let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;

@@ -746,6 +746,42 @@ impl Memos {
         Ok(data)
     }
 
+    /// Asks the chat model for a search query; None (after a log line) when there is no model
+    /// or it fails or takes more than half the search budget.
+    async fn rewrite_query(&self, query: &str, deadline: Instant) -> Option<String> {
+        let client = self.llm.chat_model(None).ok()?;
+        let now = store::time::micros_to_rfc3339(store::time::now_micros());
+        let messages = [
+            operators::llm::Msg::new(
+                "system",
+                format!(
+                    "Rewrite the user's question as a short search query for their memory store: keep names, places and dates, turn relative times into dates (now is {now}), drop filler words. Answer with the query only."
+                ),
+            ),
+            operators::llm::Msg::new("user", query),
+        ];
+        let opts = operators::llm::ChatOptions {
+            max_tokens: Some(64),
+            temperature: Some(0.0),
+            top_p: None,
+        };
+        let budget = deadline.saturating_duration_since(Instant::now()) / 2;
+        match tokio::time::timeout(budget, client.complete(&messages, &opts)).await {
+            Ok(Ok(c)) => {
+                let q = c.text.trim().trim_matches('"').trim().to_string();
+                (!q.is_empty() && q.chars().count() <= self.cfg.limits.max_query_chars).then_some(q)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "fine search: query rewrite failed; searching as fast");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("fine search: query rewrite timed out; searching as fast");
+                None
+            }
+        }
+    }
+
     /// Search (§4): per cube, per bucket (text, preference, tool, skill), hybrid retrieval.
     pub async fn search_hits(
         &self,
@@ -795,7 +831,18 @@ impl Memos {
         };
         let embedder = self.embedder.clone();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.search.timeout_ms);
-        let qv = tokio::time::timeout_at(deadline.into(), self.embed_query(&req.query))
+        // Fine search: the LLM rewrites the question into a search query (pronouns and relative
+        // times resolved); the embedding uses the rewrite, BM25 both. Any failure: as fast.
+        let mut req = req.clone();
+        let mut semantic = req.query.clone();
+        if matches!(req.mode.as_str(), "fine" | "mixture")
+            && let Some(rewritten) = self.rewrite_query(&req.query, deadline).await
+        {
+            req.query = format!("{} {rewritten}", req.query);
+            semantic = rewritten;
+        }
+        let req = &req;
+        let qv = tokio::time::timeout_at(deadline.into(), self.embed_query(&semantic))
             .await
             .map_err(|_| {
                 PipelineError::Timeout(format!(

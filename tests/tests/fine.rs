@@ -73,7 +73,7 @@ async fn found(s: &tests::Server, cube: &str, q: &str) -> Vec<String> {
 async fn extraction_replaces_fast_memories_after_commit() {
     // A fenced answer with a trailing comma: repaired, not rejected.
     let (s, llm, _d) = start(Arc::new(|_, _| {
-        FakeReply::Text("```json\n{\"memory list\": [{\"key\": \"Move to Lisbon\", \"memory_type\": \"UserMemory\", \"value\": \"Ana moved to Lisbon in March 2024.\", \"tags\": [\"move\", \"lisbon\"]},], \"summary\": \"Ana moved.\"}\n```".into())
+        FakeReply::Text("```json\n{\"memory list\": [{\"key\": \"Move to Lisbon\", \"memory_type\": \"UserMemory\", \"value\": \"Ana moved to Lisbon in March 2024.\", \"tags\": [\"move\", \"lisbon\"]},], \"preferences\": [{\"preference\": \"Ana prefers living by the sea.\", \"preference_type\": \"implicit_preference\", \"reasoning\": \"She moved to Lisbon.\"}], \"summary\": \"Ana moved.\"}\n```".into())
     }))
     .await;
     let fast = add_fine(&s, "f1", "I moved to Lisbon last month.").await;
@@ -93,6 +93,11 @@ async fn extraction_replaces_fast_memories_after_commit() {
         t["memories"][0]["memory"],
         "Ana moved to Lisbon in March 2024."
     );
+    // Preferences come out of the same call, as PreferenceMemory with their type.
+    assert_eq!(t["memories"].as_array().unwrap().len(), 2, "{t}");
+    assert_eq!(t["memories"][1]["memory_type"], "PreferenceMemory");
+    let pref = status_of(&s, t["memories"][1]["memory_id"].as_str().unwrap()).await;
+    assert_eq!(pref["info"]["preference_type"], "implicit_preference");
     // The extracted memory is searchable and marked fine; the fast ones are archived with a
     // pointer to it (and out of search).
     let got = found(&s, "f1", "When did Ana move to Lisbon?").await;
@@ -110,7 +115,7 @@ async fn extraction_replaces_fast_memories_after_commit() {
     for id in &fast_ids {
         let m = status_of(&s, id).await;
         assert_eq!(m["status"], "archived", "{m}");
-        assert_eq!(m["info"]["evolve_to"], json!([new_id]));
+        assert_eq!(m["info"]["evolve_to"][0], new_id.as_str());
     }
     // What the model was asked: JSON mode, the conversation with its times, the tag hint.
     let r = &llm.requests()[0];
@@ -207,6 +212,50 @@ async fn a_failing_model_leaves_the_fast_memories() {
     assert!(
         text.contains("memos_fine_jobs_total{outcome=\"failed\"} 4"),
         "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fine_search_rewrites_the_query() {
+    let (s, llm, _d) = start(Arc::new(|body: &Value, _| {
+        let sys = body["messages"][0]["content"].as_str().unwrap_or("");
+        if sys.contains("search query") {
+            FakeReply::Text("\"Lisbon apartment rent euros\"".into())
+        } else {
+            FakeReply::Status(500)
+        }
+    }))
+    .await;
+    for t in [
+        "The rent for the Lisbon apartment is 900 euros a month.",
+        "I pay for the gym with my credit card.",
+        "How much was the bus ticket? It was cheap.",
+    ] {
+        let (st, _) = s
+            .post(
+                "/product/add",
+                json!({"user_id": "ana", "async_mode": "sync", "messages": t}),
+            )
+            .await;
+        assert_eq!(st, 200);
+    }
+    let ask = |mode: &str| json!({"user_id": "ana", "query": "how much do I pay for it there?", "top_k": 1, "mode": mode});
+    let (_, fast) = s.post("/product/search", ask("fast")).await;
+    assert_eq!(llm.requests().len(), 0, "fast search asks no model");
+    let (st, fine) = s.post("/product/search", ask("fine")).await;
+    assert_eq!(st, 200, "{fine}");
+    assert_eq!(llm.requests().len(), 1);
+    let top = |b: &Value| {
+        b["data"]["text_mem"][0]["memories"][0]["memory"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(top(&fine).contains("900 euros"), "fine: {fine}");
+    assert!(
+        !top(&fast).contains("900 euros"),
+        "the rewrite is what found it: {fast}"
     );
     s.stop().await;
 }

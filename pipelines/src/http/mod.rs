@@ -187,6 +187,7 @@ pub fn app(m: Arc<Memos>) -> Router {
         .nest(cloud::BASE, cloud::routes())
         .merge(admin::routes())
         .merge(sql::routes())
+        .nest_service("/mcp", crate::mcp::http_service(m.clone()))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
