@@ -13,23 +13,7 @@ use pipelines::auth::{KeyConfig, Principal};
 use serde_json::{Value, json};
 
 fn texts() -> Vec<String> {
-    let path = tests::root().join("../shared/data/locomo/locomo10.json");
-    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("LoCoMo data"))
-        .expect("LoCoMo JSON");
-    let mut out = Vec::new();
-    for conv in d.as_array().unwrap() {
-        let c = &conv["conversation"];
-        for (k, v) in c.as_object().unwrap() {
-            if k.starts_with("session_") && v.is_array() {
-                for t in v.as_array().unwrap() {
-                    if let Some(s) = t["text"].as_str() {
-                        out.push(format!("{}: {s}", t["speaker"].as_str().unwrap_or("")));
-                    }
-                }
-            }
-        }
-    }
-    out
+    tests::bench::locomo_turns()
 }
 
 async fn throughput(url: &str, key: Option<&str>, body: Value, total: usize, conc: usize) -> f64 {

@@ -12,22 +12,7 @@ use operators::embed::{Embedder, HashEmbedder};
 use serde_json::{Value, json};
 
 fn texts() -> Vec<String> {
-    let path = tests::root().join("../shared/data/locomo/locomo10.json");
-    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("LoCoMo data"))
-        .expect("LoCoMo JSON");
-    let mut out = Vec::new();
-    for conv in d.as_array().unwrap() {
-        for (k, v) in conv["conversation"].as_object().unwrap() {
-            if k.starts_with("session_") && v.is_array() {
-                for t in v.as_array().unwrap() {
-                    if let Some(s) = t["text"].as_str() {
-                        out.push(format!("{}: {s}", t["speaker"].as_str().unwrap_or("")));
-                    }
-                }
-            }
-        }
-    }
-    out
+    tests::bench::locomo_turns()
 }
 
 fn p(v: &mut [f64]) -> (f64, f64) {

@@ -47,6 +47,27 @@ impl Memos {
         .await
     }
 
+    /// Creates a knowledge base (a cube of kind `knowledgebase`) owned by the caller: 403
+    /// outside the key's cube scope, 409 if the id exists.
+    pub async fn create_kb(
+        &self,
+        id: String,
+        name: String,
+        description: String,
+        p: &Principal,
+    ) -> Result<store::CubeInfo, PipelineError> {
+        p.check(Access::Write, std::slice::from_ref(&id), None)?;
+        self.create_cube(store::CubeInfo {
+            cube_id: id,
+            name,
+            owner_id: p.id.clone(),
+            created_at: store::time::now_micros(),
+            kind: "knowledgebase".into(),
+            description,
+        })
+        .await
+    }
+
     /// Replaces a memory's text (re-embedded); the previous version is kept in its history.
     pub async fn update_memory(
         &self,

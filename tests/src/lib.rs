@@ -391,6 +391,27 @@ pub mod bench {
         }
     }
 
+    /// Every LoCoMo turn as "Speaker: text", in file order (the benchmarks' corpus and queries).
+    pub fn locomo_turns() -> Vec<String> {
+        let path = crate::root().join("../shared/data/locomo/locomo10.json");
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("LoCoMo data"))
+                .expect("LoCoMo JSON");
+        let mut out = Vec::new();
+        for conv in d.as_array().expect("a list of conversations") {
+            for (k, v) in conv["conversation"].as_object().expect("a conversation") {
+                if k.starts_with("session_") && v.is_array() {
+                    for t in v.as_array().into_iter().flatten() {
+                        if let Some(s) = t["text"].as_str() {
+                            out.push(format!("{}: {s}", t["speaker"].as_str().unwrap_or("")));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The `p` quantile (0..=1) of `v` (sorted in place).
     pub fn pct(v: &mut [f64], p: f64) -> f64 {
         v.sort_by(f64::total_cmp);

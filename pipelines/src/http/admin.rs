@@ -23,7 +23,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/admin/keys/{id}", delete(revoke_key))
 }
 
-fn admin_only(p: &Principal) -> Result<(), PipelineError> {
+pub(super) fn admin_only(p: &Principal) -> Result<(), PipelineError> {
     if p.admin {
         Ok(())
     } else {

@@ -482,16 +482,13 @@ pub async fn create_knowledgebase(
 ) -> R {
     let name = required(&req.knowledgebase_name, "knowledgebase_name")?;
     let id = new_cube_id(&p, "kb")?;
-    p.check(Access::Write, std::slice::from_ref(&id), None)?;
     let info = m
-        .create_cube(store::CubeInfo {
-            cube_id: id,
+        .create_kb(
+            id,
             name,
-            owner_id: p.id.clone(),
-            created_at: store::time::now_micros(),
-            kind: "knowledgebase".into(),
-            description: req.knowledgebase_description.clone().unwrap_or_default(),
-        })
+            req.knowledgebase_description.clone().unwrap_or_default(),
+            &p,
+        )
         .await?;
     Ok(ok(json!({"id": info.cube_id, "name": info.name})))
 }

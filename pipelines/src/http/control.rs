@@ -150,16 +150,8 @@ pub async fn create_kb(State(m): State<AppState>, Extension(p): P, Body(req): Bo
         Some(id) => id,
         None => new_cube_id(&p, "kb")?,
     };
-    p.check(Access::Write, std::slice::from_ref(&id), None)?;
     let info = m
-        .create_cube(store::CubeInfo {
-            cube_id: id,
-            name,
-            owner_id: p.id.clone(),
-            created_at: store::time::now_micros(),
-            kind: "knowledgebase".into(),
-            description: req.description.unwrap_or_default(),
-        })
+        .create_kb(id, name, req.description.unwrap_or_default(), &p)
         .await?;
     Ok(ok("Knowledge base created", kb_json(&info)))
 }
@@ -387,13 +379,11 @@ pub struct CubeDirRequest {
 }
 
 fn admin(p: &Principal) -> Result<(), PipelineError> {
-    if p.admin {
-        Ok(())
-    } else {
-        Err(PipelineError::Forbidden(
+    super::admin::admin_only(p).map_err(|_| {
+        PipelineError::Forbidden(
             "export and import read and write server directories: admin key required".into(),
-        ))
-    }
+        )
+    })
 }
 
 /// Writes a cube's MemCube snapshot (Parquet + manifest) to a server directory.
