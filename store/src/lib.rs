@@ -791,6 +791,8 @@ impl Store {
             uuids.iter().map(|u| (u.clone(), false)).collect();
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut removed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // KV entries are keyed by cube and only cover that cube's memories.
+        let mut removed_cubes: std::collections::BTreeSet<String> = Default::default();
         while let Some((uuid, derived)) = queue.pop_front() {
             if !seen.insert(uuid.clone()) {
                 continue;
@@ -840,11 +842,14 @@ impl Store {
             }
             receipt.ids.push(uuid.clone());
             removed.insert(uuid);
+            removed_cubes.insert(r.cube_id);
         }
-        if !removed.is_empty() {
+        for cube in &removed_cubes {
+            let mut prefix = cube.as_bytes().to_vec();
+            prefix.push(0);
             let stale: Vec<Vec<u8>> = self
                 .kv
-                .iter(wtxn)?
+                .prefix_iter(wtxn, &prefix)?
                 .filter_map(|i| match i {
                     Ok((k, v)) => match postcard::from_bytes::<KvEntry>(v) {
                         Ok(e) if e.memory_ids.iter().any(|m| removed.contains(m)) => {

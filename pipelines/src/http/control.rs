@@ -161,17 +161,7 @@ pub async fn create_kb(State(m): State<AppState>, Extension(p): P, Body(req): Bo
     responses((status = 200, body = crate::api::Envelope)), security(("token" = [])))]
 pub async fn list_kbs(State(m): State<AppState>, Extension(p): P) -> R {
     p.check(Access::Read, &[], None)?;
-    let all = m
-        .blocking(|store| {
-            let txn = store.read_txn()?;
-            Ok(store.cubes(&txn)?)
-        })
-        .await?;
-    let list: Vec<Value> = all
-        .iter()
-        .filter(|c| c.kind == "knowledgebase" && p.allows_cube(&c.cube_id))
-        .map(kb_json)
-        .collect();
+    let list: Vec<Value> = visible_kbs(&m, &p).await?.iter().map(kb_json).collect();
     Ok(ok("Knowledge bases", json!(list)))
 }
 
@@ -300,10 +290,11 @@ pub async fn cloud_get_kb_files(
         "file_detail_list": files, "total": total, "page": page, "page_size": size})))
 }
 
-async fn readable_kbs(
+/// The knowledge bases `p` may use.
+async fn visible_kbs(
     m: &crate::service::Memos,
     p: &Principal,
-) -> Result<Vec<String>, PipelineError> {
+) -> Result<Vec<store::CubeInfo>, PipelineError> {
     let all = m
         .blocking(|store| {
             let txn = store.read_txn()?;
@@ -313,6 +304,16 @@ async fn readable_kbs(
     Ok(all
         .into_iter()
         .filter(|c| c.kind == "knowledgebase" && p.allows_cube(&c.cube_id))
+        .collect())
+}
+
+async fn readable_kbs(
+    m: &crate::service::Memos,
+    p: &Principal,
+) -> Result<Vec<String>, PipelineError> {
+    Ok(visible_kbs(m, p)
+        .await?
+        .into_iter()
         .map(|c| c.cube_id)
         .collect())
 }
