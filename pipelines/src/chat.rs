@@ -98,7 +98,9 @@ impl Default for ChatRequest {
 
 /// What a chat sends to the model, prepared.
 pub struct ChatPlan {
-    client: Arc<LlmClient>,
+    client: Option<Arc<LlmClient>>,
+    /// Set when the local model answers (activation memory): prefix, cache and prompt rest.
+    local: Option<crate::activation::LocalPlan>,
     /// The messages sent (system prompt with memories, history, the query).
     pub messages: Vec<Msg>,
     /// The memories used: `{id, memory, memory_type, cube_id, score}`.
@@ -188,15 +190,28 @@ impl Memos {
         req: &ChatRequest,
         p: &Principal,
     ) -> Result<ChatPlan, PipelineError> {
-        if !self.llm.is_configured() {
-            return Err(PipelineError::Unavailable(
-                "no LLM is configured: add [[llm.models]] to the config (or set MEMOS_LLM_URL and MEMOS_LLM_MODEL)".into(),
-            ));
-        }
-        let client = self
-            .llm
-            .chat_model(req.model_name_or_path.as_deref())
-            .map_err(llm_error)?;
+        // The local model answers when the request names it, or when no LLM is configured.
+        let local = self
+            .activation
+            .clone()
+            .filter(|a| match req.model_name_or_path.as_deref() {
+                Some(n) => n == a.config().chat_model,
+                None => !self.llm.is_configured(),
+            });
+        let client = if local.is_some() {
+            None
+        } else {
+            if !self.llm.is_configured() {
+                return Err(PipelineError::Unavailable(
+                    "no LLM is configured: add [[llm.models]] to the config (or set MEMOS_LLM_URL and MEMOS_LLM_MODEL), or enable [activation] for the local model".into(),
+                ));
+            }
+            Some(
+                self.llm
+                    .chat_model(req.model_name_or_path.as_deref())
+                    .map_err(llm_error)?,
+            )
+        };
         let user = req
             .user_id
             .clone()
@@ -209,6 +224,38 @@ impl Memos {
             (Some(c), _) if !c.is_empty() => Some(c.clone()),
             (_, Some(c)) => Some(vec![c.clone()]),
             _ => None,
+        };
+        let base = req
+            .system_prompt
+            .clone()
+            .filter(|s| !s.trim().is_empty());
+        // Local model: the first readable cube's activated memories form the cached prefix.
+        let local = match local {
+            Some(a) => {
+                let cube = readable
+                    .as_ref()
+                    .and_then(|c| c.first().cloned())
+                    .unwrap_or_else(|| user.clone());
+                p.check(Access::Read, std::slice::from_ref(&cube), Some(&user))?;
+                let system = base.clone().unwrap_or_else(|| a.config().system.clone());
+                let a2 = a.clone();
+                let (prefix, cache) = self
+                    .blocking(move |store| {
+                        let txn = store.read_txn()?;
+                        let sel = a2.selection(store, &txn, &cube)?;
+                        let prefix = a2.compose(&system, &sel)?;
+                        let cache = a2.cached(store, &txn, &cube, &prefix)?;
+                        Ok((prefix, cache))
+                    })
+                    .await?;
+                Some(crate::activation::LocalPlan {
+                    act: a,
+                    prefix,
+                    cache,
+                    suffix: String::new(),
+                })
+            }
+            None => None,
         };
         let search = SearchRequest {
             query: req.query.clone(),
@@ -244,11 +291,11 @@ impl Memos {
             .filter(|b| b.name == "tool_mem")
             .flat_map(|b| b.hits.iter())
             .collect();
-        let mut system = req
-            .system_prompt
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_SYSTEM.to_string());
+        // Memories already in the local model's cached prefix are not repeated.
+        if let Some(l) = &local {
+            personal.retain(|h| !l.prefix.memory_ids.contains(&h.record.id));
+        }
+        let mut system = String::new();
         system.push_str(&format!(
             "\n\nCurrent time: {}.",
             store::time::micros_to_rfc3339(store::time::now_micros())
@@ -279,6 +326,11 @@ impl Memos {
                 system.push_str(&format!("- {}\n", h.record.memory));
             }
         }
+        let context = system;
+        let system = format!(
+            "{}{context}",
+            base.unwrap_or_else(|| DEFAULT_SYSTEM.to_string())
+        );
         let mut messages = vec![Msg::new("system", system)];
         let history = req.history.clone().unwrap_or_default();
         let skip = history.len().saturating_sub(20);
@@ -295,6 +347,14 @@ impl Memos {
             messages.push(Msg::new(role, content));
         }
         messages.push(Msg::new("user", req.query.clone()));
+        let local = local.map(|mut l| {
+            let turns: Vec<(String, String)> = messages[1..]
+                .iter()
+                .map(|m| (m.role.clone(), m.content.clone()))
+                .collect();
+            l.suffix = activation::lm::chat_suffix(context.trim_start(), &turns);
+            l
+        });
         let add = if req.add_message_on_answer {
             let cubes =
                 crate::service::cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
@@ -310,6 +370,7 @@ impl Memos {
         };
         Ok(ChatPlan {
             client,
+            local,
             messages,
             references,
             opts: ChatOptions {
@@ -351,9 +412,33 @@ impl Memos {
         req: &ChatRequest,
         p: &Principal,
     ) -> Result<Value, PipelineError> {
-        let plan = self.chat_plan(req, p).await?;
-        let c = plan
-            .client
+        let mut plan = self.chat_plan(req, p).await?;
+        if let Some(local) = plan.local.take() {
+            let max_new = local_max_new(req, &local);
+            let metrics = self.metrics.clone();
+            let (local, g) = tokio::task::spawn_blocking(move || {
+                let g = local.run(&metrics, max_new, |_| {});
+                (local, g)
+            })
+            .await
+            .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
+            let g = g?;
+            let response = g.text.trim().to_string();
+            let task = self
+                .add_exchange(plan.add, &req.query, &response, p)
+                .await?;
+            return Ok(json!({
+                "response": response,
+                "reasoning": null,
+                "references": plan.references,
+                "usage": local_usage(&g),
+                "model": local.act.config().chat_model,
+                "ttft_ms": g.ttft.as_secs_f64() * 1000.0,
+                "task_id": task,
+            }));
+        }
+        let client = remote(&plan)?;
+        let c = client
             .complete(&plan.messages, &plan.opts)
             .await
             .map_err(llm_error)?;
@@ -366,7 +451,7 @@ impl Memos {
             "reasoning": reasoning,
             "references": plan.references,
             "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens},
-            "model": plan.client.name(),
+            "model": client.name(),
             "task_id": task,
         }))
     }
@@ -379,9 +464,11 @@ impl Memos {
         req: &ChatRequest,
         p: &Principal,
     ) -> Result<mpsc::Receiver<Value>, PipelineError> {
-        let plan = self.chat_plan(req, p).await?;
-        let mut rx = plan
-            .client
+        let mut plan = self.chat_plan(req, p).await?;
+        if let Some(local) = plan.local.take() {
+            return Ok(self.local_stream(local, plan, req, p));
+        }
+        let mut rx = remote(&plan)?
             .stream(&plan.messages, &plan.opts)
             .await
             .map_err(llm_error)?;
@@ -438,6 +525,76 @@ impl Memos {
         });
         Ok(out)
     }
+}
+
+impl Memos {
+    /// The local model's answer, streamed in the same SSE payloads as a remote model's.
+    fn local_stream(
+        self: &Arc<Self>,
+        local: crate::activation::LocalPlan,
+        plan: ChatPlan,
+        req: &ChatRequest,
+        p: &Principal,
+    ) -> mpsc::Receiver<Value> {
+        let (tx, out) = mpsc::channel(64);
+        let memos = self.clone();
+        let p = p.clone();
+        let query = req.query.clone();
+        let max_new = local_max_new(req, &local);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(json!({"type": "reference", "data": plan.references}))
+                .await;
+            let tokens = tx.clone();
+            let metrics = memos.metrics.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                local.run(&metrics, max_new, |t| {
+                    let _ = tokens.blocking_send(json!({"type": "text", "data": t}));
+                })
+            })
+            .await;
+            let g = match res {
+                Ok(Ok(g)) => g,
+                Ok(Err(e)) => {
+                    let _ = tx.send(json!({"type": "error", "content": e.to_string()})).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(json!({"type": "error", "content": e.to_string()})).await;
+                    return;
+                }
+            };
+            let task = match memos.add_exchange(plan.add, &query, g.text.trim(), &p).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "chat: adding the exchange failed");
+                    None
+                }
+            };
+            let _ = tx
+                .send(json!({"type": "end", "data": {"usage": local_usage(&g), "task_id": task,
+                    "ttft_ms": g.ttft.as_secs_f64() * 1000.0}}))
+                .await;
+        });
+        out
+    }
+}
+
+fn remote(plan: &ChatPlan) -> Result<Arc<LlmClient>, PipelineError> {
+    plan.client
+        .clone()
+        .ok_or_else(|| PipelineError::Unavailable("no chat model".into()))
+}
+
+fn local_max_new(req: &ChatRequest, local: &crate::activation::LocalPlan) -> usize {
+    req.max_tokens
+        .map(|m| m as usize)
+        .unwrap_or(local.act.config().max_new_tokens)
+}
+
+fn local_usage(g: &activation::Generation) -> Value {
+    json!({"prompt_tokens": g.prompt_tokens + g.cached_tokens,
+        "completion_tokens": g.tokens.len(), "cached_tokens": g.cached_tokens})
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// LLMs (OpenAI-compatible chat completions) for chat and fine extraction.
     pub llm: operators::llm::LlmConfig,
+    /// Activation memory: KV caches of selected memories for the local model.
+    pub activation: crate::activation::ActivationConfig,
     /// Search.
     pub search: SearchConfig,
     /// Request limits.

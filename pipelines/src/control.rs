@@ -93,6 +93,7 @@ impl Memos {
             Ok(r)
         })
         .await
+        .inspect(|r| self.kv_touch(std::slice::from_ref(&r.cube_id)))
     }
 
     /// MemOS `delete_memory_by_record_id`: soft-deletes the activated memories of a cube (or
@@ -108,7 +109,8 @@ impl Memos {
     ) -> Result<Value, PipelineError> {
         store::validate_key_part("record_id", &record_id)?;
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
-        self.blocking(move |store| {
+        let touched = [cube.clone()];
+        let out = self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
             let ids: Vec<String> = match memory_ids {
                 Some(ids) => {
@@ -151,7 +153,9 @@ impl Memos {
             store.commit(wtxn)?;
             Ok(json!({"status": "success", "hard_delete": false, "deleted": n, "record_id": record_id}))
         })
-        .await
+        .await;
+        self.kv_touch(&touched);
+        out
     }
 
     /// MemOS `recover_memory_by_record_id`: restores what a soft delete with `record_id` took.
@@ -162,7 +166,8 @@ impl Memos {
         p: &Principal,
     ) -> Result<Value, PipelineError> {
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
-        self.blocking(move |store| {
+        let touched = [cube.clone()];
+        let out = self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
             let deleted = store.field_ids(&wtxn, &cube, "status", Status::Deleted.as_str())?;
             let mut n = 0;
@@ -187,7 +192,9 @@ impl Memos {
             store.commit(wtxn)?;
             Ok(json!({"status": "success", "recovered": n, "record_id": record_id}))
         })
-        .await
+        .await;
+        self.kv_touch(&touched);
+        out
     }
 
     /// The files of a knowledge base (or of any cube): one entry per file id with its name,
@@ -391,5 +398,6 @@ impl Memos {
             Ok(receipt)
         })
         .await
+        .inspect(|r| self.kv_touch(&r.cubes))
     }
 }

@@ -52,6 +52,9 @@ pub enum PipelineError {
     /// A SQL statement failed (bad SQL, read-only, limits, scope).
     #[error(transparent)]
     Sql(#[from] sql::SqlError),
+    /// The activation model or a KV cache failed.
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
 }
 
 impl PipelineError {
@@ -85,6 +88,14 @@ impl PipelineError {
                 sql::SqlError::Timeout(_) => 504,
                 sql::SqlError::Store(s) => store_status(s),
             },
+            PipelineError::Activation(e) => {
+                use activation::ActivationError as A;
+                match e {
+                    A::Invalid(_) => 400,
+                    A::Cuda(_) | A::ModelFile(_) => 503,
+                    A::Tensor(_) | A::Tokenizer(_) | A::Cache(_) | A::Io(_) => 500,
+                }
+            }
         }
     }
 }

@@ -307,6 +307,10 @@ impl Memos {
 
     /// [`import`] on a blocking thread.
     pub async fn import_cube(&self, dir: PathBuf) -> Result<Value, PipelineError> {
-        self.blocking(move |store| import(store, &dir)).await
+        let out = self.blocking(move |store| import(store, &dir)).await?;
+        if let Some(c) = out.get("cube_id").and_then(Value::as_str) {
+            self.kv_touch(&[c]);
+        }
+        Ok(out)
     }
 }

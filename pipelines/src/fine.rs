@@ -277,7 +277,10 @@ async fn run(m: &Arc<Memos>, job: FineJob) {
     };
     m.metrics.fine_jobs.with_label_values(&[label]).inc();
     match outcome {
-        Ok(added) => m.tasks.set(task(&job, "completed", added, None)),
+        Ok(added) => {
+            m.kv_touch(std::slice::from_ref(&job.cube_id));
+            m.tasks.set(task(&job, "completed", added, None))
+        }
         Err((reason, reply)) => {
             tracing::warn!(task = %job.task_id(), %reason, "fine extraction failed; fast memories kept");
             let dl = DeadLetter {

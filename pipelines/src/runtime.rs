@@ -152,6 +152,7 @@ pub struct Processor {
     dedupe: DedupeOperator,
     feedback: operators::feedback::FeedbackMergeOperator,
     fine: Option<crate::fine::FineQueue>,
+    activation: Option<Arc<crate::activation::Activation>>,
     capacity: Vec<(MemoryType, usize)>,
     hard_forget: bool,
     max_event_bytes: usize,
@@ -231,6 +232,7 @@ impl Processor {
             extract: cfg.extract.build(),
             feedback: cfg.feedback.build(embedder.clone()),
             fine: None,
+            activation: None,
             embed: EmbedOperator::new(embedder),
             dedupe: cfg.dedupe.build(),
             capacity: cfg
@@ -633,9 +635,10 @@ impl Processor {
             .iter()
             .map(|p| p.ie.event.cube_id.as_str())
             .collect();
-        for cube in cubes {
+        for &cube in &cubes {
             self.forget_over_capacity(&mut wtxn, cube)?;
         }
+        let touched: Vec<String> = cubes.iter().map(|c| c.to_string()).collect();
         stats.dead_lettered = dead.len();
         let mut released = Vec::new();
         for (src, pos) in &positions {
@@ -653,6 +656,12 @@ impl Processor {
         let t_sink = Instant::now();
         self.store.commit(wtxn)?;
         m.commit_seconds.observe(t_sink.elapsed().as_secs_f64());
+        // The activation worker rebuilds the touched cubes' KV caches once the batch is durable.
+        if let Some(a) = &self.activation {
+            for c in &touched {
+                a.notify(c);
+            }
+        }
         // Fine extraction starts only once the fast memories are durable.
         if let Some(q) = &self.fine {
             for job in fine_jobs {
@@ -751,6 +760,7 @@ pub fn spawn(
     embedder: Arc<dyn Embedder>,
     metrics: Arc<crate::metrics::Metrics>,
     fine: Option<crate::fine::FineQueue>,
+    activation: Option<Arc<crate::activation::Activation>>,
 ) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Incoming>(cfg.pipeline.channel_capacity.max(1));
     let batch_size = cfg.pipeline.batch_size.max(1);
@@ -762,6 +772,7 @@ pub fn spawn(
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
     let mut processor = Processor::new(cfg, store.clone(), embedder, metrics.clone());
     processor.fine = fine;
+    processor.activation = activation;
     let worker = std::thread::Builder::new()
         .name("memos-pipeline".into())
         .spawn(move || {

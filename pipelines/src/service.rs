@@ -181,6 +181,8 @@ pub struct Memos {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The configured LLMs (none: chat is unavailable, fine mode behaves as fast).
     pub llm: operators::llm::Llm,
+    /// Activation memory (`[activation] enabled`): the local model and its KV-cache worker.
+    pub activation: Option<Arc<crate::activation::Activation>>,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -301,8 +303,20 @@ impl Memos {
                 tx: fine_tx,
                 memos: hook.clone(),
             });
-        let (pipeline, task) =
-            runtime::spawn(&cfg, store.clone(), embedder.clone(), metrics.clone(), fine);
+        let (activation, kv_rx) = if cfg.activation.enabled {
+            let (a, rx) = crate::activation::Activation::load(&cfg.activation)?;
+            (Some(a), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (pipeline, task) = runtime::spawn(
+            &cfg,
+            store.clone(),
+            embedder.clone(),
+            metrics.clone(),
+            fine,
+            activation.clone(),
+        );
         let memos = Arc::new(Memos {
             cfg,
             store,
@@ -315,8 +329,12 @@ impl Memos {
             sql,
             metrics,
             llm,
+            activation,
         });
         let _ = hook.set(Arc::downgrade(&memos));
+        if let Some(rx) = kv_rx {
+            crate::activation::spawn_worker(Arc::downgrade(&memos), rx);
+        }
         if memos.llm.extract_model().is_some() {
             crate::fine::spawn_worker(Arc::downgrade(&memos), fine_rx);
         }
@@ -368,6 +386,16 @@ impl Memos {
     }
 
     /// Runs `f` over the store on a blocking thread.
+    /// Tells the activation worker these cubes changed (no-op when activation is off).
+    pub fn kv_touch<S: AsRef<str>>(&self, cubes: &[S]) {
+        if let Some(a) = &self.activation {
+            for c in cubes {
+                a.notify(c.as_ref());
+            }
+        }
+    }
+
+    /// Runs `f` with the store on a blocking thread.
     pub async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, PipelineError> + Send + 'static,
@@ -1069,7 +1097,7 @@ impl Memos {
         }
         let req = req.clone();
         let p = p.clone();
-        self.blocking(move |store| {
+        let receipt = self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
             let ids: Vec<String> = if let Some(ids) = &req.memory_ids {
                 let mut missing = Vec::new();
@@ -1129,9 +1157,11 @@ impl Memos {
             };
             let receipt = store.delete(&mut wtxn, &ids)?;
             store.commit(wtxn)?;
-            Ok(json!({"status": "success", "deleted": receipt.ids.len(), "receipt": receipt}))
+            Ok(receipt)
         })
-        .await
+        .await?;
+        self.kv_touch(&receipt.cubes);
+        Ok(json!({"status": "success", "deleted": receipt.ids.len(), "receipt": receipt}))
     }
 
     /// Builds feedback events (one per writable cube); the pipeline keeps them as

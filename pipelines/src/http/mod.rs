@@ -16,6 +16,7 @@ pub mod admin;
 pub mod chat;
 pub mod cloud;
 pub mod control;
+pub mod kv;
 pub mod openapi;
 pub mod product;
 pub mod sql;
@@ -184,6 +185,7 @@ pub fn app(m: Arc<Memos>) -> Router {
         .merge(product::routes())
         .merge(control::routes())
         .merge(chat::routes())
+        .merge(kv::routes())
         .nest(cloud::BASE, cloud::routes())
         .merge(admin::routes())
         .merge(sql::routes())
