@@ -79,7 +79,11 @@ impl KvCache {
     }
 
     /// Builds a cache from host buffers laid out `[kv_heads, tokens, head_dim]` per layer.
-    pub fn from_host(config: &LlamaConfig, len: usize, kv: Vec<(Vec<f32>, Vec<f32>)>) -> Result<Self> {
+    pub fn from_host(
+        config: &LlamaConfig,
+        len: usize,
+        kv: Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<Self> {
         let shape = (config.num_kv_heads, len, config.head_dim());
         let mut layers = Vec::with_capacity(kv.len());
         for (k, v) in kv {
@@ -119,7 +123,9 @@ impl KvCache {
         let shape = vec![1, config.num_kv_heads, self.len, config.head_dim()];
         let mut buffers: Vec<(String, Vec<u8>)> = Vec::with_capacity(self.layers.len() * 2);
         for (i, l) in self.layers.iter().enumerate() {
-            let l = l.as_ref().ok_or_else(|| ActivationError::Cache("cache is empty".into()))?;
+            let l = l
+                .as_ref()
+                .ok_or_else(|| ActivationError::Cache("cache is empty".into()))?;
             for (name, t) in [(key_name(i), &l.k), (value_name(i), &l.v)] {
                 let v = t.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<f16>()?;
                 let mut bytes = Vec::with_capacity(v.len() * 2);
@@ -150,7 +156,11 @@ impl KvCache {
         md.insert("num_layers".to_string(), config.num_layers.to_string());
         md.insert("num_kv_heads".to_string(), config.num_kv_heads.to_string());
         md.insert("head_dim".to_string(), config.head_dim().to_string());
-        md.insert("layout".to_string(), "past_key_values [batch, kv_heads, tokens, head_dim], keys after RoPE (rotate-half)".to_string());
+        md.insert(
+            "layout".to_string(),
+            "past_key_values [batch, kv_heads, tokens, head_dim], keys after RoPE (rotate-half)"
+                .to_string(),
+        );
         safetensors::tensor::serialize(views, Some(md))
             .map_err(|e| ActivationError::Cache(e.to_string()))
     }
@@ -158,7 +168,8 @@ impl KvCache {
     /// Reads what [`KvCache::to_safetensors`] wrote, checking it fits `config`.
     pub fn from_safetensors(bytes: &[u8], config: &LlamaConfig) -> Result<(Self, CacheMeta)> {
         let meta = read_meta(bytes)?;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ActivationError::Cache(e.to_string()))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| ActivationError::Cache(e.to_string()))?;
         let len = meta.token_count as usize;
         let want = [1, config.num_kv_heads, len, config.head_dim()];
         let mut layers = Vec::with_capacity(config.num_layers);
@@ -180,7 +191,11 @@ impl KvCache {
                     .chunks_exact(2)
                     .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect();
-                pair.push(Tensor::from_vec(v, (config.num_kv_heads, len, config.head_dim()), &Device::Cpu)?);
+                pair.push(Tensor::from_vec(
+                    v,
+                    (config.num_kv_heads, len, config.head_dim()),
+                    &Device::Cpu,
+                )?);
             }
             let v = pair.pop().unwrap_or_else(|| unreachable!());
             let k = pair.pop().unwrap_or_else(|| unreachable!());

@@ -66,19 +66,19 @@ impl LlamaConfig {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 {
             return bad("heads, KV heads and layers must be positive".into());
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden size {} is not a multiple of {} heads",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "{} query heads are not a multiple of {} KV heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head dim {} is odd", self.head_dim()));
         }
         if self.vocab_size == 0 || self.max_positions == 0 {

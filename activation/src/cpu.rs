@@ -16,7 +16,8 @@ pub fn rope_tables(config: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     let mut sin = Vec::with_capacity(config.max_positions * half);
     for p in 0..config.max_positions {
         for i in 0..half {
-            let inv = 1.0 / (config.rope_theta as f64).powf(2.0 * i as f64 / config.head_dim() as f64);
+            let inv =
+                1.0 / (config.rope_theta as f64).powf(2.0 * i as f64 / config.head_dim() as f64);
             let a = p as f64 * inv;
             cos.push(a.cos() as f32);
             sin.push(a.sin() as f32);
@@ -86,9 +87,20 @@ impl CpuModel {
             let k = h.matmul(&w.wk.t()?)?;
             let v = h.matmul(&w.wv.t()?)?;
             // [n, heads·hd] → [1, heads, n, hd]
-            let q = q.reshape((n, c.num_heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-            let k = k.reshape((n, c.num_kv_heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-            let v = v.reshape((n, c.num_kv_heads, hd))?.transpose(0, 1)?.contiguous()?;
+            let q = q
+                .reshape((n, c.num_heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?;
+            let k = k
+                .reshape((n, c.num_kv_heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?;
+            let v = v
+                .reshape((n, c.num_kv_heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
             let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?.squeeze(0)?;
             let (k, v) = match cache.layers[li].take() {
@@ -109,7 +121,11 @@ impl CpuModel {
                 .reshape((c.num_heads, total, hd))?;
             let scores = (q.matmul(&kx.t()?)? * scale)?.broadcast_add(&mask)?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = p.matmul(&vx)?.transpose(0, 1)?.contiguous()?.reshape((n, c.hidden_size))?;
+            let o = p
+                .matmul(&vx)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((n, c.hidden_size))?;
             x = (x + o.matmul(&w.wo.t()?)?)?;
             cache.layers[li] = Some(LayerKv { k, v });
             let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
@@ -118,7 +134,11 @@ impl CpuModel {
             x = (x + (g * u)?.matmul(&w.w_down.t()?)?)?;
         }
         cache.len = total;
-        let x = if all_logits { x } else { x.narrow(0, n - 1, 1)? };
+        let x = if all_logits {
+            x
+        } else {
+            x.narrow(0, n - 1, 1)?
+        };
         let x = candle_nn::ops::rms_norm(&x, &self.weights.final_norm, c.rms_eps)?;
         Ok(x.matmul(&self.weights.lm_head.t()?)?)
     }
@@ -156,12 +176,23 @@ pub fn check_tokens(c: &LlamaConfig, tokens: &[u32], offset: usize) -> Result<()
 fn causal_mask(n: usize, offset: usize) -> Result<Tensor> {
     let total = offset + n;
     let m: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(m, (n, total), &Device::Cpu)?)
 }
 
 /// Index of the largest logit in a `[1, vocab]` or `[vocab]` tensor.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.flatten_all()?.argmax(D::Minus1)?.to_scalar::<u32>()?)
+    Ok(logits
+        .flatten_all()?
+        .argmax(D::Minus1)?
+        .to_scalar::<u32>()?)
 }

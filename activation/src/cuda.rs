@@ -221,8 +221,16 @@ impl CudaModel {
         let mut k = Vec::with_capacity(c.num_layers);
         let mut v = Vec::with_capacity(c.num_layers);
         for _ in 0..c.num_layers {
-            k.push(self.stream.alloc_zeros::<f32>(size).map_err(cuda("alloc"))?);
-            v.push(self.stream.alloc_zeros::<f32>(size).map_err(cuda("alloc"))?);
+            k.push(
+                self.stream
+                    .alloc_zeros::<f32>(size)
+                    .map_err(cuda("alloc"))?,
+            );
+            v.push(
+                self.stream
+                    .alloc_zeros::<f32>(size)
+                    .map_err(cuda("alloc"))?,
+            );
         }
         Ok(CudaCache {
             k,
@@ -259,7 +267,6 @@ impl CudaModel {
         unsafe { self.blas.gemm(cfg, w, x, y) }.map_err(cuda("gemm"))
     }
 
-
     /// Runs `tokens` after the prefix in `cache`, writing their keys and values into it.
     /// Returns the last token's logits.
     pub fn forward(&self, tokens: &[u32], cache: &mut CudaCache) -> Result<Vec<f32>> {
@@ -293,23 +300,90 @@ impl CudaModel {
         let mut gate = alloc(n * inter)?;
         let mut up = alloc(n * inter)?;
         let (n_i, h_i, hd_i, nh_i, nkv_i) = (n as i32, h as i32, hd as i32, nh as i32, nkv as i32);
-        let (off_i, cap_i, total_i, zero, one) = (offset as i32, cap as i32, total as i32, 0i32, 1i32);
+        let (off_i, cap_i, total_i, zero, one) =
+            (offset as i32, cap as i32, total as i32, 0i32, 1i32);
         let eps = c.rms_eps;
         let scale = 1.0f32 / (hd as f32).sqrt();
 
-        launch!(self, &self.k.embed_gather, grid(n * h), &self.embed, &ids, &mut x, &n_i, &h_i);
+        launch!(
+            self,
+            &self.k.embed_gather,
+            grid(n * h),
+            &self.embed,
+            &ids,
+            &mut x,
+            &n_i,
+            &h_i
+        );
         for (li, w) in self.layers.iter().enumerate() {
-            launch!(self, &self.k.rms_norm, rows(n), &x, &w.attn_norm, &mut hb, &h_i, &eps);
+            launch!(
+                self,
+                &self.k.rms_norm,
+                rows(n),
+                &x,
+                &w.attn_norm,
+                &mut hb,
+                &h_i,
+                &eps
+            );
             self.linear(&hb, &w.wq, &mut q, n, h, h)?;
             self.linear(&hb, &w.wk, &mut kt, n, h, kvd)?;
             self.linear(&hb, &w.wv, &mut vt, n, h, kvd)?;
             // Q → [heads, n, hd] with RoPE; K (RoPE) and V → the cache rows offset..total.
-            launch!(self, &self.k.rope_scatter, grid(n * h), &q, &h_i, &mut qh, &n_i, &self.cos, &self.sin, &n_i, &nh_i, &hd_i, &off_i, &zero, &one);
+            launch!(
+                self,
+                &self.k.rope_scatter,
+                grid(n * h),
+                &q,
+                &h_i,
+                &mut qh,
+                &n_i,
+                &self.cos,
+                &self.sin,
+                &n_i,
+                &nh_i,
+                &hd_i,
+                &off_i,
+                &zero,
+                &one
+            );
             let kvd_i = kvd as i32;
             let kc = &mut cache.k[li];
-            launch!(self, &self.k.rope_scatter, grid(n * kvd), &kt, &kvd_i, kc, &cap_i, &self.cos, &self.sin, &n_i, &nkv_i, &hd_i, &off_i, &off_i, &one);
+            launch!(
+                self,
+                &self.k.rope_scatter,
+                grid(n * kvd),
+                &kt,
+                &kvd_i,
+                kc,
+                &cap_i,
+                &self.cos,
+                &self.sin,
+                &n_i,
+                &nkv_i,
+                &hd_i,
+                &off_i,
+                &off_i,
+                &one
+            );
             let vc = &mut cache.v[li];
-            launch!(self, &self.k.rope_scatter, grid(n * kvd), &vt, &kvd_i, vc, &cap_i, &self.cos, &self.sin, &n_i, &nkv_i, &hd_i, &off_i, &off_i, &zero);
+            launch!(
+                self,
+                &self.k.rope_scatter,
+                grid(n * kvd),
+                &vt,
+                &kvd_i,
+                vc,
+                &cap_i,
+                &self.cos,
+                &self.sin,
+                &n_i,
+                &nkv_i,
+                &hd_i,
+                &off_i,
+                &off_i,
+                &zero
+            );
             // Scores per KV group g: S_g[rep·n, total] = Q_g[rep·n, hd] · K_g[total, hd]ᵀ.
             let cfg = StridedBatchedConfig {
                 gemm: GemmConfig {
@@ -330,9 +404,21 @@ impl CudaModel {
                 stride_c: (rep * n * total) as i64,
             };
             // SAFETY: K holds nkv·cap·hd, Q nh·n·hd, scores nh·n·total elements.
-            unsafe { self.blas.gemm_strided_batched(cfg, &cache.k[li], &qh, &mut scores) }
-                .map_err(cuda("attention scores"))?;
-            launch!(self, &self.k.causal_softmax, rows(nh * n), &mut scores, &n_i, &total_i, &off_i, &scale);
+            unsafe {
+                self.blas
+                    .gemm_strided_batched(cfg, &cache.k[li], &qh, &mut scores)
+            }
+            .map_err(cuda("attention scores"))?;
+            launch!(
+                self,
+                &self.k.causal_softmax,
+                rows(nh * n),
+                &mut scores,
+                &n_i,
+                &total_i,
+                &off_i,
+                &scale
+            );
             // O_g[rep·n, hd] = P_g[rep·n, total] · V_g[total, hd].
             let cfg = StridedBatchedConfig {
                 gemm: GemmConfig {
@@ -353,17 +439,45 @@ impl CudaModel {
                 stride_c: (rep * n * hd) as i64,
             };
             // SAFETY: V holds nkv·cap·hd, P nh·n·total, O nh·n·hd elements.
-            unsafe { self.blas.gemm_strided_batched(cfg, &cache.v[li], &scores, &mut oh) }
-                .map_err(cuda("attention values"))?;
-            launch!(self, &self.k.merge_heads, grid(n * h), &oh, &mut o, &nh_i, &n_i, &hd_i);
+            unsafe {
+                self.blas
+                    .gemm_strided_batched(cfg, &cache.v[li], &scores, &mut oh)
+            }
+            .map_err(cuda("attention values"))?;
+            launch!(
+                self,
+                &self.k.merge_heads,
+                grid(n * h),
+                &oh,
+                &mut o,
+                &nh_i,
+                &n_i,
+                &hd_i
+            );
             self.linear(&o, &w.wo, &mut proj, n, h, h)?;
             let len = (n * h) as i32;
             launch!(self, &self.k.residual_add, grid(n * h), &mut x, &proj, &len);
-            launch!(self, &self.k.rms_norm, rows(n), &x, &w.ffn_norm, &mut hb, &h_i, &eps);
+            launch!(
+                self,
+                &self.k.rms_norm,
+                rows(n),
+                &x,
+                &w.ffn_norm,
+                &mut hb,
+                &h_i,
+                &eps
+            );
             self.linear(&hb, &w.w_gate, &mut gate, n, h, inter)?;
             self.linear(&hb, &w.w_up, &mut up, n, h, inter)?;
             let ilen = (n * inter) as i32;
-            launch!(self, &self.k.silu_mul, grid(n * inter), &mut gate, &up, &ilen);
+            launch!(
+                self,
+                &self.k.silu_mul,
+                grid(n * inter),
+                &mut gate,
+                &up,
+                &ilen
+            );
             self.linear(&gate, &w.w_down, &mut proj, n, inter, h)?;
             launch!(self, &self.k.residual_add, grid(n * h), &mut x, &proj, &len);
         }
@@ -371,7 +485,16 @@ impl CudaModel {
         // Logits of the last token only.
         let last = x.slice((n - 1) * h..);
         let mut normed = alloc(h)?;
-        launch!(self, &self.k.rms_norm, rows(1), &last, &self.final_norm, &mut normed, &h_i, &eps);
+        launch!(
+            self,
+            &self.k.rms_norm,
+            rows(1),
+            &last,
+            &self.final_norm,
+            &mut normed,
+            &h_i,
+            &eps
+        );
         let mut logits = alloc(c.vocab_size)?;
         self.linear(&normed, &self.lm_head, &mut logits, 1, h, c.vocab_size)?;
         s.clone_dtoh(&logits).map_err(cuda("download"))

@@ -29,7 +29,7 @@ pub struct GgufModel {
     pub tokenizer: Tokenizer,
     /// Hash identifying the tokenizer (vocabulary, merges, pre-tokenizer rules).
     pub tokenizer_hash: String,
-    /// Identifies the weights: the model's name and the file's sha256 prefix.
+    /// Identifies the weights: the file's name and its sha256 prefix.
     pub model_id: String,
     /// Beginning-of-sequence id, when the file names one.
     pub bos_id: Option<u32>,
@@ -82,8 +82,7 @@ fn strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
 
 /// Reads `path` (a Llama GGUF), dequantising every tensor to f32.
 pub fn load(path: &Path) -> Result<GgufModel> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let content = Content::read(&mut f).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let md = &content.metadata;
     let arch = md
@@ -109,8 +108,7 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         intermediate_size: num("feed_forward_length")?,
         num_layers: num("block_count")?,
         num_heads: num("attention.head_count")?,
-        num_kv_heads: num("attention.head_count_kv")
-            .or_else(|_| num("attention.head_count"))?,
+        num_kv_heads: num("attention.head_count_kv").or_else(|_| num("attention.head_count"))?,
         rope_theta: md
             .get("llama.rope.freq_base")
             .and_then(as_f32)
@@ -192,14 +190,17 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         .unwrap_or_default();
     let (tokenizer, tokenizer_hash, special) = build_tokenizer(&tokens, &merges, &token_types)?;
     let id = |k: &str| md.get(k).and_then(as_u64).map(|x| x as u32);
-    let name = md
-        .get("general.name")
-        .and_then(|v| v.to_string().ok().cloned())
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
+    // The file's name says which model and quantisation ("SmolLM2-135M-Instruct.Q4_1");
+    // `general.name` is often a training-run label.
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            md.get("general.name")
+                .and_then(|v| v.to_string().ok().cloned())
+        })
+        .unwrap_or_else(|| "gguf".into());
     let mut h = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
     let model_id = format!("{name}@{}", &hex::encode(h.finalize())[..12]);

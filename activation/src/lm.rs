@@ -112,9 +112,13 @@ impl LocalLm {
                     }
                 } else {
                     if device == DevicePref::Cuda {
-                        tracing::warn!("activation: no CUDA driver or device; prefill runs on the CPU");
+                        tracing::warn!(
+                            "activation: no CUDA driver or device; prefill runs on the CPU"
+                        );
                     } else {
-                        tracing::info!("activation: no CUDA driver or device; prefill runs on the CPU");
+                        tracing::info!(
+                            "activation: no CUDA driver or device; prefill runs on the CPU"
+                        );
                     }
                     None
                 }
@@ -195,7 +199,10 @@ impl LocalLm {
             None => KvCache::new(self.config().num_layers),
         };
         let cached_tokens = cache.len;
-        let room = self.config().max_positions.saturating_sub(cache.len + prompt.len());
+        let room = self
+            .config()
+            .max_positions
+            .saturating_sub(cache.len + prompt.len());
         let max_new = max_new.min(room);
         let mut logits = self.cpu.forward(prompt, &mut cache, false)?;
         let mut next = argmax(&logits)?;

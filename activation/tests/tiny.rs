@@ -47,7 +47,10 @@ fn prefill_then_decode_equals_the_full_forward_pass() {
         let step = m.forward(&[t], &mut cache, false).unwrap();
         worst = worst.max(max_diff(&step, &full.narrow(0, 40 + i, 1).unwrap()));
     }
-    assert!(worst <= 1e-4, "decode logits differ from the full pass by {worst}");
+    assert!(
+        worst <= 1e-4,
+        "decode logits differ from the full pass by {worst}"
+    );
     assert_eq!(cache.len(), 48);
     // The incrementally built cache holds the same keys and values as the one-shot pass.
     let kv = cache.max_abs_diff(&full_cache).unwrap();
@@ -120,17 +123,26 @@ fn the_f16_safetensors_form_round_trips() {
 fn bad_input_is_refused() {
     let m = model(1);
     let mut c = KvCache::new(2);
-    assert!(matches!(m.forward(&[], &mut c, false), Err(ActivationError::Invalid(_))));
+    assert!(matches!(
+        m.forward(&[], &mut c, false),
+        Err(ActivationError::Invalid(_))
+    ));
     match m.forward(&[5, 300], &mut c, false) {
         Err(ActivationError::Invalid(msg)) => assert!(msg.contains("300"), "{msg}"),
         other => panic!("{other:?}"),
     }
     let long = vec![1u32; 513];
-    assert!(matches!(m.forward(&long, &mut c, false), Err(ActivationError::Invalid(_))));
+    assert!(matches!(
+        m.forward(&long, &mut c, false),
+        Err(ActivationError::Invalid(_))
+    ));
     // Nothing was appended by the failed calls.
     assert_eq!(c.len(), 0);
     let mut wrong = KvCache::new(3);
-    assert!(matches!(m.forward(&[1], &mut wrong, false), Err(ActivationError::Cache(_))));
+    assert!(matches!(
+        m.forward(&[1], &mut wrong, false),
+        Err(ActivationError::Cache(_))
+    ));
 }
 
 /// CI sets `MEMOS_REQUIRE_NVRTC=1` (with the NVRTC wheel on `LD_LIBRARY_PATH`) so this cannot
@@ -148,7 +160,10 @@ fn every_kernel_compiles_with_nvrtc() {
     let ptx = activation::cuda::compile_kernels().expect("the kernels compile");
     let src = ptx.to_src();
     for k in activation::cuda::KERNEL_NAMES {
-        assert!(src.contains(&format!(".entry {k}(")), "{k} missing from the PTX");
+        assert!(
+            src.contains(&format!(".entry {k}(")),
+            "{k} missing from the PTX"
+        );
     }
 }
 

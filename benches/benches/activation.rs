@@ -27,13 +27,21 @@ fn main() {
     // Memory text: LoCoMo turns, as a cube's activated memories would read.
     let turns = tests::bench::locomo_turns();
     let memories: Vec<String> = turns.iter().take(400).cloned().collect();
-    let prefix_all = chat_prefix("You are a helpful assistant with a long-term memory of the user.", &memories);
+    let prefix_all = chat_prefix(
+        "You are a helpful assistant with a long-term memory of the user.",
+        &memories,
+    );
     let all_tokens = lm.encode(&prefix_all).unwrap();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut md = format!(
         "Model: SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to f32; {} layers, {} query / {} KV heads, head dim {}). \
          CPU: {threads} threads (candle). Median of {runs} runs. `cargo bench --profile dev -p benches --bench activation`.\n\n",
-        cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim()
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim()
     );
     md.push_str("| prefill | tokens | time | tokens/s |\n|---|---:|---:|---:|\n");
     let gpu = if activation::cuda::available() {
@@ -107,7 +115,10 @@ fn main() {
     let q = lm
         .encode(&chat_suffix(
             "",
-            &[("user".into(), "When did Caroline go to the LGBTQ support group?".into())],
+            &[(
+                "user".into(),
+                "When did Caroline go to the LGBTQ support group?".into(),
+            )],
         ))
         .unwrap();
     let full: Vec<u32> = prefix.iter().chain(&q).copied().collect();

@@ -86,7 +86,9 @@ pub struct Prefix {
 impl Activation {
     /// Loads the model (it must have been fetched) and returns the service with the receiving
     /// end of its queue.
-    pub fn load(cfg: &ActivationConfig) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>), PipelineError> {
+    pub fn load(
+        cfg: &ActivationConfig,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>), PipelineError> {
         let path = activation::fetch::model_path(&cfg.lm_dir);
         if !path.is_file() {
             return Err(PipelineError::Config(format!(
@@ -94,7 +96,8 @@ impl Activation {
                 path.display()
             )));
         }
-        let lm = LocalLm::load(&path, cfg.device).map_err(|e| PipelineError::Config(e.to_string()))?;
+        let lm =
+            LocalLm::load(&path, cfg.device).map_err(|e| PipelineError::Config(e.to_string()))?;
         tracing::info!(model = %lm.model_id, device = if lm.cuda().is_some() { "cuda" } else { "cpu" }, "activation model loaded");
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
@@ -131,19 +134,32 @@ impl Activation {
     }
 
     /// The cube's activated memories, newest first.
-    pub fn selection(&self, store: &Store, txn: &store::heed::RoTxn, cube: &str) -> Result<Vec<MemoryRecord>, PipelineError> {
+    pub fn selection(
+        &self,
+        store: &Store,
+        txn: &store::heed::RoTxn,
+        cube: &str,
+    ) -> Result<Vec<MemoryRecord>, PipelineError> {
         let mut v: Vec<MemoryRecord> = store
             .cube_records(txn, cube)?
             .into_iter()
             .filter(|r| self.selects(r))
             .collect();
-        v.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then_with(|| a.id.cmp(&b.id)));
+        v.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(v)
     }
 
     /// Composes the prefix of `memories` under `system`, keeping the newest that fit in
     /// `max_tokens`.
-    pub fn compose(&self, system: &str, memories: &[MemoryRecord]) -> Result<Prefix, PipelineError> {
+    pub fn compose(
+        &self,
+        system: &str,
+        memories: &[MemoryRecord],
+    ) -> Result<Prefix, PipelineError> {
         let lm = &self.lm;
         let texts: Vec<String> = memories.iter().map(|r| r.memory.clone()).collect();
         let mut keep = texts.len();
@@ -166,11 +182,20 @@ impl Activation {
     }
 
     /// The cube's cache, when it is current for `prefix`.
-    pub fn cached(&self, store: &Store, txn: &store::heed::RoTxn, cube: &str, prefix: &Prefix) -> Result<Option<KvCache>, PipelineError> {
+    pub fn cached(
+        &self,
+        store: &Store,
+        txn: &store::heed::RoTxn,
+        cube: &str,
+        prefix: &Prefix,
+    ) -> Result<Option<KvCache>, PipelineError> {
         let Some(e) = store.kv_entry(txn, cube, ENTRY)? else {
             return Ok(None);
         };
-        if e.text_hash != prefix.hash || e.model_id != self.lm.model_id || e.tokenizer_hash != self.lm.tokenizer_hash {
+        if e.text_hash != prefix.hash
+            || e.model_id != self.lm.model_id
+            || e.tokenizer_hash != self.lm.tokenizer_hash
+        {
             return Ok(None);
         }
         let (cache, _) = KvCache::from_safetensors(&e.data, self.lm.config()).map_err(act_error)?;
@@ -179,8 +204,16 @@ impl Activation {
 
     /// Brings one cube's cache up to date: builds it when the selection changed, removes it when
     /// nothing is selected. Returns the outcome label.
-    pub fn refresh(&self, store: &Store, metrics: &Metrics, cube: &str) -> Result<&'static str, PipelineError> {
-        self.queued.lock().unwrap_or_else(|e| e.into_inner()).remove(cube);
+    pub fn refresh(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        cube: &str,
+    ) -> Result<&'static str, PipelineError> {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cube);
         let (prefix, current) = {
             let txn = store.read_txn()?;
             let sel = self.selection(store, &txn, cube)?;
@@ -202,12 +235,19 @@ impl Activation {
         }
         let t = Instant::now();
         let cache = self.lm.prefill(&prefix.tokens).map_err(act_error)?;
-        let device = if self.lm.cuda().is_some() { "cuda" } else { "cpu" };
+        let device = if self.lm.cuda().is_some() {
+            "cuda"
+        } else {
+            "cpu"
+        };
         metrics
             .kv_prefill_seconds
             .with_label_values(&[device])
             .observe(t.elapsed().as_secs_f64());
-        metrics.kv_tokens.with_label_values(&["cache"]).inc_by(prefix.tokens.len() as u64);
+        metrics
+            .kv_tokens
+            .with_label_values(&["cache"])
+            .inc_by(prefix.tokens.len() as u64);
         let meta = CacheMeta {
             model_id: self.lm.model_id.clone(),
             tokenizer_hash: self.lm.tokenizer_hash.clone(),
@@ -215,7 +255,9 @@ impl Activation {
             memory_ids: prefix.memory_ids.clone(),
             text_hash: prefix.hash.clone(),
         };
-        let data = cache.to_safetensors(self.lm.config(), &meta).map_err(act_error)?;
+        let data = cache
+            .to_safetensors(self.lm.config(), &meta)
+            .map_err(act_error)?;
         // Commit only if the selection is still what was built (a delete or an update in the
         // meantime queued another refresh).
         let mut w = store.write_txn()?;
@@ -240,7 +282,14 @@ impl Activation {
             },
         )?;
         store.commit(w)?;
-        tracing::info!(cube, tokens = prefix.tokens.len(), memories = prefix.memory_ids.len(), device, ms = t.elapsed().as_millis() as u64, "activation: KV cache built");
+        tracing::info!(
+            cube,
+            tokens = prefix.tokens.len(),
+            memories = prefix.memory_ids.len(),
+            device,
+            ms = t.elapsed().as_millis() as u64,
+            "activation: KV cache built"
+        );
         Ok("built")
     }
 }
@@ -269,13 +318,12 @@ pub fn spawn_worker(memos: Weak<Memos>, mut rx: mpsc::UnboundedReceiver<String>)
                 let Some(a) = &m.activation else {
                     return Ok("disabled");
                 };
-                a.refresh(&m.store, &m.metrics, &cube).map(|o| {
-                    m.metrics.kv_builds.with_label_values(&[o]).inc();
-                    o
-                }).inspect_err(|e| {
-                    m.metrics.kv_builds.with_label_values(&["failed"]).inc();
-                    tracing::warn!(cube, error = %e, "activation: KV cache build failed");
-                })
+                a.refresh(&m.store, &m.metrics, &cube)
+                    .inspect(|o| m.metrics.kv_builds.with_label_values(&[o]).inc())
+                    .inspect_err(|e| {
+                        m.metrics.kv_builds.with_label_values(&["failed"]).inc();
+                        tracing::warn!(cube, error = %e, "activation: KV cache build failed");
+                    })
             })
             .await;
             if let Err(e) = res {
@@ -336,7 +384,8 @@ pub fn entry_meta(e: &KvEntry, lm: Option<&LocalLm>) -> serde_json::Value {
         v["num_kv_heads"] = c.num_kv_heads.into();
         v["head_dim"] = c.head_dim().into();
         v["bytes_per_token"] = c.cache_bytes_per_token().into();
-        v["current_model"] = (lm.model_id == e.model_id && lm.tokenizer_hash == e.tokenizer_hash).into();
+        v["current_model"] =
+            (lm.model_id == e.model_id && lm.tokenizer_hash == e.tokenizer_hash).into();
     }
     v
 }
@@ -356,7 +405,12 @@ pub struct LocalPlan {
 
 impl LocalPlan {
     /// Generates the answer greedily, prefilling only what the cache does not cover.
-    pub fn run(&self, metrics: &Metrics, max_new: usize, on_token: impl FnMut(&str)) -> Result<activation::Generation, PipelineError> {
+    pub fn run(
+        &self,
+        metrics: &Metrics,
+        max_new: usize,
+        on_token: impl FnMut(&str),
+    ) -> Result<activation::Generation, PipelineError> {
         let lm = &self.act.lm;
         let suffix = lm.encode(&self.suffix).map_err(act_error)?;
         let g = match &self.cache {
@@ -368,7 +422,10 @@ impl LocalPlan {
             }
         }
         .map_err(act_error)?;
-        metrics.kv_tokens.with_label_values(&["chat"]).inc_by(g.prompt_tokens as u64);
+        metrics
+            .kv_tokens
+            .with_label_values(&["chat"])
+            .inc_by(g.prompt_tokens as u64);
         Ok(g)
     }
 }

@@ -225,10 +225,7 @@ impl Memos {
             (_, Some(c)) => Some(vec![c.clone()]),
             _ => None,
         };
-        let base = req
-            .system_prompt
-            .clone()
-            .filter(|s| !s.trim().is_empty());
+        let base = req.system_prompt.clone().filter(|s| !s.trim().is_empty());
         // Local model: the first readable cube's activated memories form the cached prefix.
         let local = match local {
             Some(a) => {
@@ -556,15 +553,22 @@ impl Memos {
             let g = match res {
                 Ok(Ok(g)) => g,
                 Ok(Err(e)) => {
-                    let _ = tx.send(json!({"type": "error", "content": e.to_string()})).await;
+                    let _ = tx
+                        .send(json!({"type": "error", "content": e.to_string()}))
+                        .await;
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.send(json!({"type": "error", "content": e.to_string()})).await;
+                    let _ = tx
+                        .send(json!({"type": "error", "content": e.to_string()}))
+                        .await;
                     return;
                 }
             };
-            let task = match memos.add_exchange(plan.add, &query, g.text.trim(), &p).await {
+            let task = match memos
+                .add_exchange(plan.add, &query, g.text.trim(), &p)
+                .await
+            {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "chat: adding the exchange failed");
@@ -572,8 +576,10 @@ impl Memos {
                 }
             };
             let _ = tx
-                .send(json!({"type": "end", "data": {"usage": local_usage(&g), "task_id": task,
-                    "ttft_ms": g.ttft.as_secs_f64() * 1000.0}}))
+                .send(
+                    json!({"type": "end", "data": {"usage": local_usage(&g), "task_id": task,
+                    "ttft_ms": g.ttft.as_secs_f64() * 1000.0}}),
+                )
                 .await;
         });
         out

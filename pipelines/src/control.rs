@@ -167,32 +167,33 @@ impl Memos {
     ) -> Result<Value, PipelineError> {
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
         let touched = [cube.clone()];
-        let out = self.blocking(move |store| {
-            let mut wtxn = store.write_txn()?;
-            let deleted = store.field_ids(&wtxn, &cube, "status", Status::Deleted.as_str())?;
-            let mut n = 0;
-            for id in &deleted {
-                let Some(mut r) = store.record(&wtxn, id)? else {
-                    continue;
-                };
-                if r.info.get(DELETE_RECORD_ID).and_then(Value::as_str) != Some(&record_id) {
-                    continue;
+        let out = self
+            .blocking(move |store| {
+                let mut wtxn = store.write_txn()?;
+                let deleted = store.field_ids(&wtxn, &cube, "status", Status::Deleted.as_str())?;
+                let mut n = 0;
+                for id in &deleted {
+                    let Some(mut r) = store.record(&wtxn, id)? else {
+                        continue;
+                    };
+                    if r.info.get(DELETE_RECORD_ID).and_then(Value::as_str) != Some(&record_id) {
+                        continue;
+                    }
+                    r.status = Status::Activated;
+                    r.info.remove(DELETE_RECORD_ID);
+                    r.info.remove(DELETE_TIME);
+                    store.update(&mut wtxn, &r, None, "recover", None)?;
+                    n += 1;
                 }
-                r.status = Status::Activated;
-                r.info.remove(DELETE_RECORD_ID);
-                r.info.remove(DELETE_TIME);
-                store.update(&mut wtxn, &r, None, "recover", None)?;
-                n += 1;
-            }
-            if n == 0 {
-                return Err(PipelineError::NotFound(format!(
-                    "no memories of cube {cube} were deleted with record id {record_id}"
-                )));
-            }
-            store.commit(wtxn)?;
-            Ok(json!({"status": "success", "recovered": n, "record_id": record_id}))
-        })
-        .await;
+                if n == 0 {
+                    return Err(PipelineError::NotFound(format!(
+                        "no memories of cube {cube} were deleted with record id {record_id}"
+                    )));
+                }
+                store.commit(wtxn)?;
+                Ok(json!({"status": "success", "recovered": n, "record_id": record_id}))
+            })
+            .await;
         self.kv_touch(&touched);
         out
     }

@@ -557,4 +557,3 @@ async fn main() -> Result<()> {
     }
     Ok(())
 }
-

@@ -50,7 +50,8 @@ pub mod names {
     pub const CHATS: &str = "memos_chat_requests_total";
     /// Fine-extraction jobs by `outcome` (ok, failed, dropped).
     pub const FINE_JOBS: &str = "memos_fine_jobs_total";
-    /// Activation-memory KV-cache builds by `outcome` (built, unchanged, cleared, failed).
+    /// Activation-memory KV-cache builds by `outcome` (built, unchanged, cleared, stale: the
+    /// selection changed during the build and it was requeued, failed).
     pub const KV_BUILDS: &str = "memos_kv_cache_builds_total";
     /// Prefill latency of a KV-cache build, by `device` (cpu, cuda), seconds.
     pub const KV_PREFILL_SECONDS: &str = "memos_kv_cache_prefill_duration_seconds";
@@ -337,7 +338,7 @@ impl Metrics {
             kv_builds: counter(
                 &r,
                 names::KV_BUILDS,
-                "Activation-memory KV-cache builds by outcome (built, unchanged, cleared, failed).",
+                "Activation-memory KV-cache builds by outcome (built, unchanged, cleared, stale, failed).",
                 &["outcome"],
             ),
             kv_prefill_seconds: histogram(

@@ -1097,69 +1097,70 @@ impl Memos {
         }
         let req = req.clone();
         let p = p.clone();
-        let receipt = self.blocking(move |store| {
-            let mut wtxn = store.write_txn()?;
-            let ids: Vec<String> = if let Some(ids) = &req.memory_ids {
-                let mut missing = Vec::new();
-                for id in ids {
-                    match store.get(&wtxn, id)? {
-                        Some(r) if p.allows_cube(&r.cube_id) => {}
-                        _ => missing.push(id.clone()),
+        let receipt = self
+            .blocking(move |store| {
+                let mut wtxn = store.write_txn()?;
+                let ids: Vec<String> = if let Some(ids) = &req.memory_ids {
+                    let mut missing = Vec::new();
+                    for id in ids {
+                        match store.get(&wtxn, id)? {
+                            Some(r) if p.allows_cube(&r.cube_id) => {}
+                            _ => missing.push(id.clone()),
+                        }
                     }
-                }
-                if !missing.is_empty() {
-                    return Err(PipelineError::NotFound(format!(
-                        "memories not found: {}; nothing was deleted",
-                        missing.join(", ")
-                    )));
-                }
-                ids.clone()
-            } else {
-                let cubes: Vec<String> = match &named_cubes {
-                    Some(c) => c.clone(),
-                    None => store
-                        .cubes(&wtxn)?
-                        .into_iter()
-                        .map(|c| c.cube_id)
-                        .filter(|c| p.allows_cube(c))
-                        .collect(),
-                };
-                let mut ids = Vec::new();
-                for cube in &cubes {
-                    let filter = if let Some(f) = &req.file_ids {
-                        Filter::Cond {
-                            field: "file_ids".into(),
-                            op: store::filter::Op::In,
-                            value: json!(f),
-                        }
-                    } else {
-                        let mut parts = vec![];
-                        if let Some(f) = req.filter.as_ref().filter(|f| !f.is_null()) {
-                            let f = Filter::parse_for_cube(f, cube, &cubes)?;
-                            if f.is_true() && req.user_id.is_none() && session.is_none() {
-                                return Err(PipelineError::BadRequest(
-                                    "an empty filter would delete everything; refused".into(),
-                                ));
-                            }
-                            parts.push(f);
-                        }
-                        if let Some(u) = &req.user_id {
-                            parts.push(eq("user_id", u));
-                        }
-                        if let Some(s) = &session {
-                            parts.push(eq("session_id", s));
-                        }
-                        Filter::And(parts)
+                    if !missing.is_empty() {
+                        return Err(PipelineError::NotFound(format!(
+                            "memories not found: {}; nothing was deleted",
+                            missing.join(", ")
+                        )));
+                    }
+                    ids.clone()
+                } else {
+                    let cubes: Vec<String> = match &named_cubes {
+                        Some(c) => c.clone(),
+                        None => store
+                            .cubes(&wtxn)?
+                            .into_iter()
+                            .map(|c| c.cube_id)
+                            .filter(|c| p.allows_cube(c))
+                            .collect(),
                     };
-                    ids.extend(store.matching_ids(&wtxn, cube, &filter)?);
-                }
-                ids
-            };
-            let receipt = store.delete(&mut wtxn, &ids)?;
-            store.commit(wtxn)?;
-            Ok(receipt)
-        })
-        .await?;
+                    let mut ids = Vec::new();
+                    for cube in &cubes {
+                        let filter = if let Some(f) = &req.file_ids {
+                            Filter::Cond {
+                                field: "file_ids".into(),
+                                op: store::filter::Op::In,
+                                value: json!(f),
+                            }
+                        } else {
+                            let mut parts = vec![];
+                            if let Some(f) = req.filter.as_ref().filter(|f| !f.is_null()) {
+                                let f = Filter::parse_for_cube(f, cube, &cubes)?;
+                                if f.is_true() && req.user_id.is_none() && session.is_none() {
+                                    return Err(PipelineError::BadRequest(
+                                        "an empty filter would delete everything; refused".into(),
+                                    ));
+                                }
+                                parts.push(f);
+                            }
+                            if let Some(u) = &req.user_id {
+                                parts.push(eq("user_id", u));
+                            }
+                            if let Some(s) = &session {
+                                parts.push(eq("session_id", s));
+                            }
+                            Filter::And(parts)
+                        };
+                        ids.extend(store.matching_ids(&wtxn, cube, &filter)?);
+                    }
+                    ids
+                };
+                let receipt = store.delete(&mut wtxn, &ids)?;
+                store.commit(wtxn)?;
+                Ok(receipt)
+            })
+            .await?;
         self.kv_touch(&receipt.cubes);
         Ok(json!({"status": "success", "deleted": receipt.ids.len(), "receipt": receipt}))
     }

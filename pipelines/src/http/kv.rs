@@ -43,14 +43,29 @@ pub async fn download(
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (
                 header::CONTENT_DISPOSITION,
-                hv(format!("attachment; filename=\"{}.kv.safetensors\"", e.cube_id)),
+                hv(format!(
+                    "attachment; filename=\"{}.kv.safetensors\"",
+                    e.cube_id
+                )),
             ),
-            (header::HeaderName::from_static("x-memos-model-id"), hv(e.model_id.clone())),
-            (header::HeaderName::from_static("x-memos-token-count"), hv(e.token_count.to_string())),
-            (header::HeaderName::from_static("x-memos-text-hash"), hv(e.text_hash.clone())),
+            (
+                header::HeaderName::from_static("x-memos-model-id"),
+                hv(e.model_id.clone()),
+            ),
+            (
+                header::HeaderName::from_static("x-memos-token-count"),
+                hv(e.token_count.to_string()),
+            ),
+            (
+                header::HeaderName::from_static("x-memos-text-hash"),
+                hv(e.text_hash.clone()),
+            ),
         ],
         RawBody::from(e.data),
     )
