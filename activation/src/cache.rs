@@ -110,8 +110,7 @@ impl KvCache {
         for (a, b) in self.layers.iter().zip(&other.layers) {
             if let (Some(a), Some(b)) = (a, b) {
                 for (x, y) in [(&a.k, &b.k), (&a.v, &b.v)] {
-                    let d = (x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                    m = m.max(d);
+                    m = m.max(crate::cpu::max_abs_diff(x, y)?);
                 }
             }
         }

@@ -189,6 +189,11 @@ fn causal_mask(n: usize, offset: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(m, (n, total), &Device::Cpu)?)
 }
 
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
 /// Index of the largest logit in a `[1, vocab]` or `[vocab]` tensor.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
     Ok(logits

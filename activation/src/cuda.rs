@@ -153,6 +153,34 @@ fn grid(len: usize) -> LaunchConfig {
     }
 }
 
+/// One column-major GEMM per KV group (`batch` of them): `(op_a, m, n, k)` with B untransposed,
+/// leading dimensions `(lda, ldb, ldc)` and batch strides `(a, b, c)`, all in elements.
+fn per_group(
+    (transa, m, n, k): (cudarc::cublas::sys::cublasOperation_t, usize, usize, usize),
+    (lda, ldb, ldc): (usize, usize, usize),
+    (sa, sb, sc): (usize, usize, usize),
+    batch: usize,
+) -> StridedBatchedConfig<f32> {
+    StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa,
+            transb: CUBLAS_OP_N,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            alpha: 1.0,
+            lda: lda as i32,
+            ldb: ldb as i32,
+            beta: 0.0,
+            ldc: ldc as i32,
+        },
+        batch_size: batch as i32,
+        stride_a: sa as i64,
+        stride_b: sb as i64,
+        stride_c: sc as i64,
+    }
+}
+
 fn rows(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n as u32, 1, 1),
@@ -385,24 +413,12 @@ impl CudaModel {
                 &zero
             );
             // Scores per KV group g: S_g[rep·n, total] = Q_g[rep·n, hd] · K_g[total, hd]ᵀ.
-            let cfg = StridedBatchedConfig {
-                gemm: GemmConfig {
-                    transa: CUBLAS_OP_T,
-                    transb: CUBLAS_OP_N,
-                    m: total as i32,
-                    n: (rep * n) as i32,
-                    k: hd as i32,
-                    alpha: 1.0f32,
-                    lda: hd as i32,
-                    ldb: hd as i32,
-                    beta: 0.0f32,
-                    ldc: total as i32,
-                },
-                batch_size: nkv as i32,
-                stride_a: (cap * hd) as i64,
-                stride_b: (rep * n * hd) as i64,
-                stride_c: (rep * n * total) as i64,
-            };
+            let cfg = per_group(
+                (CUBLAS_OP_T, total, rep * n, hd),
+                (hd, hd, total),
+                (cap * hd, rep * n * hd, rep * n * total),
+                nkv,
+            );
             // SAFETY: K holds nkv·cap·hd, Q nh·n·hd, scores nh·n·total elements.
             unsafe {
                 self.blas
@@ -420,24 +436,12 @@ impl CudaModel {
                 &scale
             );
             // O_g[rep·n, hd] = P_g[rep·n, total] · V_g[total, hd].
-            let cfg = StridedBatchedConfig {
-                gemm: GemmConfig {
-                    transa: CUBLAS_OP_N,
-                    transb: CUBLAS_OP_N,
-                    m: hd as i32,
-                    n: (rep * n) as i32,
-                    k: total as i32,
-                    alpha: 1.0f32,
-                    lda: hd as i32,
-                    ldb: total as i32,
-                    beta: 0.0f32,
-                    ldc: hd as i32,
-                },
-                batch_size: nkv as i32,
-                stride_a: (cap * hd) as i64,
-                stride_b: (rep * n * total) as i64,
-                stride_c: (rep * n * hd) as i64,
-            };
+            let cfg = per_group(
+                (CUBLAS_OP_N, hd, rep * n, total),
+                (hd, total, hd),
+                (cap * hd, rep * n * total, rep * n * hd),
+                nkv,
+            );
             // SAFETY: V holds nkv·cap·hd, P nh·n·total, O nh·n·hd elements.
             unsafe {
                 self.blas

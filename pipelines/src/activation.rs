@@ -28,8 +28,10 @@ use crate::service::Memos;
 pub struct ActivationConfig {
     /// Build caches and serve the local model (needs `memos model fetch --lm`).
     pub enabled: bool,
-    /// Folder holding the GGUF model.
+    /// Folder holding the GGUF model (`memos model fetch --lm` installs it there).
     pub lm_dir: PathBuf,
+    /// The GGUF file inside `lm_dir` (or an absolute path): any Llama-architecture model.
+    pub model_file: PathBuf,
     /// auto | cpu | cuda: where prefill runs.
     pub device: DevicePref,
     /// Which memories are activated: `tagged` (those carrying `tag`) or `working` (the cube's
@@ -89,7 +91,7 @@ impl Activation {
     pub fn load(
         cfg: &ActivationConfig,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>), PipelineError> {
-        let path = activation::fetch::model_path(&cfg.lm_dir);
+        let path = cfg.lm_dir.join(&cfg.model_file);
         if !path.is_file() {
             return Err(PipelineError::Config(format!(
                 "activation is enabled but {} is missing (run `memos model fetch --lm`)",

@@ -403,6 +403,23 @@ impl Memos {
         Ok(Some(self.add_async(events, None, &user).await?))
     }
 
+    /// [`Memos::add_exchange`] for streams, where a failure can only be logged: the answer
+    /// was already sent.
+    async fn add_exchange_logged(
+        self: &Arc<Self>,
+        add: Option<AddRequest>,
+        query: &str,
+        answer: &str,
+        p: &Principal,
+    ) -> Option<String> {
+        self.add_exchange(add, query, answer, p)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "chat: adding the exchange failed");
+                None
+            })
+    }
+
     /// Chat, complete: `{response, reasoning, references, usage, task_id}`.
     pub async fn chat_complete(
         self: &Arc<Self>,
@@ -496,16 +513,9 @@ impl Memos {
                             }
                             let _ = tx.send(json!({"type": kind, "data": piece})).await;
                         }
-                        let task = match memos
-                            .add_exchange(plan.add.clone(), &query, answer.trim(), &p)
-                            .await
-                        {
-                            Ok(t) => t,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "chat: adding the exchange failed");
-                                None
-                            }
-                        };
+                        let task = memos
+                            .add_exchange_logged(plan.add.clone(), &query, answer.trim(), &p)
+                            .await;
                         let _ = tx
                             .send(json!({"type": "end", "data": {"usage": usage, "task_id": task}}))
                             .await;
@@ -550,31 +560,19 @@ impl Memos {
                 })
             })
             .await;
-            let g = match res {
-                Ok(Ok(g)) => g,
-                Ok(Err(e)) => {
-                    let _ = tx
-                        .send(json!({"type": "error", "content": e.to_string()}))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx
-                        .send(json!({"type": "error", "content": e.to_string()}))
-                        .await;
-                    return;
-                }
-            };
-            let task = match memos
-                .add_exchange(plan.add, &query, g.text.trim(), &p)
-                .await
+            let g = match res
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
             {
-                Ok(t) => t,
+                Ok(g) => g,
                 Err(e) => {
-                    tracing::warn!(error = %e, "chat: adding the exchange failed");
-                    None
+                    let _ = tx.send(json!({"type": "error", "content": e})).await;
+                    return;
                 }
             };
+            let task = memos
+                .add_exchange_logged(plan.add, &query, g.text.trim(), &p)
+                .await;
             let _ = tx
                 .send(
                     json!({"type": "end", "data": {"usage": local_usage(&g), "task_id": task,
