@@ -135,18 +135,26 @@ impl Activation {
             }
     }
 
-    /// The cube's activated memories, newest first.
+    /// The cube's activated memories, newest first. Only activated records (and, for the
+    /// working set, WorkingMemory ones) are decoded: the field bitmaps narrow the cube first.
     pub fn selection(
         &self,
         store: &Store,
         txn: &store::heed::RoTxn,
         cube: &str,
     ) -> Result<Vec<MemoryRecord>, PipelineError> {
-        let mut v: Vec<MemoryRecord> = store
-            .cube_records(txn, cube)?
-            .into_iter()
-            .filter(|r| self.selects(r))
-            .collect();
+        let mut ids = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+        if self.cfg.select == Select::Working {
+            ids &= store.field_ids(txn, cube, "memory_type", MemoryType::WorkingMemory.as_str())?;
+        }
+        let mut v = Vec::new();
+        for id in ids {
+            if let Some(r) = store.record(txn, id)?
+                && self.selects(&r)
+            {
+                v.push(r);
+            }
+        }
         v.sort_by(|a, b| {
             b.updated_at
                 .cmp(&a.updated_at)

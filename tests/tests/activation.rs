@@ -331,3 +331,68 @@ async fn without_activation_the_routes_say_why() {
     assert_eq!(st, 503, "{b}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_working_set_selection_activates_working_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tests::config(dir.path());
+    cfg.activation.enabled = true;
+    cfg.activation.lm_dir = tests::lm_dir();
+    cfg.activation.device = activation::DevicePref::Cpu;
+    cfg.activation.select = pipelines::activation::Select::Working;
+    let s = tests::Server::start(cfg).await;
+    let store = s.memos.store.clone();
+    let mk = |i: usize, text: &str, ty: store::MemoryType, status: store::Status| {
+        let mut r = tests::bench::record(i, text.into());
+        r.cube_id = "w1".into();
+        r.memory_type = ty;
+        r.status = status;
+        r.updated_at = i as i64;
+        r
+    };
+    let recs = [
+        mk(
+            1,
+            "The user is planning a trip to Kyoto.",
+            store::MemoryType::WorkingMemory,
+            store::Status::Activated,
+        ),
+        mk(
+            2,
+            "The user prefers window seats.",
+            store::MemoryType::WorkingMemory,
+            store::Status::Activated,
+        ),
+        mk(
+            3,
+            "The user once lived in Oslo.",
+            store::MemoryType::LongTermMemory,
+            store::Status::Activated,
+        ),
+        mk(
+            4,
+            "The user wanted a hotel near the station.",
+            store::MemoryType::WorkingMemory,
+            store::Status::Archived,
+        ),
+    ];
+    let mut w = store.write_txn().unwrap();
+    for r in &recs {
+        store.insert(&mut w, r, &vec![0.1; 384]).unwrap();
+    }
+    store.commit(w).unwrap();
+    s.memos.kv_rebuild("w1").unwrap();
+    tests::wait_for_secs(
+        || kv_meta(&s, "w1").is_some(),
+        "the working-set KV cache",
+        120,
+    )
+    .await;
+    let e = kv_meta(&s, "w1").unwrap();
+    // Activated WorkingMemory only, newest first.
+    assert_eq!(
+        e.memory_ids,
+        vec!["bench-2".to_string(), "bench-1".to_string()]
+    );
+    s.stop().await;
+}
