@@ -171,35 +171,36 @@ impl KvCache {
             SafeTensors::deserialize(bytes).map_err(|e| ActivationError::Cache(e.to_string()))?;
         let len = meta.token_count as usize;
         let want = [1, config.num_kv_heads, len, config.head_dim()];
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let mut pair = Vec::with_capacity(2);
-            for name in [key_name(i), value_name(i)] {
-                let t = st
-                    .tensor(&name)
-                    .map_err(|e| ActivationError::Cache(format!("{name}: {e}")))?;
-                if t.dtype() != Dtype::F16 || t.shape() != want {
-                    return Err(ActivationError::Cache(format!(
-                        "{name} is {:?} {:?}, expected F16 {want:?}",
-                        t.dtype(),
-                        t.shape()
-                    )));
-                }
-                let v: Vec<f32> = t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect();
-                pair.push(Tensor::from_vec(
-                    v,
-                    (config.num_kv_heads, len, config.head_dim()),
-                    &Device::Cpu,
-                )?);
+        let read = |name: String| -> Result<Tensor> {
+            let t = st
+                .tensor(&name)
+                .map_err(|e| ActivationError::Cache(format!("{name}: {e}")))?;
+            if t.dtype() != Dtype::F16 || t.shape() != want {
+                return Err(ActivationError::Cache(format!(
+                    "{name} is {:?} {:?}, expected F16 {want:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
             }
-            let v = pair.pop().unwrap_or_else(|| unreachable!());
-            let k = pair.pop().unwrap_or_else(|| unreachable!());
-            layers.push(Some(LayerKv { k, v }));
-        }
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect();
+            Ok(Tensor::from_vec(
+                v,
+                (config.num_kv_heads, len, config.head_dim()),
+                &Device::Cpu,
+            )?)
+        };
+        let layers = (0..config.num_layers)
+            .map(|i| {
+                Ok(Some(LayerKv {
+                    k: read(key_name(i))?,
+                    v: read(value_name(i))?,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok((Self { layers, len }, meta))
     }
 }

@@ -199,15 +199,19 @@ impl Activation {
         cube: &str,
         prefix: &Prefix,
     ) -> Result<Option<KvCache>, PipelineError> {
-        let Some(e) = store.kv_entry(txn, cube, ENTRY)? else {
+        // Compare the metadata first: the tensors are read only when they will be used.
+        let current = store.kv_head(txn, cube, ENTRY)?.is_some_and(|h| {
+            h.text_hash == prefix.hash
+                && h.model_id == self.lm.model_id
+                && h.tokenizer_hash == self.lm.tokenizer_hash
+        });
+        let Some(e) = current
+            .then(|| store.kv_entry(txn, cube, ENTRY))
+            .transpose()?
+            .flatten()
+        else {
             return Ok(None);
         };
-        if e.text_hash != prefix.hash
-            || e.model_id != self.lm.model_id
-            || e.tokenizer_hash != self.lm.tokenizer_hash
-        {
-            return Ok(None);
-        }
         let (cache, _) = KvCache::from_safetensors(&e.data, self.lm.config()).map_err(act_error)?;
         Ok(Some(cache))
     }
@@ -236,7 +240,7 @@ impl Activation {
             }
             let prefix = self.compose(&self.cfg.system, &sel)?;
             let current = store
-                .kv_entry(&txn, cube, ENTRY)?
+                .kv_head(&txn, cube, ENTRY)?
                 .is_some_and(|e| e.text_hash == prefix.hash);
             (prefix, current)
         };

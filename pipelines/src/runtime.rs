@@ -638,7 +638,6 @@ impl Processor {
         for &cube in &cubes {
             self.forget_over_capacity(&mut wtxn, cube)?;
         }
-        let touched: Vec<String> = cubes.iter().map(|c| c.to_string()).collect();
         stats.dead_lettered = dead.len();
         let mut released = Vec::new();
         for (src, pos) in &positions {
@@ -658,7 +657,7 @@ impl Processor {
         m.commit_seconds.observe(t_sink.elapsed().as_secs_f64());
         // The activation worker rebuilds the touched cubes' KV caches once the batch is durable.
         if let Some(a) = &self.activation {
-            for c in &touched {
+            for c in &cubes {
                 a.notify(c);
             }
         }

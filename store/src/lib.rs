@@ -224,6 +224,28 @@ pub struct KvEntry {
     pub data: Vec<u8>,
 }
 
+/// A [`KvEntry`] without its tensors. `data` is the entry's last field, so postcard decodes
+/// this from the stored bytes without reading (or copying) the tensors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct KvHead {
+    /// Cube it belongs to.
+    pub cube_id: String,
+    /// Name within the cube.
+    pub name: String,
+    /// The memories whose text the cache was built from.
+    pub memory_ids: Vec<String>,
+    /// Model the cache is for.
+    pub model_id: String,
+    /// Hash of the tokenizer.
+    pub tokenizer_hash: String,
+    /// Tokens in the cached prefix.
+    pub token_count: u32,
+    /// Hash of the composed memory text.
+    pub text_hash: String,
+    /// Built, unix micros.
+    pub created_at: i64,
+}
+
 /// What a delete removed, per index.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeleteReceipt {
@@ -854,7 +876,7 @@ impl Store {
                 .kv
                 .prefix_iter(wtxn, &prefix)?
                 .filter_map(|i| match i {
-                    Ok((k, v)) => match postcard::from_bytes::<KvEntry>(v) {
+                    Ok((k, v)) => match postcard::from_bytes::<KvHead>(v) {
                         Ok(e) if e.memory_ids.iter().any(|m| removed.contains(m)) => {
                             Some(Ok(k.to_vec()))
                         }
@@ -899,6 +921,15 @@ impl Store {
 
     /// One activation (KV) cache entry by cube and name.
     pub fn kv_entry(&self, txn: &RoTxn, cube: &str, name: &str) -> Result<Option<KvEntry>> {
+        let k = join(&[cube.as_bytes(), name.as_bytes()]);
+        match self.kv.get(txn, &k)? {
+            Some(v) => Ok(Some(postcard::from_bytes(v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One activation (KV) cache entry's metadata, without decoding its tensors.
+    pub fn kv_head(&self, txn: &RoTxn, cube: &str, name: &str) -> Result<Option<KvHead>> {
         let k = join(&[cube.as_bytes(), name.as_bytes()]);
         match self.kv.get(txn, &k)? {
             Some(v) => Ok(Some(postcard::from_bytes(v)?)),

@@ -324,6 +324,12 @@ async fn delete_is_complete_index_by_index() {
         )
         .unwrap();
         st.commit(w).unwrap();
+        // The metadata reads back without the tensors.
+        let txn = st.read_txn().unwrap();
+        let head = st.kv_head(&txn, c, "working_set").unwrap().unwrap();
+        assert_eq!(head.memory_ids, vec![turn.clone(), keep.clone()]);
+        assert_eq!((head.token_count, head.text_hash.as_str()), (3, "h"));
+        assert!(st.kv_head(&txn, c, "other").unwrap().is_none());
     }
     let gone: Vec<String> = [turn.clone(), fact.clone(), successor.clone()]
         .into_iter()
