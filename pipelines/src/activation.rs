@@ -172,11 +172,12 @@ impl Activation {
     ) -> Result<Prefix, PipelineError> {
         let lm = &self.lm;
         let texts: Vec<String> = memories.iter().map(|r| r.memory.clone()).collect();
+        let limit = self.cfg.max_tokens.min(lm.config().max_positions);
         let mut keep = texts.len();
         loop {
             let text = activation::lm::chat_prefix(system, &texts[..keep]);
             let tokens = lm.encode(&text).map_err(act_error)?;
-            if tokens.len() <= self.cfg.max_tokens.min(lm.config().max_positions) || keep == 0 {
+            if tokens.len() <= limit || keep == 0 {
                 return Ok(Prefix {
                     hash: activation::lm::text_hash(&lm.model_id, &lm.tokenizer_hash, &text),
                     memory_ids: memories[..keep].iter().map(|r| r.id.clone()).collect(),
@@ -185,7 +186,7 @@ impl Activation {
                 });
             }
             // Drop memories from the oldest end, in proportion to the overflow.
-            let over = tokens.len() - self.cfg.max_tokens;
+            let over = tokens.len() - limit;
             let per = (tokens.len() / keep.max(1)).max(1);
             keep = keep.saturating_sub(over.div_ceil(per).max(1));
         }

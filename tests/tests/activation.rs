@@ -396,3 +396,41 @@ async fn the_working_set_selection_activates_working_memory_only() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefix_keeps_the_newest_memories_that_fit_the_token_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tests::config(dir.path());
+    cfg.activation.enabled = true;
+    cfg.activation.lm_dir = tests::lm_dir();
+    cfg.activation.device = activation::DevicePref::Cpu;
+    cfg.activation.max_tokens = 40;
+    let s = tests::Server::start(cfg).await;
+    let store = s.memos.store.clone();
+    let mut w = store.write_txn().unwrap();
+    for i in 1..=4 {
+        let mut r = tests::bench::record(
+            i,
+            format!("Fact number {i}: the user owns {i} bicycles and rides them daily."),
+        );
+        r.cube_id = "b1".into();
+        r.tags = vec!["activation".into()];
+        r.updated_at = i as i64;
+        store.insert(&mut w, &r, &vec![0.1; 384]).unwrap();
+    }
+    store.commit(w).unwrap();
+    s.memos.kv_rebuild("b1").unwrap();
+    tests::wait_for_secs(|| kv_meta(&s, "b1").is_some(), "the budgeted KV cache", 120).await;
+    let e = kv_meta(&s, "b1").unwrap();
+    assert!(e.token_count <= 40, "{}", e.token_count);
+    // Some, not all, of the memories fit; those kept are the newest, in order.
+    let n = e.memory_ids.len();
+    assert!((1..4).contains(&n), "{:?}", e.memory_ids);
+    let newest: Vec<String> = (1..=4)
+        .rev()
+        .take(n)
+        .map(|i| format!("bench-{i}"))
+        .collect();
+    assert_eq!(e.memory_ids, newest);
+    s.stop().await;
+}
