@@ -199,7 +199,6 @@ fn main() {
         let st = Store::open(
             dir.path(),
             store::StoreOptions {
-                vector_delta_max: usize::MAX,
                 ann_oversampling: oversampling,
                 ..Default::default()
             },

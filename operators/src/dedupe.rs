@@ -221,10 +221,44 @@ impl Operator for DedupeOperator {
         out: &mut Collector<Draft>,
     ) -> Result<()> {
         let txn = ctx.store.read_txn()?;
+        // The store's nearest neighbours of every draft, probed once per (cube, bucket) for the
+        // whole batch against the cube's RAM codes (a sign-code shortlist, exact rescoring).
+        let mut near_hits: Vec<Vec<(u32, f32)>> = vec![Vec::new(); batch.len()];
+        if self.cfg.near {
+            let mut groups: HashMap<(&str, store::Bucket), Vec<usize>> = HashMap::new();
+            for (i, d) in batch.iter().enumerate() {
+                if !d.embedding.is_empty() && d.action != Action::Skip {
+                    groups
+                        .entry((d.record.cube_id.as_str(), d.record.memory_type.bucket()))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            for ((cube, bucket), idx) in groups {
+                let types: Vec<_> = store::MemoryType::ALL
+                    .into_iter()
+                    .filter(|t| t.bucket() == bucket)
+                    .collect();
+                let cands = ctx
+                    .store
+                    .candidates(&txn, cube, Some(&types), &Filter::True)?;
+                if cands.is_empty() {
+                    continue;
+                }
+                let queries: Vec<&[f32]> =
+                    idx.iter().map(|&i| batch[i].embedding.as_slice()).collect();
+                let hits = ctx
+                    .store
+                    .near_neighbours_in(&txn, cube, &queries, 3, &cands)?;
+                for (i, h) in idx.into_iter().zip(hits) {
+                    near_hits[i] = h;
+                }
+            }
+        }
         // Drafts earlier in this batch, per cube: (hash → id, [(id, bucket, embedding, text)]).
         let mut seen_hash: HashMap<(String, [u8; 16]), String> = HashMap::new();
         let mut seen: Vec<(String, String, store::Bucket, Vec<f32>, String)> = Vec::new();
-        for mut d in batch {
+        for (i, mut d) in batch.into_iter().enumerate() {
             let r = &d.record;
             if ctx.store.internal_id(&txn, &r.id)?.is_some() {
                 d.action = Action::Skip;
@@ -255,15 +289,8 @@ impl Operator for DedupeOperator {
             }
             if self.cfg.near && !d.embedding.is_empty() {
                 let bucket = r.memory_type.bucket();
-                let types: Vec<_> = store::MemoryType::ALL
-                    .into_iter()
-                    .filter(|t| t.bucket() == bucket)
-                    .collect();
-                let cands = ctx
-                    .store
-                    .candidates(&txn, &r.cube_id, Some(&types), &Filter::True)?;
                 let mut best: Option<(String, f32, String)> = None;
-                for (id, cos) in ctx.store.vector_search(&txn, &d.embedding, 3, &cands)? {
+                for &(id, cos) in &near_hits[i] {
                     if cos >= self.cfg.near_threshold
                         && let Some(rec) = ctx.store.record(&txn, id)?
                         && !different_facts(&rec.memory, &r.memory)

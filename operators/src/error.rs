@@ -23,6 +23,18 @@ pub enum OperatorError {
     /// I/O.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The operator cannot go on (a lost device, a corrupted model state): the batch fails
+    /// without being acknowledged and the pipeline restarts with freshly built operators.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// An operator panicked on this event (caught; the event is dead-lettered).
+    #[error("operator {operator} panicked: {message}")]
+    Panic {
+        /// The operator.
+        operator: String,
+        /// The panic message.
+        message: String,
+    },
 }
 
 impl OperatorError {
@@ -30,8 +42,9 @@ impl OperatorError {
     pub fn retryable(&self) -> bool {
         match self {
             OperatorError::Remote(_) | OperatorError::Io(_) => true,
-            OperatorError::Store(store::StoreError::Lmdb(_)) => true,
-            OperatorError::Store(_)
+            OperatorError::Store(s) => s.is_transient(),
+            OperatorError::Panic { .. }
+            | OperatorError::Fatal(_)
             | OperatorError::Model(_)
             | OperatorError::ModelFiles(_)
             | OperatorError::Invalid(_) => false,

@@ -131,6 +131,20 @@ pub struct ChatMessage {
     pub file_ids: Vec<String>,
 }
 
+/// Checks a list of memory ids: an array of strings, each a valid key part.
+fn memory_id_list(what: &str, v: &Value) -> Result<()> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad(format!("{what} must be an array of memory ids")))?;
+    for (i, id) in list.iter().enumerate() {
+        let id = id
+            .as_str()
+            .ok_or_else(|| bad(format!("{what}[{i}] must be a string")))?;
+        store::validate_key_part(&format!("{what}[{i}]"), id).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
 fn bad(m: impl Into<String>) -> OperatorError {
     OperatorError::Invalid(m.into())
 }
@@ -399,10 +413,14 @@ impl Event {
         if let Some(s) = &self.session_id {
             store::validate_key_part("session_id", s).map_err(|e| bad(e.to_string()))?;
         }
-        if let Some(id) = &self.event_id
-            && (id.is_empty() || id.len() > 512)
-        {
-            return Err(bad("event_id must be 1-512 bytes"));
+        for (what, v) in [
+            ("event_id", &self.event_id),
+            ("agent_id", &self.agent_id),
+            ("app_id", &self.app_id),
+        ] {
+            if let Some(v) = v {
+                store::validate_key_part(what, v).map_err(|e| bad(e.to_string()))?;
+            }
         }
         if let Some(t) = &self.time
             && store::time::parse_time(t).is_none()
@@ -435,6 +453,13 @@ impl Event {
                 }
             }
             EventKind::Feedback => {
+                if let Some(ids) = self
+                    .payload
+                    .get("retrieved_memory_ids")
+                    .filter(|v| !v.is_null())
+                {
+                    memory_id_list("payload.retrieved_memory_ids", ids)?;
+                }
                 if self
                     .payload
                     .get("feedback_content")
@@ -454,6 +479,9 @@ impl Event {
                 }
                 if let Some(f) = filter {
                     store::Filter::parse(f).map_err(|e| bad(e.to_string()))?;
+                }
+                if let Some(ids) = self.payload.get("memory_ids") {
+                    memory_id_list("payload.memory_ids", ids)?;
                 }
             }
         }

@@ -317,6 +317,8 @@ impl FeedbackMergeOperator {
         let mut out = Vec::new();
         for cube in cubes {
             let cand = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+            // Inside the sink's transaction: the exact/ANN path, not the RAM codes (which must
+            // only ever learn committed vectors).
             for (id, score) in store.vector_search(txn, &q, self.cfg.search_k, &cand)? {
                 if score >= self.cfg.min_similarity
                     && let Some(r) = store.record(txn, id)?

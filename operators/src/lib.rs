@@ -131,7 +131,7 @@ pub trait Operator: Send {
 }
 
 /// Runs one stage over a batch and returns (items, failures).
-pub fn run_stage<O: Operator>(
+pub fn run_stage<O: Operator + ?Sized>(
     op: &mut O,
     batch: Vec<O::In>,
     ctx: &OpContext,

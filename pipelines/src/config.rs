@@ -116,6 +116,11 @@ pub struct PipelineConfig {
     pub index_idle_ms: u64,
     /// Attempts for retryable failures.
     pub retry_attempts: u32,
+    /// First wait before the pipeline thread is restarted after a failure outside the
+    /// per-event isolation (doubles per consecutive failure).
+    pub restart_backoff_ms: u64,
+    /// Longest wait between pipeline restarts.
+    pub restart_backoff_max_ms: u64,
 }
 
 /// Search settings.
@@ -136,6 +141,10 @@ pub struct SearchConfig {
     pub timeout_ms: u64,
     /// arroy search_k multiplier.
     pub ann_oversampling: usize,
+    /// RAM for the vector codes of all cubes (MiB); least recently used cubes are evicted.
+    pub vector_memory_mb: usize,
+    /// Candidate sets up to this size skip the sign-code step (int8 codes for all).
+    pub exact_scan_below: usize,
 }
 
 /// Request limits.
@@ -282,8 +291,12 @@ impl Config {
     pub fn store_options(&self) -> store::StoreOptions {
         store::StoreOptions {
             dimensions: self.embedder.dimensions,
-            vector_delta_max: self.pipeline.vector_delta_max,
             ann_oversampling: self.search.ann_oversampling,
+            vecmem: store::vecmem::VecMemOptions {
+                budget_bytes: self.search.vector_memory_mb.saturating_mul(1 << 20),
+                exact_below: self.search.exact_scan_below,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

@@ -58,6 +58,31 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// Whether the failure belongs to the environment (I/O, a full map, a remote service, a
+    /// pipeline restart), so the same input may succeed later: the batch is retried and not
+    /// acknowledged. Anything else belongs to the input and dead-letters it alone.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Store(s) => s.is_transient(),
+            PipelineError::Operator(o) => {
+                o.retryable() || matches!(o, operators::OperatorError::Fatal(_))
+            }
+            PipelineError::Io(_) | PipelineError::Unavailable(_) | PipelineError::Timeout(_) => {
+                true
+            }
+            PipelineError::Config(_)
+            | PipelineError::BadRequest(_)
+            | PipelineError::TooLarge(_)
+            | PipelineError::NotFound(_)
+            | PipelineError::Unauthorized(_)
+            | PipelineError::Forbidden(_)
+            | PipelineError::Conflict(_)
+            | PipelineError::RateLimited { .. }
+            | PipelineError::Sql(_)
+            | PipelineError::Activation(_) => false,
+        }
+    }
+
     /// The HTTP status for this error. Every variant is listed: adding one forces a decision.
     pub fn status(&self) -> u16 {
         use operators::OperatorError as O;
@@ -76,7 +101,8 @@ impl PipelineError {
             PipelineError::Operator(o) => match o {
                 O::Invalid(_) => 400,
                 O::Remote(_) => 502,
-                O::Model(_) | O::ModelFiles(_) | O::Io(_) => 500,
+                O::Model(_) | O::ModelFiles(_) | O::Io(_) | O::Panic { .. } => 500,
+                O::Fatal(_) => 503,
                 O::Store(s) => store_status(s),
             },
             PipelineError::Store(s) => store_status(s),

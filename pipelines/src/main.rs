@@ -298,9 +298,11 @@ async fn main() -> Result<()> {
                     }
                 });
             }
-            let early = tokio::select! {
-                _ = shutdown_signal() => None,
-                r = &mut server => Some(r),
+            let mut pipeline = pipeline;
+            let (early, pipeline_ended) = tokio::select! {
+                _ = shutdown_signal() => (None, false),
+                r = &mut server => (Some(r), false),
+                _ = &mut pipeline => (None, true),
             };
             // Sources first (they finish and acknowledge what is in flight), then the API.
             let _ = stop_tx.send(true);
@@ -310,6 +312,12 @@ async fn main() -> Result<()> {
             match early {
                 Some(r) => r??,
                 None => server.await??,
+            }
+            if pipeline_ended {
+                // The pipeline task ends early only when its thread could not be kept running;
+                // exit non-zero so the process supervisor restarts memos.
+                let why = m.pipeline.health().down_reason().unwrap_or_default();
+                anyhow::bail!("the pipeline stopped: {why}");
             }
             drop(m);
             // The pipeline finishes the batch in hand and folds the vector delta before exiting.

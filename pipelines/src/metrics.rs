@@ -84,6 +84,10 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "memos_dead_letters";
     /// Asynchronous add/feedback tasks waiting or running.
     pub const TASKS_ACTIVE: &str = "memos_tasks_active";
+    /// 1 while the pipeline thread runs, 0 while it is down (restarting).
+    pub const PIPELINE_UP: &str = "memos_pipeline_up";
+    /// Restarts of the pipeline thread after a failure outside the per-event isolation.
+    pub const PIPELINE_RESTARTS: &str = "memos_pipeline_restarts_total";
 
     /// Every name above (dashboards and alert rules are checked against it).
     pub const ALL: &[&str] = &[
@@ -119,6 +123,8 @@ pub mod names {
         STORE_BYTES,
         DEAD_LETTERS,
         TASKS_ACTIVE,
+        PIPELINE_UP,
+        PIPELINE_RESTARTS,
     ];
 }
 
@@ -189,6 +195,10 @@ pub struct Metrics {
     pub dead_letters: IntGauge,
     /// [`names::TASKS_ACTIVE`].
     pub tasks_active: IntGauge,
+    /// [`names::PIPELINE_UP`].
+    pub pipeline_up: IntGauge,
+    /// [`names::PIPELINE_RESTARTS`].
+    pub pipeline_restarts: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -438,6 +448,20 @@ impl Metrics {
                 names::TASKS_ACTIVE,
                 "Asynchronous tasks waiting or running.",
             ),
+            pipeline_up: gauge(
+                &r,
+                names::PIPELINE_UP,
+                "1 while the pipeline thread runs, 0 while it is down and restarting.",
+            ),
+            pipeline_restarts: {
+                let c = prometheus::IntCounter::new(
+                    names::PIPELINE_RESTARTS,
+                    "Restarts of the pipeline thread after a failure outside the per-event isolation.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             registry: r,
         }
     }

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::error::PipelineError;
 
 /// What a source hands to the pipeline.
+#[derive(Clone)]
 pub enum Payload {
     /// Raw bytes (decoded and validated by the pipeline; failures are dead-lettered).
     Bytes(Vec<u8>),
@@ -93,13 +94,42 @@ pub enum Outcome {
     },
 }
 
+/// Whether the pipeline thread is running; `/ready` answers 503 with the reason while it is not.
+#[derive(Debug, Default)]
+pub struct PipelineHealth {
+    down: std::sync::Mutex<Option<String>>,
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+impl PipelineHealth {
+    /// Why the pipeline thread is not running (None while it runs).
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many times the pipeline thread was restarted.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_down(&self, reason: Option<String>) {
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+}
+
 /// Handle to a running pipeline.
 #[derive(Clone)]
 pub struct PipelineHandle {
     tx: mpsc::Sender<Incoming>,
+    health: Arc<PipelineHealth>,
 }
 
 impl PipelineHandle {
+    /// The pipeline thread's state.
+    pub fn health(&self) -> &PipelineHealth {
+        &self.health
+    }
+
     /// Queues an input, waiting for room (backpressure).
     pub async fn submit(&self, inc: Incoming) -> Result<(), PipelineError> {
         self.tx
@@ -163,10 +193,21 @@ pub struct Processor {
     /// a restart that resumes from the stored offset never skips a failed event.
     held: HashMap<String, u64>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Custom stages, between extract and embed.
+    stages: Vec<Stage>,
+    /// Set when an operator reported a fatal error: the supervisor replaces this processor.
+    fatal: Option<String>,
 }
 
+/// A custom stage: drafts in, drafts out; it runs between `extract` and `embed` (e.g. a redactor
+/// or a classifier), with the same per-event fault isolation as the built-in stages.
+pub type Stage = Box<dyn Operator<In = Draft, Out = Draft>>;
+
+/// Builds the custom stages; called each time the pipeline thread (re)starts.
+pub type StageFactory = Arc<dyn Fn() -> Vec<Stage> + Send + Sync>;
+
 /// Runs one operator over a batch, timing it and counting items in and out.
-fn stage<O: Operator>(
+fn stage<O: Operator + ?Sized>(
     m: &crate::metrics::Metrics,
     name: &'static str,
     op: &mut O,
@@ -190,10 +231,108 @@ fn stage<O: Operator>(
     r
 }
 
+/// What the sink did with one event.
+#[derive(Default)]
+struct SinkOut {
+    ids: Vec<String>,
+    inserted: usize,
+    merged: usize,
+    feedback_intent: Option<String>,
+    fine_job: Option<crate::fine::FineJob>,
+}
+
+fn is_fatal(e: &PipelineError) -> bool {
+    matches!(e, PipelineError::Operator(OperatorError::Fatal(_)))
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+/// An operator input that belongs to one event (so a failing batch can be retried event by
+/// event).
+pub trait EventScoped: Clone {
+    /// The event's id.
+    fn event_id(&self) -> &str;
+}
+
+impl EventScoped for IdentifiedEvent {
+    fn event_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl EventScoped for Draft {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+}
+
+/// Runs a stage with per-event fault isolation: when the batch panics, or fails with an error
+/// that is not transient, the stage runs again once per event (each under `catch_unwind`), so
+/// only the events that panic or fail on their own are reported as failures; the others go on.
+/// Transient errors fail the whole stage (the caller retries the batch).
+fn guarded<O: Operator + ?Sized>(
+    m: &crate::metrics::Metrics,
+    name: &'static str,
+    op: &mut O,
+    batch: Vec<O::In>,
+    ctx: &OpContext,
+) -> Result<(Vec<O::Out>, operators::Failures), OperatorError>
+where
+    O::In: EventScoped,
+{
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let copy = batch.clone();
+    let why = match catch_unwind(AssertUnwindSafe(|| stage(m, name, op, batch, ctx))) {
+        Ok(Ok(r)) => return Ok(r),
+        Ok(Err(e)) if e.retryable() || matches!(e, OperatorError::Fatal(_)) => return Err(e),
+        Ok(Err(e)) => e.to_string(),
+        Err(p) => format!("panic: {}", panic_message(&*p)),
+    };
+    tracing::warn!(operator = name, reason = %why, events = copy.len(), "stage failed on its batch; isolating events");
+    let mut groups: Vec<(String, Vec<O::In>)> = Vec::new();
+    for item in copy {
+        match groups.last_mut() {
+            Some((id, items)) if id == item.event_id() => items.push(item),
+            _ => groups.push((item.event_id().to_string(), vec![item])),
+        }
+    }
+    let (mut out, mut failed) = (Vec::new(), Vec::new());
+    for (id, items) in groups {
+        match catch_unwind(AssertUnwindSafe(|| stage(m, name, op, items, ctx))) {
+            Ok(Ok((o, f))) => {
+                out.extend(o);
+                failed.extend(f);
+            }
+            Ok(Err(e)) if e.retryable() || matches!(e, OperatorError::Fatal(_)) => return Err(e),
+            Ok(Err(e)) => failed.push((id, e)),
+            Err(p) => failed.push((
+                id,
+                OperatorError::Panic {
+                    operator: name.into(),
+                    message: panic_message(&*p),
+                },
+            )),
+        }
+    }
+    Ok((out, failed))
+}
+
 struct Pending {
     idx: usize,
     ie: IdentifiedEvent,
     bytes: Vec<u8>,
+    source: String,
+    /// "partition@position" of the source, when it has one.
+    position: Option<String>,
 }
 
 fn retry<T>(
@@ -247,6 +386,40 @@ impl Processor {
             retry_attempts: cfg.pipeline.retry_attempts,
             held: HashMap::new(),
             metrics,
+            stages: Vec::new(),
+            fatal: None,
+        }
+    }
+
+    /// Adds custom stages (run between `extract` and `embed`, in order).
+    pub fn with_stages(mut self, stages: Vec<Stage>) -> Self {
+        self.stages = stages;
+        self
+    }
+
+    /// Runs every stage's `on_start` hook (once, before the first batch).
+    pub fn start(&mut self) -> Result<(), OperatorError> {
+        let ctx = &self.ctx;
+        self.window.on_start(ctx)?;
+        self.extract.on_start(ctx)?;
+        for st in &mut self.stages {
+            st.on_start(ctx)?;
+        }
+        self.embed.on_start(ctx)?;
+        self.dedupe.on_start(ctx)
+    }
+
+    /// Runs every stage's `on_close` hook (after the last batch); failures are logged.
+    pub fn close(&mut self) {
+        let ctx = &self.ctx;
+        let mut results = vec![self.window.on_close(ctx), self.extract.on_close(ctx)];
+        for st in &mut self.stages {
+            results.push(st.on_close(ctx));
+        }
+        results.push(self.embed.on_close(ctx));
+        results.push(self.dedupe.on_close(ctx));
+        for e in results.into_iter().filter_map(Result::err) {
+            tracing::warn!(error = %e, "operator on_close failed");
         }
     }
 
@@ -316,21 +489,46 @@ impl Processor {
     }
 
     /// Processes one batch; returns an outcome per input (same order) and statistics.
+    ///
+    /// A batch that fails for a reason that is not transient (outside the per-event guards,
+    /// e.g. a bug in a batch-level step) is split: each input is processed on its own, and one
+    /// that still fails alone is dead-lettered, so no input can hold its partition back.
     pub fn process(&mut self, batch: Vec<BatchItem>) -> (Vec<Outcome>, BatchStats) {
         let n = batch.len();
         let positions: Vec<(String, String)> = batch.iter().filter_map(|b| b.2.clone()).collect();
+        let copy: Vec<BatchItem> = batch
+            .iter()
+            .map(|(p, s, pos)| (p.clone(), s.clone(), pos.clone()))
+            .collect();
         match self.try_process(batch) {
             Ok(r) => r,
-            Err(e) => {
-                for (src, pos) in positions {
-                    // Positions are "next to read"; the failed input is the one before.
-                    if let Ok(p) = pos.parse::<u64>() {
-                        let at = p.saturating_sub(1);
-                        let h = self.held.entry(src).or_insert(at);
-                        *h = (*h).min(at);
-                    }
+            Err(e) if !e.is_transient() && !is_fatal(&e) => {
+                tracing::warn!(error = %e, events = n, "batch failed for a non-transient reason; processing its inputs one by one");
+                let mut outcomes = Vec::with_capacity(n);
+                let mut stats = BatchStats {
+                    events: n,
+                    ..Default::default()
+                };
+                for item in copy {
+                    let (o, s) = if n > 1 {
+                        self.process(vec![item])
+                    } else {
+                        self.dead_letter_alone(item, e.to_string())
+                    };
+                    outcomes.extend(o);
+                    stats.inserted += s.inserted;
+                    stats.merged += s.merged;
+                    stats.feedback += s.feedback;
+                    stats.dead_lettered += s.dead_lettered;
                 }
+                (outcomes, stats)
+            }
+            Err(e) => {
+                self.hold(positions);
                 tracing::error!(error = %e, "batch failed; inputs are not acknowledged");
+                if let PipelineError::Operator(OperatorError::Fatal(r)) = &e {
+                    self.fatal = Some(format!("an operator cannot go on: {r}"));
+                }
                 (
                     vec![
                         Outcome::Failed {
@@ -412,19 +610,38 @@ impl Processor {
                     same_as.push((idx, first));
                     continue;
                 }
-                if let Some(rec) = self.store.event(&rtxn, &ev.cube_id, &id)? {
-                    outcomes[idx] = Some(Outcome::Duplicate {
-                        event_id: id,
-                        memories: self.memories_of(&rtxn, &rec.memory_ids)?,
-                    });
-                    continue;
+                match self.store.event(&rtxn, &ev.cube_id, &id) {
+                    Ok(Some(rec)) => {
+                        outcomes[idx] = Some(Outcome::Duplicate {
+                            event_id: id,
+                            memories: self.memories_of(&rtxn, &rec.memory_ids)?,
+                        });
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    // E.g. cube id + event id longer than an LMDB key: this event alone.
+                    Err(e) => {
+                        dead.push((
+                            idx,
+                            DeadLetter {
+                                source,
+                                position: position.map(|p| format!("{}@{}", p.0, p.1)),
+                                reason: format!("event id: {e}"),
+                                payload: bytes,
+                                at: now,
+                            },
+                        ));
+                        continue;
+                    }
                 }
                 first_of.insert(key, idx);
-                let _ = source;
                 pending.push(Pending {
                     idx,
                     ie: IdentifiedEvent { id, event: ev },
                     bytes,
+                    source,
+                    position: position.map(|p| format!("{}@{}", p.0, p.1)),
                 });
             }
         }
@@ -434,16 +651,22 @@ impl Processor {
         let events: Vec<IdentifiedEvent> = pending.iter().map(|p| p.ie.clone()).collect();
         let t_ops = Instant::now();
         let m = self.metrics.clone();
-        let (drafts, f) = stage(&m, "window", &mut self.window, events, &self.ctx)?;
+        let (drafts, f) = guarded(&m, "window", &mut self.window, events, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-        let (drafts, f) = stage(&m, "extract", &mut self.extract, drafts, &self.ctx)?;
+        let (mut drafts, f) = guarded(&m, "extract", &mut self.extract, drafts, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+        for st in &mut self.stages {
+            let name = st.name();
+            let (d, f) = guarded(&m, name, st.as_mut(), drafts, &self.ctx)?;
+            failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+            drafts = d;
+        }
         let embedded = {
             let embed = &mut self.embed;
             let ctx = &self.ctx;
             m.embed_batch.observe(drafts.len() as f64);
             retry(self.retry_attempts, || {
-                stage(&m, "embed", embed, drafts.clone(), ctx)
+                guarded(&m, "embed", embed, drafts.clone(), ctx)
             })
         };
         let drafts = match embedded {
@@ -460,7 +683,7 @@ impl Processor {
             Err(e) => return Err(e.into()),
         };
         let t_embed = t_ops.elapsed();
-        let (drafts, f) = stage(&m, "dedupe", &mut self.dedupe, drafts, &self.ctx)?;
+        let (drafts, f) = guarded(&m, "dedupe", &mut self.dedupe, drafts, &self.ctx)?;
         let t_dedupe = t_ops.elapsed() - t_embed;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
 
@@ -472,162 +695,62 @@ impl Processor {
         }
         let mut produced: HashMap<usize, (String, Vec<String>)> = HashMap::new();
         let mut fine_jobs: Vec<crate::fine::FineJob> = Vec::new();
+        // New memories' bitmaps and postings are buffered for the whole batch and written once
+        // per key; the buffer is flushed before an event that reads them (merges, deletes,
+        // feedback) and at the end.
+        let mut index = store::IndexBuffer::default();
         for p in &pending {
             if let Some(reason) = failed.get(&p.ie.id) {
-                dead.push((
-                    p.idx,
-                    DeadLetter {
-                        source: "pipeline".into(),
-                        position: None,
-                        reason: reason.clone(),
-                        payload: p.bytes.clone(),
-                        at: now,
-                    },
-                ));
+                dead.push((p.idx, self.dead_letter(p, reason.clone(), now)));
                 continue;
             }
-            let ev = &p.ie.event;
-            let mut ids: Vec<String> = Vec::new();
-            match ev.kind {
-                EventKind::Delete => match self.apply_delete(&mut wtxn, ev) {
-                    Ok(deleted) => ids = deleted,
-                    Err(e) => {
-                        dead.push((
-                            p.idx,
-                            DeadLetter {
-                                source: "pipeline".into(),
-                                position: None,
-                                reason: e.to_string(),
-                                payload: p.bytes.clone(),
-                                at: now,
-                            },
-                        ));
-                        continue;
+            let drafts = by_event.remove(&p.ie.id).unwrap_or_default();
+            let reads_index = matches!(p.ie.event.kind, EventKind::Delete | EventKind::Feedback)
+                || drafts
+                    .iter()
+                    .any(|d| matches!(d.action, Action::Merge { .. }));
+            if reads_index && !index.is_empty() {
+                self.store
+                    .flush_index(&mut wtxn, std::mem::take(&mut index))?;
+            }
+            let mut event_index = store::IndexBuffer::default();
+            // Each event is applied in its own child transaction, under catch_unwind: an event
+            // that cannot be written (a key LMDB refuses, a record that does not encode, a
+            // panic) is undone alone and dead-lettered; the rest of the batch commits.
+            let applied = {
+                let mut child = self.store.child_txn(&mut wtxn)?;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.sink_event(&mut child, p, drafts, now, &mut event_index)
+                }));
+                match r {
+                    Ok(Ok(out)) => {
+                        self.store.commit_child(child)?;
+                        index.absorb(std::mem::take(&mut event_index));
+                        Ok(out)
                     }
-                },
-                EventKind::Feedback => {
-                    // feedback-merge runs here, in the batch's transaction: it sees the
-                    // memories this batch wrote and commits with them.
-                    let outcome = match self.feedback.apply(&self.store, &mut wtxn, &p.ie) {
-                        Ok(o) => o,
-                        Err(e) if !e.retryable() => {
-                            dead.push((
-                                p.idx,
-                                DeadLetter {
-                                    source: "pipeline".into(),
-                                    position: None,
-                                    reason: format!("feedback: {e}"),
-                                    payload: p.bytes.clone(),
-                                    at: now,
-                                },
-                            ));
-                            continue;
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    for c in outcome.add.iter().chain(&outcome.update) {
-                        ids.push(c.id.clone());
-                    }
-                    let text =
-                        |k: &str| ev.payload.get(k).and_then(|v| v.as_str()).map(String::from);
-                    let f = store::FeedbackRecord {
-                        id: p.ie.id.clone(),
-                        cube_id: ev.cube_id.clone(),
-                        user_id: ev.user_id.clone(),
-                        session_id: ev.session_id.clone(),
-                        feedback_content: text("feedback_content").unwrap_or_default(),
-                        history: ev
-                            .payload
-                            .get("history")
-                            .map(|h| h.to_string())
-                            .unwrap_or_default(),
-                        retrieved_memory_ids: ev
-                            .payload
-                            .get("retrieved_memory_ids")
-                            .and_then(|v| serde_json::from_value(v.clone()).ok())
-                            .unwrap_or_default(),
-                        feedback_time: text("feedback_time"),
-                        status: "processed".into(),
-                        created_at: now,
-                        result: serde_json::to_string(&outcome).ok(),
-                    };
-                    self.store.put_feedback(&mut wtxn, &f)?;
-                    stats.feedback += 1;
-                    m.feedback.with_label_values(&[&outcome.intent]).inc();
+                    Ok(Err(e)) if e.is_transient() => return Err(e),
+                    Ok(Err(e)) => Err(format!("sink: {e}")),
+                    Err(panic) => Err(format!("sink panicked: {}", panic_message(&*panic))),
                 }
-                _ => {
-                    let mut fast_turns = Vec::new();
-                    for d in by_event.remove(&p.ie.id).unwrap_or_default() {
-                        match d.action {
-                            Action::Skip => ids.push(d.record.id.clone()),
-                            Action::Insert => {
-                                self.store.insert(&mut wtxn, &d.record, &d.embedding)?;
-                                stats.inserted += 1;
-                                ids.push(d.record.id.clone());
-                                if matches!(
-                                    d.record.memory_type,
-                                    MemoryType::UserMemory | MemoryType::LongTermMemory
-                                ) && d.record.tags.iter().any(|t| t == "mode:fast")
-                                {
-                                    fast_turns.push(d.record.id.clone());
-                                }
-                            }
-                            Action::Merge { target, reason } => {
-                                match self.store.get(&wtxn, &target)? {
-                                    Some(existing) => {
-                                        let merged = merge_records(&existing, &d.record);
-                                        let emb = (merged.memory != existing.memory)
-                                            .then_some(d.embedding.as_slice());
-                                        self.store.update(
-                                            &mut wtxn,
-                                            &merged,
-                                            emb,
-                                            reason,
-                                            Some(d.record.id.clone()),
-                                        )?;
-                                        stats.merged += 1;
-                                        if !ids.contains(&target) {
-                                            ids.push(target);
-                                        }
-                                    }
-                                    None => {
-                                        self.store.insert(&mut wtxn, &d.record, &d.embedding)?;
-                                        stats.inserted += 1;
-                                        ids.push(d.record.id.clone());
-                                    }
-                                }
-                            }
-                        }
+            };
+            match applied {
+                Ok(out) => {
+                    stats.inserted += out.inserted;
+                    stats.merged += out.merged;
+                    if let Some(intent) = &out.feedback_intent {
+                        stats.feedback += 1;
+                        m.feedback.with_label_values(&[intent]).inc();
                     }
-                    if ev.mode == operators::event::Mode::Fine
-                        && ev.kind == EventKind::Messages
-                        && !fast_turns.is_empty()
-                        && self.fine.is_some()
-                    {
-                        fine_jobs.push(crate::fine::FineJob {
-                            cube_id: ev.cube_id.clone(),
-                            user_id: ev.user_id.clone(),
-                            event_id: p.ie.id.clone(),
-                            memory_ids: fast_turns,
-                            tags: ev.tags.clone(),
-                        });
-                    }
+                    fine_jobs.extend(out.fine_job);
+                    produced.insert(p.idx, (p.ie.id.clone(), out.ids));
+                }
+                Err(reason) => {
+                    tracing::warn!(event_id = %p.ie.id, %reason, "event dead-lettered by the sink");
+                    dead.push((p.idx, self.dead_letter(p, reason, now)));
                 }
             }
-            let source = "pipeline".to_string();
-            self.store.mark_event(
-                &mut wtxn,
-                &ev.cube_id,
-                &p.ie.id,
-                &EventRecord {
-                    memory_ids: ids.clone(),
-                    processed_at: now,
-                    source,
-                    position: None,
-                },
-            )?;
-            produced.insert(p.idx, (p.ie.id.clone(), ids));
         }
+        self.store.flush_index(&mut wtxn, index)?;
         for (_, dl) in &dead {
             self.store.put_dead_letter(&mut wtxn, dl)?;
         }
@@ -712,6 +835,202 @@ impl Processor {
         ))
     }
 
+    /// Dead-letters one input that failed on its own for a non-transient reason, in a
+    /// transaction of its own that also records its source position.
+    fn dead_letter_alone(&mut self, item: BatchItem, reason: String) -> (Vec<Outcome>, BatchStats) {
+        let (payload, source, position) = item;
+        let bytes = match payload {
+            Payload::Bytes(b) => b,
+            Payload::Event(e) => serde_json::to_vec(&e).unwrap_or_default(),
+        };
+        let dl = DeadLetter {
+            source,
+            position: position.as_ref().map(|p| format!("{}@{}", p.0, p.1)),
+            reason: reason.clone(),
+            payload: bytes,
+            at: store::time::now_micros(),
+        };
+        let written = (|| -> Result<(), PipelineError> {
+            let mut wtxn = self.store.write_txn()?;
+            self.store.put_dead_letter(&mut wtxn, &dl)?;
+            if let Some((src, pos)) = &position
+                && !self.held.contains_key(src)
+            {
+                self.store.set_offset(&mut wtxn, src, pos)?;
+            }
+            self.store.commit(wtxn)?;
+            Ok(())
+        })();
+        let stats = BatchStats {
+            events: 1,
+            dead_lettered: 1,
+            ..Default::default()
+        };
+        match written {
+            Ok(()) => (vec![Outcome::DeadLettered { reason }], stats),
+            Err(e) => {
+                self.hold(position.into_iter().collect());
+                (
+                    vec![Outcome::Failed {
+                        reason: format!("{reason}; the dead letter could not be written: {e}"),
+                    }],
+                    BatchStats {
+                        events: 1,
+                        ..Default::default()
+                    },
+                )
+            }
+        }
+    }
+
+    /// Holds back the stored offsets of the partitions of a batch that failed.
+    fn hold(&mut self, positions: Vec<(String, String)>) {
+        for (src, pos) in positions {
+            // Positions are "next to read"; the failed input is the one before.
+            if let Ok(p) = pos.parse::<u64>() {
+                let at = p.saturating_sub(1);
+                let h = self.held.entry(src).or_insert(at);
+                *h = (*h).min(at);
+            }
+        }
+    }
+
+    fn dead_letter(&self, p: &Pending, reason: String, now: i64) -> DeadLetter {
+        DeadLetter {
+            source: p.source.clone(),
+            position: p.position.clone(),
+            reason,
+            payload: p.bytes.clone(),
+            at: now,
+        }
+    }
+
+    /// Applies one event in `wtxn` (the event's child transaction): its memories (insert or
+    /// merge), its delete or feedback-merge, and its processed-event record.
+    fn sink_event(
+        &self,
+        wtxn: &mut store::heed::RwTxn,
+        p: &Pending,
+        drafts: Vec<Draft>,
+        now: i64,
+        index: &mut store::IndexBuffer,
+    ) -> Result<SinkOut, PipelineError> {
+        let ev = &p.ie.event;
+        let mut out = SinkOut::default();
+        match ev.kind {
+            EventKind::Delete => out.ids = self.apply_delete(wtxn, ev)?,
+            EventKind::Feedback => {
+                // feedback-merge runs here, in the batch's transaction: it sees the memories
+                // this batch wrote and commits with them.
+                let outcome =
+                    self.feedback
+                        .apply(&self.store, wtxn, &p.ie)
+                        .map_err(|e| match e {
+                            e if e.retryable() => PipelineError::Operator(e),
+                            e => PipelineError::BadRequest(format!("feedback: {e}")),
+                        })?;
+                for c in outcome.add.iter().chain(&outcome.update) {
+                    out.ids.push(c.id.clone());
+                }
+                let text = |k: &str| ev.payload.get(k).and_then(|v| v.as_str()).map(String::from);
+                let f = store::FeedbackRecord {
+                    id: p.ie.id.clone(),
+                    cube_id: ev.cube_id.clone(),
+                    user_id: ev.user_id.clone(),
+                    session_id: ev.session_id.clone(),
+                    feedback_content: text("feedback_content").unwrap_or_default(),
+                    history: ev
+                        .payload
+                        .get("history")
+                        .map(|h| h.to_string())
+                        .unwrap_or_default(),
+                    retrieved_memory_ids: ev
+                        .payload
+                        .get("retrieved_memory_ids")
+                        .and_then(|v| serde_json::from_value(v.clone()).ok())
+                        .unwrap_or_default(),
+                    feedback_time: text("feedback_time"),
+                    status: "processed".into(),
+                    created_at: now,
+                    result: serde_json::to_string(&outcome).ok(),
+                };
+                self.store.put_feedback(wtxn, &f)?;
+                out.feedback_intent = Some(outcome.intent.clone());
+            }
+            _ => {
+                let mut fast_turns = Vec::new();
+                for d in drafts {
+                    match d.action {
+                        Action::Skip => out.ids.push(d.record.id.clone()),
+                        Action::Insert => {
+                            self.store
+                                .insert_into(wtxn, &d.record, &d.embedding, index)?;
+                            out.inserted += 1;
+                            out.ids.push(d.record.id.clone());
+                            if matches!(
+                                d.record.memory_type,
+                                MemoryType::UserMemory | MemoryType::LongTermMemory
+                            ) && d.record.tags.iter().any(|t| t == "mode:fast")
+                            {
+                                fast_turns.push(d.record.id.clone());
+                            }
+                        }
+                        Action::Merge { target, reason } => match self.store.get(wtxn, &target)? {
+                            Some(existing) => {
+                                let merged = merge_records(&existing, &d.record);
+                                let emb = (merged.memory != existing.memory)
+                                    .then_some(d.embedding.as_slice());
+                                self.store.update(
+                                    wtxn,
+                                    &merged,
+                                    emb,
+                                    reason,
+                                    Some(d.record.id.clone()),
+                                )?;
+                                out.merged += 1;
+                                if !out.ids.contains(&target) {
+                                    out.ids.push(target);
+                                }
+                            }
+                            // The target was not written (its event was dead-lettered): keep
+                            // this memory on its own.
+                            None => {
+                                self.store.insert(wtxn, &d.record, &d.embedding)?;
+                                out.inserted += 1;
+                                out.ids.push(d.record.id.clone());
+                            }
+                        },
+                    }
+                }
+                if ev.mode == operators::event::Mode::Fine
+                    && ev.kind == EventKind::Messages
+                    && !fast_turns.is_empty()
+                    && self.fine.is_some()
+                {
+                    out.fine_job = Some(crate::fine::FineJob {
+                        cube_id: ev.cube_id.clone(),
+                        user_id: ev.user_id.clone(),
+                        event_id: p.ie.id.clone(),
+                        memory_ids: fast_turns,
+                        tags: ev.tags.clone(),
+                    });
+                }
+            }
+        }
+        self.store.mark_event(
+            wtxn,
+            &ev.cube_id,
+            &p.ie.id,
+            &EventRecord {
+                memory_ids: out.ids.clone(),
+                processed_at: now,
+                source: "pipeline".into(),
+                position: None,
+            },
+        )?;
+        Ok(out)
+    }
+
     fn apply_delete(
         &self,
         wtxn: &mut store::heed::RwTxn,
@@ -760,44 +1079,56 @@ pub fn spawn(
     metrics: Arc<crate::metrics::Metrics>,
     fine: Option<crate::fine::FineQueue>,
     activation: Option<Arc<crate::activation::Activation>>,
+    stages: Option<StageFactory>,
 ) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Incoming>(cfg.pipeline.channel_capacity.max(1));
     let batch_size = cfg.pipeline.batch_size.max(1);
     let linger = Duration::from_millis(cfg.pipeline.linger_ms);
     let idle = Duration::from_millis(cfg.pipeline.index_idle_ms.max(1));
     // The operators and the sink run on one dedicated OS thread (CPU-bound model inference and
-    // the LMDB writer); the async task only batches and replies.
+    // the LMDB writer); the async task only batches and replies. The thread supervises its
+    // processor: a panic that escapes the per-event isolation, or a failing `on_start`, marks
+    // the pipeline down (`/ready` 503 with the reason), fails that batch without acknowledging
+    // it (its sources redeliver) and starts a fresh processor after a backoff.
     type Work = (Vec<BatchItem>, oneshot::Sender<(Vec<Outcome>, BatchStats)>);
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
-    let mut processor = Processor::new(cfg, store.clone(), embedder, metrics.clone());
-    processor.fine = fine;
-    processor.activation = activation;
-    let worker = std::thread::Builder::new()
-        .name("memos-pipeline".into())
-        .spawn(move || {
-            while let Ok((items, reply)) = work_rx.recv() {
-                let _ = reply.send(processor.process(items));
-            }
-        });
+    let health = Arc::new(PipelineHealth::default());
+    let build = {
+        let (cfg, store, metrics) = (cfg.clone(), store.clone(), metrics.clone());
+        move || {
+            let mut p = Processor::new(&cfg, store.clone(), embedder.clone(), metrics.clone())
+                .with_stages(stages.as_ref().map(|f| f()).unwrap_or_default());
+            p.fine = fine.clone();
+            p.activation = activation.clone();
+            p
+        }
+    };
+    let backoff_max = Duration::from_millis(cfg.pipeline.restart_backoff_max_ms.max(1));
+    let backoff_min =
+        Duration::from_millis(cfg.pipeline.restart_backoff_ms.max(1)).min(backoff_max);
+    let worker = {
+        let (health, metrics) = (health.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("memos-pipeline".into())
+            .spawn(move || supervise(build, work_rx, health, metrics, backoff_min, backoff_max))
+    };
     if let Err(e) = &worker {
-        tracing::error!(error = %e, "could not start the pipeline thread");
+        down(
+            &health,
+            &metrics,
+            format!("could not start the pipeline thread: {e}"),
+        );
     }
+    let task_health = health.clone();
+    let folding = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let delta_max = cfg.pipeline.vector_delta_max.max(1) as u64;
     let task = tokio::spawn(async move {
         loop {
             let first = match tokio::time::timeout(idle, rx.recv()).await {
                 Ok(Some(i)) => i,
                 Ok(None) => break,
                 Err(_) => {
-                    let s = store.clone();
-                    match tokio::task::spawn_blocking(move || s.index_pending()).await {
-                        Ok(Ok(n)) if n > 0 => {
-                            tracing::debug!(vectors = n, "folded vector delta into the trees")
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "indexing the vector delta failed")
-                        }
-                        _ => {}
-                    }
+                    fold_in_background(&store, &folding);
                     continue;
                 }
             };
@@ -819,12 +1150,15 @@ pub fn spawn(
             }
             let started = Instant::now();
             let (tx, rx) = oneshot::channel();
+            // The supervisor thread ends only when this channel closes; should it end anyway,
+            // the pipeline is marked down (`/ready` 503) and this task ends with it, so
+            // `memos serve` exits non-zero for its supervisor to restart it.
             if work_tx.send((items, tx)).is_err() {
-                tracing::error!("pipeline thread stopped");
+                down(&task_health, &metrics, "the pipeline thread ended".into());
                 break;
             }
             let Ok((outcomes, stats)) = rx.await else {
-                tracing::error!("pipeline thread panicked");
+                down(&task_health, &metrics, "the pipeline thread ended".into());
                 break;
             };
             tracing::debug!(
@@ -839,6 +1173,11 @@ pub fn spawn(
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.batch_events.observe(stats.events as f64);
+            // Under load the trees are refreshed only when arroy is needed (some cube is too
+            // large for the RAM codes) and enough changes wait; always off the sink's thread.
+            if store.ann_needed() && store.pending_over(delta_max) {
+                fold_in_background(&store, &folding);
+            }
             for (kind, n) in [
                 ("inserted", stats.inserted),
                 ("merged", stats.merged),
@@ -870,5 +1209,137 @@ pub fn spawn(
         let _ = tokio::task::spawn_blocking(move || s.index_pending()).await;
         tracing::info!("pipeline stopped");
     });
-    (PipelineHandle { tx }, task)
+    (PipelineHandle { tx, health }, task)
+}
+
+/// Folds the pending vector changes into the arroy trees on a blocking thread of its own (one
+/// at a time): a write transaction separate from the sink's.
+fn fold_in_background(store: &Arc<Store>, folding: &Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    if folding.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (s, f) = (store.clone(), folding.clone());
+    tokio::task::spawn_blocking(move || {
+        match s.index_pending() {
+            Ok(n) if n > 0 => tracing::debug!(changes = n, "folded vector changes into the trees"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "folding vector changes into the trees failed"),
+        }
+        f.store(false, Ordering::Release);
+    });
+}
+
+/// The pipeline thread: builds a processor, runs batches, and replaces the processor (after a
+/// growing backoff) whenever it fails outside the per-event isolation. Ends when the work
+/// channel closes.
+fn supervise(
+    build: impl Fn() -> Processor,
+    work_rx: std::sync::mpsc::Receiver<(
+        Vec<BatchItem>,
+        oneshot::Sender<(Vec<Outcome>, BatchStats)>,
+    )>,
+    health: Arc<PipelineHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+) {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mut backoff = backoff_min;
+    let mut first = true;
+    // Offsets held back after failed batches survive a restart.
+    let mut held: HashMap<String, u64> = HashMap::new();
+    loop {
+        if !first {
+            health
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.pipeline_restarts.inc();
+            tracing::warn!(
+                backoff_ms = backoff.as_millis() as u64,
+                "restarting the pipeline"
+            );
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(backoff_max);
+        }
+        first = false;
+        let started = catch_unwind(AssertUnwindSafe(|| {
+            let mut p = build();
+            p.start().map(|_| p)
+        }));
+        let mut processor = match started {
+            Ok(Ok(mut p)) => {
+                p.held = std::mem::take(&mut held);
+                p
+            }
+            Ok(Err(e)) => {
+                down(
+                    &health,
+                    &metrics,
+                    format!("an operator failed to start: {e}"),
+                );
+                continue;
+            }
+            Err(panic) => {
+                down(
+                    &health,
+                    &metrics,
+                    format!(
+                        "the pipeline panicked while starting: {}",
+                        panic_message(&*panic)
+                    ),
+                );
+                continue;
+            }
+        };
+        health.set_down(None);
+        metrics.pipeline_up.set(1);
+        loop {
+            let Ok((items, reply)) = work_rx.recv() else {
+                processor.close();
+                return;
+            };
+            let n = items.len();
+            let positions: Vec<Position> = items.iter().filter_map(|b| b.2.clone()).collect();
+            match catch_unwind(AssertUnwindSafe(|| processor.process(items))) {
+                Ok(r) => {
+                    // Marked down before the reply, so whoever sees the failure sees why.
+                    let fatal = processor.fatal.take();
+                    if let Some(reason) = &fatal {
+                        down(&health, &metrics, reason.clone());
+                    }
+                    let _ = reply.send(r);
+                    if fatal.is_some() {
+                        held = std::mem::take(&mut processor.held);
+                        break;
+                    }
+                    backoff = backoff_min;
+                }
+                Err(panic) => {
+                    let reason =
+                        format!("the pipeline thread panicked: {}", panic_message(&*panic));
+                    let failed = Outcome::Failed {
+                        reason: reason.clone(),
+                    };
+                    processor.hold(positions);
+                    held = std::mem::take(&mut processor.held);
+                    down(&health, &metrics, reason);
+                    let _ = reply.send((
+                        vec![failed; n],
+                        BatchStats {
+                            events: n,
+                            ..Default::default()
+                        },
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn down(health: &PipelineHealth, metrics: &crate::metrics::Metrics, reason: String) {
+    tracing::error!(%reason, "pipeline down");
+    metrics.pipeline_up.set(0);
+    health.set_down(Some(reason));
 }

@@ -277,6 +277,17 @@ impl Memos {
         store: Arc<Store>,
         embedder: Arc<dyn Embedder>,
     ) -> Result<(Arc<Memos>, tokio::task::JoinHandle<()>), PipelineError> {
+        Self::with_stages(cfg, store, embedder, None)
+    }
+
+    /// Starts the pipeline over an opened store and embedder, with custom stages between
+    /// `extract` and `embed` (built anew each time the pipeline thread starts).
+    pub fn with_stages(
+        cfg: Config,
+        store: Arc<Store>,
+        embedder: Arc<dyn Embedder>,
+        stages: Option<runtime::StageFactory>,
+    ) -> Result<(Arc<Memos>, tokio::task::JoinHandle<()>), PipelineError> {
         let stored = {
             let txn = store.read_txn()?;
             store.api_keys(&txn)?
@@ -316,6 +327,7 @@ impl Memos {
             metrics.clone(),
             fine,
             activation.clone(),
+            stages,
         );
         let memos = Arc::new(Memos {
             cfg,

@@ -269,7 +269,10 @@ impl TableProvider for SearchTable {
                         let mut all = Vec::new();
                         for cube in &cubes {
                             let cands = self.store.candidates(txn, cube, None, &Filter::True)?;
-                            for (id, s) in self.store.vector_search(txn, &qv, self.k, &cands)? {
+                            for (id, s) in self
+                                .store
+                                .vector_search_in(txn, cube, &qv, self.k, &cands)?
+                            {
                                 all.push((id, s));
                             }
                         }

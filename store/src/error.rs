@@ -42,5 +42,30 @@ impl From<postcard::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the failure belongs to the environment (map full, I/O, too many readers, a
+    /// damaged page), so retrying the same write later may succeed. Everything else belongs to
+    /// the data being written (a key LMDB cannot hold, a record that does not encode, a bad
+    /// argument): retrying it fails again, so the sink dead-letters that one event instead.
+    pub fn is_transient(&self) -> bool {
+        use heed::MdbError as M;
+        match self {
+            StoreError::Lmdb(e) | StoreError::Vector(arroy::Error::Heed(e)) => match e {
+                heed::Error::Io(_) => true,
+                heed::Error::Mdb(m) => !matches!(m, M::BadValSize | M::KeyExist | M::NotFound),
+                heed::Error::Encoding(_) | heed::Error::Decoding(_) => false,
+                heed::Error::EnvAlreadyOpened => true,
+            },
+            StoreError::Vector(arroy::Error::Io(_)) | StoreError::Io(_) => true,
+            StoreError::Vector(_)
+            | StoreError::Codec(_)
+            | StoreError::Dimensions { .. }
+            | StoreError::InvalidFilter(_)
+            | StoreError::InvalidArgument(_)
+            | StoreError::NotFound(_) => false,
+        }
+    }
+}
+
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

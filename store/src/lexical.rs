@@ -17,6 +17,8 @@ use crate::text::tokenize;
 /// Maximum postings per block before a block is split.
 const BLOCK: usize = 512;
 const ENTRY: usize = 8;
+/// A batch appends to a term's last block only while it holds fewer entries than this.
+const APPEND_BELOW: usize = 256;
 
 /// BM25 parameters.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,33 @@ fn encode(entries: &[(u32, u16, u16)]) -> Vec<u8> {
     v
 }
 
+/// Postings of a batch kept in memory: encoded entries per term prefix (doc ids ascending) and
+/// per-cube statistics deltas.
+#[derive(Debug, Default)]
+pub struct PostingsBuffer {
+    terms: HashMap<Vec<u8>, Vec<u8>>,
+    stats: HashMap<String, (u64, u64)>,
+}
+
+impl PostingsBuffer {
+    /// Nothing buffered.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty() && self.stats.is_empty()
+    }
+
+    /// Adds `other`'s postings (of later documents).
+    pub fn absorb(&mut self, other: PostingsBuffer) {
+        for (k, v) in other.terms {
+            self.terms.entry(k).or_default().extend_from_slice(&v);
+        }
+        for (c, (d, t)) in other.stats {
+            let e = self.stats.entry(c).or_default();
+            e.0 += d;
+            e.1 += t;
+        }
+    }
+}
+
 fn term_counts(text: &str) -> (HashMap<String, u16>, u16) {
     let toks = tokenize(text);
     let len = toks.len().min(u16::MAX as usize) as u16;
@@ -125,31 +154,96 @@ impl LexicalIndex {
     pub fn add(&self, wtxn: &mut RwTxn, cube: &str, doc: u32, text: &str) -> Result<usize> {
         let (tf, len) = term_counts(text);
         for (term, n) in &tf {
-            let prefix = term_prefix(cube, term);
-            match self.find_block(wtxn, &prefix, doc)? {
-                Some((k, v)) => {
-                    let mut entries: Vec<_> = decode(&v).filter(|e| e.0 != doc).collect();
-                    let pos = entries.partition_point(|e| e.0 < doc);
-                    entries.insert(pos, (doc, *n, len));
-                    if entries.len() > BLOCK * 2 {
-                        let tail = entries.split_off(BLOCK);
-                        self.postings
-                            .put(wtxn, &block_key(&prefix, tail[0].0), &encode(&tail))?;
-                    }
-                    self.postings.put(wtxn, &k, &encode(&entries))?;
-                }
-                None => {
-                    self.postings.put(
-                        wtxn,
-                        &block_key(&prefix, doc),
-                        &encode(&[(doc, *n, len)]),
-                    )?;
-                }
-            }
+            self.insert_entry(wtxn, &term_prefix(cube, term), (doc, *n, len))?;
         }
         let (docs, total) = self.stats(wtxn, cube)?;
         self.put_stats(wtxn, cube, docs + 1, total + len as u64)?;
         Ok(tf.len())
+    }
+
+    /// Buffers a new document's postings (its id above every document already indexed).
+    pub fn buffer(&self, buf: &mut PostingsBuffer, cube: &str, doc: u32, text: &str) {
+        let (tf, len) = term_counts(text);
+        for (term, n) in &tf {
+            let e = buf.terms.entry(term_prefix(cube, term)).or_default();
+            e.extend_from_slice(&encode(&[(doc, *n, len)]));
+        }
+        let s = buf.stats.entry(cube.to_string()).or_default();
+        s.0 += 1;
+        s.1 += len as u64;
+    }
+
+    /// Writes buffered postings: each term's new entries are appended to its last block as
+    /// bytes (documents only grow, so the block stays sorted), a full block starts a new one.
+    /// Entries that do not sort after the last block (never the case for new documents) take
+    /// the one-by-one path.
+    pub fn flush(&self, wtxn: &mut RwTxn, buf: PostingsBuffer) -> Result<()> {
+        for (prefix, new) in buf.terms {
+            let Some(first_new) = decode(&new).next().map(|e| e.0) else {
+                continue;
+            };
+            let last = self
+                .postings
+                .get_lower_than_or_equal_to(wtxn, &block_key(&prefix, u32::MAX))?
+                .filter(|(k, _)| k.len() == prefix.len() + 4 && k.starts_with(&prefix))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()));
+            let mut rest: &[u8] = &new;
+            if let Some((k, v)) = last {
+                let last_doc = decode(&v).last().map_or(0, |e| e.0);
+                if first_new <= last_doc {
+                    // Not an append: merge entry by entry.
+                    for (doc, tf, len) in decode(&new) {
+                        self.insert_entry(wtxn, &prefix, (doc, tf, len))?;
+                    }
+                    continue;
+                }
+                // Append while the block is small (copying it is cheap and it stays inside
+                // one LMDB page); a bigger block is left alone and the batch starts a new one.
+                let room = if v.len() / ENTRY < APPEND_BELOW {
+                    (APPEND_BELOW * 2 - v.len() / ENTRY) * ENTRY
+                } else {
+                    0
+                };
+                if room > 0 {
+                    let take = room.min(rest.len());
+                    let mut joined = v;
+                    joined.extend_from_slice(&rest[..take]);
+                    self.postings.put(wtxn, &k, &joined)?;
+                    rest = &rest[take..];
+                }
+            }
+            for chunk in rest.chunks(BLOCK * ENTRY) {
+                let first = decode(chunk).next().map_or(0, |e| e.0);
+                self.postings.put(wtxn, &block_key(&prefix, first), chunk)?;
+            }
+        }
+        for (cube, (docs, total)) in buf.stats {
+            let (d0, t0) = self.stats(wtxn, &cube)?;
+            self.put_stats(wtxn, &cube, d0 + docs, t0 + total)?;
+        }
+        Ok(())
+    }
+
+    fn insert_entry(&self, wtxn: &mut RwTxn, prefix: &[u8], e: (u32, u16, u16)) -> Result<()> {
+        let doc = e.0;
+        match self.find_block(wtxn, prefix, doc)? {
+            Some((k, v)) => {
+                let mut entries: Vec<_> = decode(&v).filter(|x| x.0 != doc).collect();
+                let pos = entries.partition_point(|x| x.0 < doc);
+                entries.insert(pos, e);
+                if entries.len() > BLOCK * 2 {
+                    let tail = entries.split_off(BLOCK);
+                    self.postings
+                        .put(wtxn, &block_key(prefix, tail[0].0), &encode(&tail))?;
+                }
+                self.postings.put(wtxn, &k, &encode(&entries))?;
+            }
+            None => {
+                self.postings
+                    .put(wtxn, &block_key(prefix, doc), &encode(&[e]))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes a document previously added with `text`. Returns the number of postings removed.

@@ -21,6 +21,7 @@ pub mod model;
 pub mod search;
 pub mod text;
 pub mod time;
+pub mod vecmem;
 pub mod vector;
 
 use std::path::{Path, PathBuf};
@@ -47,12 +48,12 @@ pub struct StoreOptions {
     pub dimensions: usize,
     /// LMDB map size in bytes (virtual; grows the file only as needed).
     pub map_size: usize,
-    /// Vectors staged outside the arroy trees before a commit folds them in.
-    pub vector_delta_max: usize,
     /// BM25 parameters.
     pub bm25: Bm25Params,
     /// arroy oversampling factor (search_k multiplier).
     pub ann_oversampling: usize,
+    /// The RAM-resident vector index (codes per cube, memory budget).
+    pub vecmem: vecmem::VecMemOptions,
 }
 
 impl Default for StoreOptions {
@@ -60,9 +61,9 @@ impl Default for StoreOptions {
         StoreOptions {
             dimensions: 384,
             map_size: 64 << 30,
-            vector_delta_max: 2000,
             bm25: Bm25Params::default(),
             ann_oversampling: 2,
+            vecmem: vecmem::VecMemOptions::default(),
         }
     }
 }
@@ -282,8 +283,10 @@ pub struct StoreStats {
     pub dead_letters: u64,
     /// Vectors in the arroy trees.
     pub vectors_indexed: u64,
-    /// Vectors waiting in the delta.
+    /// Vector changes (adds and removals) not yet folded into the arroy trees.
     pub vectors_pending: u64,
+    /// The RAM-resident vector index: cubes and vectors held, bytes of codes, evictions.
+    pub vectors_in_memory: vecmem::VecMemStats,
     /// Bytes used on disk.
     pub disk_bytes: u64,
     /// Bytes in use per LMDB database (the file also holds free pages for reuse).
@@ -315,8 +318,28 @@ pub struct Store {
     api_keys: Database<'static, Str, Bytes>,
     feedback: Database<'static, Bytes, Bytes>,
     kv: Database<'static, Bytes, Bytes>,
+    /// Vector changes not yet in the arroy trees: big-endian id → 1 (added or replaced) or 0
+    /// (removed). One small put per change; the background fold drains it.
+    ann_pending: Database<'static, Bytes, Bytes>,
     lexical: lexical::LexicalIndex,
     vindex: ArroyIndex,
+    vecmem: vecmem::VecMem,
+}
+
+/// The f32 vectors of one LMDB snapshot, as the RAM index reads them.
+struct SnapshotVectors<'a, 't> {
+    store: &'a Store,
+    txn: &'a RoTxn<'t>,
+}
+
+impl vecmem::VectorSource for SnapshotVectors<'_, '_> {
+    fn vector(&self, id: u32) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .store
+            .vectors
+            .get(self.txn, &k32(id))?
+            .map(bytes_to_vec))
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -342,6 +365,52 @@ fn join(parts: &[&[u8]]) -> Vec<u8> {
 
 fn field_key(cube: &str, field: &str, value: &str) -> Vec<u8> {
     join(&[cube.as_bytes(), field.as_bytes(), value.as_bytes()])
+}
+
+/// The field-bitmap keys a record is indexed under.
+fn field_keys(r: &MemoryRecord) -> Vec<Vec<u8>> {
+    let cube = r.cube_id.as_str();
+    let mut keys = vec![
+        field_key(cube, "", ""),
+        field_key(cube, "user_id", &r.user_id),
+        field_key(cube, "session_id", &r.session_id),
+        field_key(cube, "memory_type", r.memory_type.as_str()),
+        field_key(cube, "status", r.status.as_str()),
+    ];
+    if let Some(a) = &r.agent_id {
+        keys.push(field_key(cube, "agent_id", a));
+    }
+    if let Some(a) = &r.app_id {
+        keys.push(field_key(cube, "app_id", a));
+    }
+    // Lineage: which memories were derived from which, so deletes can follow them.
+    if let Some(Value::String(parent)) = r.info.get(model::DERIVED_FROM) {
+        keys.push(field_key(cube, LINK_DERIVED, parent.as_str()));
+    }
+    keys
+}
+
+/// Index writes of a batch kept in memory until [`Store::flush_index`]: field-bitmap additions
+/// per key and postings per term.
+#[derive(Debug, Default)]
+pub struct IndexBuffer {
+    fields: std::collections::HashMap<Vec<u8>, RoaringBitmap>,
+    lexical: lexical::PostingsBuffer,
+}
+
+impl IndexBuffer {
+    /// Nothing buffered.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.lexical.is_empty()
+    }
+
+    /// Adds `other`'s writes (of later ids) to this buffer.
+    pub fn absorb(&mut self, other: IndexBuffer) {
+        for (k, b) in other.fields {
+            *self.fields.entry(k).or_default() |= b;
+        }
+        self.lexical.absorb(other.lexical);
+    }
 }
 
 fn bitmap_from(bytes: Option<&[u8]>) -> Result<RoaringBitmap> {
@@ -431,7 +500,7 @@ impl Store {
             })?
             .unwrap_commit();
         let wtxn = env.write_txn()?;
-        let (dead_letters, offsets, api_keys, feedback, kv) = env
+        let (dead_letters, offsets, api_keys, feedback, kv, ann_pending) = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     dbo.create_database(wtxn, Some("dead_letters"))?,
@@ -439,6 +508,7 @@ impl Store {
                     dbo.create_database(wtxn, Some("api_keys"))?,
                     dbo.create_database(wtxn, Some("feedback"))?,
                     dbo.create_database(wtxn, Some("kv_cache"))?,
+                    dbo.create_database(wtxn, Some("ann_pending"))?,
                 )))
             })?
             .unwrap_commit();
@@ -461,12 +531,29 @@ impl Store {
             api_keys,
             feedback,
             kv,
+            ann_pending,
             lexical: lexical::LexicalIndex { postings, stats },
             vindex,
+            vecmem: vecmem::VecMem::new(opts.dimensions, opts.vecmem),
             opts,
         };
         store.check_dimensions()?;
+        store.migrate_pending()?;
         Ok(store)
+    }
+
+    /// Stores written before `ann_pending` kept the delta as one bitmap in `meta`.
+    fn migrate_pending(&self) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        if let Some(b) = self.meta.get(&wtxn, META_PENDING)? {
+            let old = bitmap_from(Some(b))?;
+            for id in &old {
+                self.ann_pending.put(&mut wtxn, &k32(id), &[1])?;
+            }
+            self.meta.delete(&mut wtxn, META_PENDING)?;
+            wtxn.commit()?;
+        }
+        Ok(())
     }
 
     fn check_dimensions(&self) -> Result<()> {
@@ -515,49 +602,141 @@ impl Store {
         Ok(self.env.write_txn()?)
     }
 
+    /// Begins a child of `parent` (an LMDB nested transaction). Its writes become part of the
+    /// parent with [`Store::commit_child`]; dropping it undoes them and leaves the parent as it
+    /// was. The sink applies each event in its own child, so one event that cannot be written
+    /// (a key LMDB refuses, a record that does not encode, a panic) is isolated from the rest
+    /// of its batch, which still commits in the parent's one transaction.
+    pub fn child_txn<'p>(&'p self, parent: &'p mut RwTxn) -> Result<RwTxn<'p>> {
+        Ok(self.env.nested_write_txn(parent)?)
+    }
+
+    /// The largest key LMDB accepts in this environment (511 bytes in a default LMDB build,
+    /// more with the `longer-keys` build heed uses here).
+    pub fn max_key_size(&self) -> usize {
+        self.env.max_key_size()
+    }
+
+    /// LMDB refuses empty keys and keys over [`Store::max_key_size`]; an index key is checked
+    /// before it is buffered, so the refusal is the one event's error, not its batch's.
+    fn check_key(&self, k: &[u8]) -> Result<()> {
+        let max = self.max_key_size();
+        if k.is_empty() || k.len() > max {
+            return Err(StoreError::InvalidArgument(format!(
+                "an index key of {} bytes (cube, field and value together) is beyond LMDB's {max}-byte limit",
+                k.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Folds a child transaction into its parent (nothing is durable until the parent commits).
+    pub fn commit_child(&self, child: RwTxn<'_>) -> Result<()> {
+        child.commit()?;
+        Ok(())
+    }
+
     /// Begins a read transaction: a consistent snapshot.
     pub fn read_txn(&self) -> Result<RoTxn<'_, WithoutTls>> {
         Ok(self.env.read_txn()?)
     }
 
-    /// Folds the vector delta into the arroy trees when it is over `vector_delta_max`, then
-    /// commits. Use this (or [`Store::finish`] + `commit`) for every write transaction.
-    pub fn commit(&self, mut wtxn: RwTxn<'_>) -> Result<()> {
-        self.finish(&mut wtxn, false)?;
+    /// Commits a write transaction. Vector changes wait in `ann_pending` for the background
+    /// fold ([`Store::index_pending`]); nothing is built inside the caller's transaction.
+    pub fn commit(&self, wtxn: RwTxn<'_>) -> Result<()> {
         wtxn.commit()?;
         Ok(())
     }
 
-    /// Prepares a write transaction for commit: builds the vector trees when the delta is large
-    /// (or always with `force_index`).
+    /// With `force_index`, folds every pending vector change into the arroy trees in the
+    /// caller's transaction (imports and benchmarks that want a built index at once); without,
+    /// does nothing.
     pub fn finish(&self, wtxn: &mut RwTxn<'_>, force_index: bool) -> Result<()> {
-        let pending = self.pending(wtxn)?;
-        if !pending.is_empty()
-            && (force_index || pending.len() as usize >= self.opts.vector_delta_max)
-        {
-            for id in &pending {
-                if let Some(b) = self.vectors.get(wtxn, &k32(id))? {
-                    let v = bytes_to_vec(b);
-                    self.vindex.add(wtxn, id, &v)?;
+        if !force_index {
+            return Ok(());
+        }
+        let changes: Vec<(u32, bool)> = self
+            .ann_pending
+            .iter(wtxn)?
+            .map(|r| {
+                r.map_err(StoreError::from).and_then(|(k, v)| {
+                    let id = u32::from_be_bytes(
+                        k.try_into()
+                            .map_err(|_| StoreError::Codec("ann_pending key".into()))?,
+                    );
+                    Ok((id, v.first() == Some(&1)))
+                })
+            })
+            .collect::<Result<_>>()?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for (id, add) in &changes {
+            let v = if *add {
+                self.vectors.get(wtxn, &k32(*id))?.map(bytes_to_vec)
+            } else {
+                None
+            };
+            match v {
+                Some(v) => self.vindex.add(wtxn, *id, &v)?,
+                None => {
+                    self.vindex.remove(wtxn, *id)?;
                 }
             }
-            self.vindex.build(wtxn)?;
-            self.meta.delete(wtxn, META_PENDING)?;
         }
+        self.vindex.build(wtxn)?;
+        self.ann_pending.clear(wtxn)?;
         Ok(())
     }
 
-    /// Builds the vector trees for everything pending, in its own transaction.
+    /// Folds the pending vector changes into the arroy trees in a transaction of its own (the
+    /// background indexer; never the sink's transaction). Returns how many changes it folded.
     pub fn index_pending(&self) -> Result<u64> {
         let mut wtxn = self.write_txn()?;
-        let n = self.pending(&wtxn)?.len();
+        let n = self.ann_pending.len(&wtxn)?;
+        if n == 0 {
+            return Ok(0);
+        }
         self.finish(&mut wtxn, true)?;
         wtxn.commit()?;
         Ok(n)
     }
 
+    /// Whether the persisted ANN (arroy) is needed: the store holds more vectors than the RAM
+    /// codes' budget, so some cube may be searched through the trees.
+    pub fn ann_needed(&self) -> bool {
+        let Ok(txn) = self.read_txn() else {
+            return true;
+        };
+        let n = self.vectors.len(&txn).unwrap_or(u64::MAX);
+        n.saturating_mul(self.vecmem.bytes_per_vector() as u64)
+            > self.opts.vecmem.budget_bytes as u64
+    }
+
+    /// Whether at least `n` vector changes wait for the fold.
+    pub fn pending_over(&self, n: u64) -> bool {
+        self.read_txn()
+            .and_then(|t| Ok(self.ann_pending.len(&t)?))
+            .is_ok_and(|len| len >= n)
+    }
+
+    /// How many vector changes wait for the background fold.
+    pub fn pending_changes(&self, txn: &RoTxn) -> Result<u64> {
+        Ok(self.ann_pending.len(txn)?)
+    }
+
+    /// Ids whose vector was added or replaced since the last fold (searched exactly).
     fn pending(&self, txn: &RoTxn) -> Result<RoaringBitmap> {
-        bitmap_from(self.meta.get(txn, META_PENDING)?)
+        let mut b = RoaringBitmap::new();
+        for r in self.ann_pending.iter(txn)? {
+            let (k, v) = r?;
+            if v.first() == Some(&1)
+                && let Ok(k) = <[u8; 4]>::try_from(k)
+            {
+                b.insert(u32::from_be_bytes(k));
+            }
+        }
+        Ok(b)
     }
 
     fn next_id(&self, wtxn: &mut RwTxn) -> Result<u32> {
@@ -604,27 +783,14 @@ impl Store {
     }
 
     fn index_fields(&self, wtxn: &mut RwTxn, r: &MemoryRecord, id: u32, add: bool) -> Result<()> {
-        let cube = r.cube_id.as_str();
-        let mut keys = vec![
-            field_key(cube, "", ""),
-            field_key(cube, "user_id", &r.user_id),
-            field_key(cube, "session_id", &r.session_id),
-            field_key(cube, "memory_type", r.memory_type.as_str()),
-            field_key(cube, "status", r.status.as_str()),
-        ];
-        if let Some(a) = &r.agent_id {
-            keys.push(field_key(cube, "agent_id", a));
-        }
-        if let Some(a) = &r.app_id {
-            keys.push(field_key(cube, "app_id", a));
-        }
-        // Lineage: which memories were derived from which, so deletes can follow them.
-        if let Some(Value::String(parent)) = r.info.get(model::DERIVED_FROM) {
-            keys.push(field_key(cube, LINK_DERIVED, parent.as_str()));
-        }
-        for k in keys {
+        for k in field_keys(r) {
             self.bitmap_update(wtxn, &k, id, add)?;
         }
+        self.index_hash(wtxn, r, id, add)
+    }
+
+    fn index_hash(&self, wtxn: &mut RwTxn, r: &MemoryRecord, id: u32, add: bool) -> Result<()> {
+        let cube = r.cube_id.as_str();
         let hk = join(&[
             cube.as_bytes(),
             &model::content_hash(r.memory_type.bucket(), &r.memory),
@@ -637,6 +803,73 @@ impl Store {
             self.hashes.delete(wtxn, &hk)?;
         }
         Ok(())
+    }
+
+    /// Inserts a new memory like [`Store::insert`], but its field bitmaps, postings and lexical
+    /// statistics go to `buf` instead of LMDB: a batch writes each of those keys once, with
+    /// [`Store::flush_index`], instead of re-reading and re-writing it per memory. Everything
+    /// else (record, id, vector, content hash, cube) is written in `wtxn` at once. Until the
+    /// buffer is flushed, the bitmaps and postings in `wtxn` do not show the memory: flush
+    /// before anything that reads them in the same transaction (updates, deletes, filters).
+    /// Keys LMDB could not hold are refused here, so a flush fails only for transient reasons.
+    pub fn insert_into(
+        &self,
+        wtxn: &mut RwTxn,
+        r: &MemoryRecord,
+        embedding: &[f32],
+        buf: &mut IndexBuffer,
+    ) -> Result<u32> {
+        model::check_dims(self.opts.dimensions, embedding)?;
+        validate_key_part("cube_id", &r.cube_id)?;
+        let keys = field_keys(r);
+        for k in &keys {
+            self.check_key(k)?;
+        }
+        if self.ids.get(wtxn, &r.id)?.is_some() {
+            return Err(StoreError::InvalidArgument(format!(
+                "memory {} already exists",
+                r.id
+            )));
+        }
+        let id = self.next_id(wtxn)?;
+        self.ids.put(wtxn, &r.id, &k32(id))?;
+        // Ids only grow, so new records and vectors are appended: LMDB then fills pages
+        // completely instead of splitting them in half (half the file size for vectors).
+        self.records
+            .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &r.encode()?)?;
+        self.vectors
+            .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &vec_to_bytes(embedding))?;
+        self.ann_pending.put(wtxn, &k32(id), &[1])?;
+        for k in keys {
+            buf.fields.entry(k).or_default().insert(id);
+        }
+        self.index_hash(wtxn, r, id, true)?;
+        if r.status == Status::Activated {
+            self.lexical
+                .buffer(&mut buf.lexical, &r.cube_id, id, &r.memory);
+        }
+        if self.cubes.get(wtxn, &r.cube_id)?.is_none() {
+            let info = CubeInfo {
+                cube_id: r.cube_id.clone(),
+                name: r.cube_id.clone(),
+                owner_id: r.user_id.clone(),
+                created_at: r.created_at,
+                kind: "cube".into(),
+                description: String::new(),
+            };
+            self.put_cube(wtxn, &info)?;
+        }
+        Ok(id)
+    }
+
+    /// Writes a batch's buffered bitmaps, postings and statistics: each key read and written
+    /// once; postings appended to the last block of their term without decoding it.
+    pub fn flush_index(&self, wtxn: &mut RwTxn, buf: IndexBuffer) -> Result<()> {
+        for (k, add) in buf.fields {
+            let b = self.bitmap(wtxn, &k)? | add;
+            self.fields.put(wtxn, &k, &bitmap_bytes(&b))?;
+        }
+        self.lexical.flush(wtxn, buf.lexical)
     }
 
     /// Internal id of a memory uuid.
@@ -691,40 +924,9 @@ impl Store {
     /// Inserts a new memory with its embedding. Returns its internal id.
     /// Fails if the uuid already exists (use [`Store::update`]).
     pub fn insert(&self, wtxn: &mut RwTxn, r: &MemoryRecord, embedding: &[f32]) -> Result<u32> {
-        model::check_dims(self.opts.dimensions, embedding)?;
-        validate_key_part("cube_id", &r.cube_id)?;
-        if self.ids.get(wtxn, &r.id)?.is_some() {
-            return Err(StoreError::InvalidArgument(format!(
-                "memory {} already exists",
-                r.id
-            )));
-        }
-        let id = self.next_id(wtxn)?;
-        self.ids.put(wtxn, &r.id, &k32(id))?;
-        // Ids only grow, so new records and vectors are appended: LMDB then fills pages
-        // completely instead of splitting them in half (half the file size for vectors).
-        self.records
-            .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &r.encode()?)?;
-        self.vectors
-            .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &vec_to_bytes(embedding))?;
-        let mut pending = self.pending(wtxn)?;
-        pending.insert(id);
-        self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
-        self.index_fields(wtxn, r, id, true)?;
-        if r.status == Status::Activated {
-            self.lexical.add(wtxn, &r.cube_id, id, &r.memory)?;
-        }
-        if self.cubes.get(wtxn, &r.cube_id)?.is_none() {
-            let info = CubeInfo {
-                cube_id: r.cube_id.clone(),
-                name: r.cube_id.clone(),
-                owner_id: r.user_id.clone(),
-                created_at: r.created_at,
-                kind: "cube".into(),
-                description: String::new(),
-            };
-            self.put_cube(wtxn, &info)?;
-        }
+        let mut buf = IndexBuffer::default();
+        let id = self.insert_into(wtxn, r, embedding, &mut buf)?;
+        self.flush_index(wtxn, buf)?;
         Ok(id)
     }
 
@@ -773,9 +975,8 @@ impl Store {
         if let Some(v) = embedding {
             model::check_dims(self.opts.dimensions, v)?;
             self.vectors.put(wtxn, &k32(id), &vec_to_bytes(v))?;
-            let mut pending = self.pending(wtxn)?;
-            pending.insert(id);
-            self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
+            self.ann_pending.put(wtxn, &k32(id), &[1])?;
+            self.vecmem.invalidate(&rec.cube_id, id);
         }
         Ok(rec)
     }
@@ -809,9 +1010,6 @@ impl Store {
     /// and every activation (KV) cache entry that covered any of them.
     pub fn delete(&self, wtxn: &mut RwTxn, uuids: &[String]) -> Result<DeleteReceipt> {
         let mut receipt = DeleteReceipt::default();
-        let mut pending = self.pending(wtxn)?;
-        let indexed = self.vindex.indexed(wtxn)?;
-        let mut tree_changed = false;
         let mut queue: std::collections::VecDeque<(String, bool)> =
             uuids.iter().map(|u| (u.clone(), false)).collect();
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -845,11 +1043,9 @@ impl Store {
             if self.vectors.delete(wtxn, &k32(id))? {
                 receipt.vectors += 1;
             }
-            pending.remove(id);
-            if indexed.contains(id) {
-                self.vindex.remove(wtxn, id)?;
-                tree_changed = true;
-            }
+            // The trees drop it at the next fold; searches never return it meanwhile, since
+            // every candidate set comes from the snapshot's bitmaps.
+            self.ann_pending.put(wtxn, &k32(id), &[0])?;
             let mut prefix = uuid.as_bytes().to_vec();
             prefix.push(0);
             let keys: Vec<Vec<u8>> = self
@@ -890,10 +1086,6 @@ impl Store {
                 self.kv.delete(wtxn, &k)?;
                 receipt.kv_cache += 1;
             }
-        }
-        self.meta.put(wtxn, META_PENDING, &bitmap_bytes(&pending))?;
-        if tree_changed {
-            self.vindex.build(wtxn)?;
         }
         receipt.cubes = removed_cubes.into_iter().collect();
         Ok(receipt)
@@ -1052,6 +1244,7 @@ impl Store {
 
     /// Removes a cube's info (its memories are deleted separately, in the same transaction).
     pub fn remove_cube(&self, wtxn: &mut RwTxn, cube: &str) -> Result<bool> {
+        self.vecmem.forget(cube);
         Ok(self.cubes.delete(wtxn, cube)?)
     }
 
@@ -1196,8 +1389,58 @@ impl Store {
         Ok(ids)
     }
 
-    /// Nearest neighbours among `candidates`: arroy trees for indexed items plus an exact scan
-    /// of the delta not yet in the trees. Returns (id, cosine), best first.
+    /// Nearest neighbours among `candidates` (ids of `cube`): the cube's RAM-resident codes pick
+    /// them and their f32 vectors in this snapshot score them exactly; a cube too large for the
+    /// memory budget goes to [`Store::vector_search`]. Returns (id, cosine), best first.
+    pub fn vector_search_in(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        query: &[f32],
+        k: usize,
+        candidates: &RoaringBitmap,
+    ) -> Result<Vec<(u32, f32)>> {
+        model::check_dims(self.opts.dimensions, query)?;
+        let all = self.cube_ids(txn, cube)?;
+        let src = SnapshotVectors { store: self, txn };
+        match self.vecmem.search(&src, cube, &all, query, k, candidates)? {
+            Some(hits) => Ok(hits),
+            None => self.vector_search(txn, query, k, candidates),
+        }
+    }
+
+    /// The `k` nearest of `candidates` (ids of `cube`) to each of `queries`, for probes with a
+    /// high similarity threshold (near-duplicate detection): the cube's codes are brought up to
+    /// date once, and each query is narrowed by the sign codes to a short list before the int8
+    /// and exact f32 rescoring. A cube too large for the memory budget goes to
+    /// [`Store::vector_search`] per query.
+    pub fn near_neighbours_in(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        queries: &[&[f32]],
+        k: usize,
+        candidates: &RoaringBitmap,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        for q in queries {
+            model::check_dims(self.opts.dimensions, q)?;
+        }
+        let all = self.cube_ids(txn, cube)?;
+        let src = SnapshotVectors { store: self, txn };
+        match self
+            .vecmem
+            .search_many(&src, cube, &all, queries, k, candidates, Some(64))?
+        {
+            Some(hits) => Ok(hits),
+            None => queries
+                .iter()
+                .map(|q| self.vector_search(txn, q, k, candidates))
+                .collect(),
+        }
+    }
+
+    /// Nearest neighbours among `candidates` (any cubes): arroy trees for indexed items plus an
+    /// exact scan of the vectors changed since the last fold. Returns (id, cosine), best first.
     pub fn vector_search(
         &self,
         txn: &RoTxn,
@@ -1209,6 +1452,8 @@ impl Store {
         let pending = self.pending(txn)?;
         let in_delta = candidates & &pending;
         let in_trees = candidates - &pending;
+        // Readers of the trees may lag behind deletes; candidates come from the snapshot, so a
+        // removed id is never among them.
         let mut hits = self.vindex.search(txn, query, k, &in_trees)?;
         for id in &in_delta {
             if let Some(b) = self.vectors.get(txn, &k32(id))? {
@@ -1459,7 +1704,8 @@ impl Store {
             events: self.events.len(&txn)?,
             dead_letters: self.dead_letters.len(&txn)?,
             vectors_indexed: self.vindex.indexed(&txn)?.len(),
-            vectors_pending: self.pending(&txn)?.len(),
+            vectors_pending: self.ann_pending.len(&txn)?,
+            vectors_in_memory: self.vecmem.stats(),
             disk_bytes: self.env.real_disk_size().unwrap_or(0),
             databases: self.database_sizes(&txn)?,
         })
@@ -1481,6 +1727,7 @@ impl Store {
         m.insert("api_keys".into(), size(self.api_keys.stat(txn)?));
         m.insert("feedback".into(), size(self.feedback.stat(txn)?));
         m.insert("arroy".into(), size(self.vindex.stat(txn)?));
+        m.insert("ann_pending".into(), size(self.ann_pending.stat(txn)?));
         Ok(m)
     }
 }

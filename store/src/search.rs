@@ -152,7 +152,13 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
     }
     let pool = req.pool.max(req.top_k * 3);
     let vec_hits = match req.query_vec {
-        Some(q) => store.vector_search(txn, q, req.vector_pool.max(req.top_k * 3), &candidates)?,
+        Some(q) => store.vector_search_in(
+            txn,
+            req.cube_id,
+            q,
+            req.vector_pool.max(req.top_k * 3),
+            &candidates,
+        )?,
         None => Vec::new(),
     };
     let lex_hits = match req.lexical {

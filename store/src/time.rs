@@ -3,6 +3,12 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
+/// The earliest time the store accepts (0001-01-01T00:00:00Z) in unix microseconds. Bounding
+/// parsed times keeps every later difference and offset of two times far from `i64` overflow.
+pub const MIN_MICROS: i64 = -62_135_596_800_000_000;
+/// The latest time the store accepts (9999-12-31T23:59:59Z) in unix microseconds.
+pub const MAX_MICROS: i64 = 253_402_300_799_000_000;
+
 /// Now, in unix microseconds.
 pub fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
@@ -18,7 +24,12 @@ pub fn micros_to_rfc3339(us: i64) -> String {
 
 /// Parses a time given as RFC 3339, ISO 8601 date/datetime, unix seconds, or the free-form
 /// conversational forms LoCoMo and chat logs use. Returns unix micros (UTC) when understood.
+/// Times outside years 1-9999 are not understood (`None`).
 pub fn parse_time(s: &str) -> Option<i64> {
+    parse_unbounded(s).filter(|us| (MIN_MICROS..=MAX_MICROS).contains(us))
+}
+
+fn parse_unbounded(s: &str) -> Option<i64> {
     let t = s.trim();
     if t.is_empty() {
         return None;
@@ -40,12 +51,13 @@ pub fn parse_time(s: &str) -> Option<i64> {
         return Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros());
     }
     if let Ok(n) = t.parse::<i64>() {
-        // Seconds or milliseconds since the epoch.
-        return Some(if n > 100_000_000_000 {
-            n * 1000
+        // Seconds or milliseconds since the epoch; out of the representable range: not a time.
+        let us = if n > 100_000_000_000 {
+            n.checked_mul(1000)
         } else {
-            n * 1_000_000
-        });
+            n.checked_mul(1_000_000)
+        };
+        return us;
     }
     // "1:56 pm on 8 May, 2023", "10:37 am on 27 June, 2023"
     let lower = t.to_lowercase().replace(',', "");
@@ -83,5 +95,24 @@ mod tests {
             "2024-01-02T00:00:00Z"
         );
         assert!(parse_time("sometime last week").is_none());
+    }
+
+    #[test]
+    fn integer_limits_are_not_times() {
+        for s in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "92233720368547758",
+            "+262143-01-01",
+        ] {
+            assert_eq!(parse_time(s), None, "{s}");
+        }
+        assert_eq!(
+            micros_to_rfc3339(parse_time("9999-12-31T23:59:59Z").unwrap()),
+            "9999-12-31T23:59:59Z"
+        );
+        assert_eq!(parse_time("10000-01-01T00:00:00Z"), None);
+        assert_eq!(parse_time("1700000000"), Some(1_700_000_000_000_000));
+        assert_eq!(parse_time("1700000000000"), Some(1_700_000_000_000_000));
     }
 }

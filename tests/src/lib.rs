@@ -112,7 +112,17 @@ impl Server {
         store: Arc<store::Store>,
         embedder: Arc<dyn Embedder>,
     ) -> Server {
-        let (memos, pipeline) = Memos::with_parts(cfg, store, embedder).expect("service");
+        Self::start_with_stages(cfg, store, embedder, None).await
+    }
+
+    /// Starts the service with custom pipeline stages (between extract and embed).
+    pub async fn start_with_stages(
+        cfg: Config,
+        store: Arc<store::Store>,
+        embedder: Arc<dyn Embedder>,
+        stages: Option<pipelines::runtime::StageFactory>,
+    ) -> Server {
+        let (memos, pipeline) = Memos::with_stages(cfg, store, embedder, stages).expect("service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

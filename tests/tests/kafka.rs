@@ -106,8 +106,14 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     let events = format!("{p}.events");
     let prod = producer(&broker.brokers);
     let cube = "kafka-cube";
-    let n = 24;
+    let n = 40;
+    // Poison pills that pass decoding but no store could hold (the sink issue) sit between good
+    // events of the same partition: each is dead-lettered alone and the partition moves past it.
     let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("511-byte event id", json!({"event_id": "e".repeat(511), "kind": "messages", "cube_id": cube, "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
+        ("600-byte agent id", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "agent_id": "a".repeat(600), "payload": {"messages": "hi"}}).to_string().into_bytes()),
+        ("empty feedback target", json!({"kind": "feedback", "cube_id": cube, "user_id": "u", "payload": {"feedback_content": "no", "retrieved_memory_ids": [""]}}).to_string().into_bytes()),
+        ("unindexable info key", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "info": {"derived_from": "x".repeat(2100)}, "payload": {"messages": "an unindexable lineage link"}}).to_string().into_bytes()),
         ("malformed JSON", b"{\"kind\": ".to_vec()),
         ("wrong kind", json!({"kind": "poem", "cube_id": cube, "user_id": "u", "payload": {}}).to_string().into_bytes()),
         ("missing cube", json!({"kind": "messages", "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),

@@ -57,8 +57,11 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
 
     // N good events through JetStream, with bad ones between them.
     let cube = "nats-cube";
-    let n = 20;
+    let n = 30;
     let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("511-byte event id", json!({"event_id": "e".repeat(511), "kind": "messages", "cube_id": cube, "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
+        ("empty feedback target", json!({"kind": "feedback", "cube_id": cube, "user_id": "u", "payload": {"feedback_content": "no", "retrieved_memory_ids": [""]}}).to_string().into_bytes()),
+        ("unindexable info key", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "info": {"derived_from": "x".repeat(2100)}, "payload": {"messages": "an unindexable lineage link"}}).to_string().into_bytes()),
         ("malformed JSON", b"{\"kind\": \"messages\", ".to_vec()),
         ("wrong kind", json!({"kind": "poem", "cube_id": cube, "user_id": "u", "payload": {}}).to_string().into_bytes()),
         ("missing cube", json!({"kind": "messages", "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
@@ -112,6 +115,15 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r.contains("poem")), "{reasons:?}");
+    // The unindexable key passed decoding; the sink isolated it in its own child transaction.
+    assert!(
+        reasons.iter().any(|r| r.starts_with("sink:")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("retrieved_memory_ids")),
+        "{reasons:?}"
+    );
     assert!(
         reasons.iter().any(|r| r.contains("unknown operator")),
         "{reasons:?}"

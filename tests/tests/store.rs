@@ -9,7 +9,6 @@ const DIMS: usize = 8;
 fn opts() -> StoreOptions {
     StoreOptions {
         dimensions: DIMS,
-        vector_delta_max: 4,
         ..Default::default()
     }
 }
@@ -157,14 +156,7 @@ fn failed_batch_leaves_no_trace() {
 #[test]
 fn vector_delta_is_searchable_before_and_after_tree_build() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(
-        dir.path(),
-        StoreOptions {
-            vector_delta_max: 1000,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
     let mut w = s.write_txn().unwrap();
     for i in 0..20 {
         s.insert(
@@ -187,6 +179,11 @@ fn vector_delta_is_searchable_before_and_after_tree_build() {
     let after = s.vector_search(&t, &unit(3), 3, &cands).unwrap();
     assert_eq!(before[0].0, after[0].0);
     assert!((before[0].1 - after[0].1).abs() < 1e-4);
+    // The cube's RAM codes agree with the trees and the exact scan.
+    let ram = s.vector_search_in(&t, "c1", &unit(3), 3, &cands).unwrap();
+    assert_eq!(ram[0].0, after[0].0);
+    assert!((ram[0].1 - before[0].1).abs() < 1e-6);
+    assert_eq!(s.stats().unwrap().vectors_in_memory.vectors, 20);
     // Delete removes it from the trees too.
     drop(t);
     let mut w = s.write_txn().unwrap();
@@ -202,6 +199,17 @@ fn vector_delta_is_searchable_before_and_after_tree_build() {
             .iter()
             .all(|(id, _)| Some(*id) != s.internal_id(&t, "m3").unwrap())
     );
+    // The trees drop it at the next fold, in the background (never in the deleting
+    // transaction); searches never return it meanwhile.
+    assert!(
+        s.vector_search_in(&t, "c1", &unit(3), 20, &cands)
+            .unwrap()
+            .iter()
+            .all(|(id, _)| Some(*id) != s.internal_id(&t, "m3").unwrap())
+    );
+    drop(t);
+    assert_eq!(s.stats().unwrap().vectors_pending, 1);
+    assert_eq!(s.index_pending().unwrap(), 1);
     assert_eq!(s.stats().unwrap().vectors_indexed, 19);
 }
 
@@ -497,4 +505,145 @@ fn dedup_modes_and_session_priority() {
     };
     assert_ne!(top(None), "m2");
     assert_eq!(top(Some("s2")), "m2");
+}
+
+#[test]
+fn buffered_index_writes_equal_direct_ones() {
+    let words = [
+        "apple", "river", "stone", "cloud", "garden", "violin", "harbor", "maple", "quartz",
+        "lantern",
+    ];
+    let text = |i: usize| {
+        format!(
+            "{} {} {} note {i}",
+            words[i % 10],
+            words[(i / 10) % 10],
+            words[(i * 7) % 10]
+        )
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let direct = Store::open(d1.path(), opts()).unwrap();
+    let buffered = Store::open(d2.path(), opts()).unwrap();
+    // 1500 documents: enough for postings to fill and split blocks both ways.
+    for chunk in (0..1500).collect::<Vec<_>>().chunks(300) {
+        let mut w = direct.write_txn().unwrap();
+        for &i in chunk.iter().filter(|i| *i % 100 != 99) {
+            let mut r = rec(&format!("m{i}"), "c1", &text(i));
+            r.session_id = format!("s{}", i % 7);
+            direct.insert(&mut w, &r, &unit(i)).unwrap();
+        }
+        direct.commit(w).unwrap();
+        let mut w = buffered.write_txn().unwrap();
+        let mut buf = store::IndexBuffer::default();
+        for &i in chunk {
+            let mut r = rec(&format!("m{i}"), "c1", &text(i));
+            r.session_id = format!("s{}", i % 7);
+            // Each memory in its own child, as the sink does; one of every 100 is undone.
+            let mut child = buffered.child_txn(&mut w).unwrap();
+            let mut one = store::IndexBuffer::default();
+            buffered
+                .insert_into(&mut child, &r, &unit(i), &mut one)
+                .unwrap();
+            if i % 100 == 99 {
+                drop(child);
+                continue;
+            }
+            buffered.commit_child(child).unwrap();
+            buf.absorb(one);
+        }
+        buffered.flush_index(&mut w, buf).unwrap();
+        buffered.commit(w).unwrap();
+    }
+    let (t1, t2) = (direct.read_txn().unwrap(), buffered.read_txn().unwrap());
+    let undone: Vec<String> = (0..1500)
+        .filter(|i| i % 100 == 99)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(
+        buffered.stats().unwrap().memories,
+        1500 - undone.len() as u64
+    );
+    for id in &undone {
+        assert!(buffered.get(&t2, id).unwrap().is_none());
+    }
+    // Same documents (by uuid) for every query and field, same BM25 scores.
+    let uuids =
+        |s: &Store, t: &store::heed::RoTxn<store::heed::WithoutTls>, ids: Vec<(u32, f32)>| {
+            ids.into_iter()
+                .map(|(id, score)| {
+                    (
+                        s.record(t, id).unwrap().unwrap().id,
+                        (score * 1e4).round() as i64,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+    let all1 = direct.cube_ids(&t1, "c1").unwrap();
+    let all2 = buffered.cube_ids(&t2, "c1").unwrap();
+    assert_eq!(all2.len(), 1500 - undone.len() as u64);
+    assert_eq!(all1.len(), all2.len());
+    for q in [
+        "apple river",
+        "violin",
+        "lantern quartz maple",
+        "note 1499",
+        "stone garden",
+    ] {
+        let a = uuids(
+            &direct,
+            &t1,
+            direct.bm25_search(&t1, "c1", q, 50, &all1).unwrap(),
+        );
+        let b = uuids(
+            &buffered,
+            &t2,
+            buffered.bm25_search(&t2, "c1", q, 50, &all2).unwrap(),
+        );
+        assert!(!a.is_empty(), "{q}");
+        assert_eq!(a, b, "{q}");
+    }
+    for s in 0..7 {
+        let f1 = direct
+            .field_ids(&t1, "c1", "session_id", &format!("s{s}"))
+            .unwrap();
+        let f2 = buffered
+            .field_ids(&t2, "c1", "session_id", &format!("s{s}"))
+            .unwrap();
+        let names = |st: &Store,
+                     t: &store::heed::RoTxn<store::heed::WithoutTls>,
+                     b: &store::roaring::RoaringBitmap| {
+            b.iter()
+                .map(|id| st.record(t, id).unwrap().unwrap().id)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(names(&direct, &t1, &f1), names(&buffered, &t2, &f2));
+    }
+}
+
+#[test]
+fn an_index_key_lmdb_cannot_hold_is_refused_before_it_is_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    let mut w = s.write_txn().unwrap();
+    let max = s.max_key_size();
+    assert!(max >= 511, "{max}");
+    let mut r = rec("m1", "c1", "hello");
+    r.session_id = "s".repeat(max);
+    let mut buf = store::IndexBuffer::default();
+    let e = s.insert_into(&mut w, &r, &unit(1), &mut buf).unwrap_err();
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains(&format!("{max}-byte limit")), "{e}");
+    assert!(buf.is_empty());
+    // LMDB's own refusal of a key over its limit is classified as the data's fault.
+    let rec = store::EventRecord {
+        memory_ids: vec![],
+        processed_at: 0,
+        source: "test".into(),
+        position: None,
+    };
+    let e = s
+        .mark_event(&mut w, "c1", &"e".repeat(max), &rec)
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("MDB_BAD_VALSIZE"), "{e}");
 }

@@ -219,17 +219,25 @@ pub async fn health(State(m): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// Readiness: 200 once the model is loaded (the service exists only then) and every configured
-/// broker source is connected; 503 with the sources' states otherwise.
+/// Readiness: 200 once the model is loaded (the service exists only then), the pipeline thread
+/// runs and every configured broker source is connected; 503 with the pipeline's and the
+/// sources' states otherwise.
 #[utoipa::path(get, path = "/ready", tag = "service",
     responses((status = 200, description = "Ready", body = Object),
         (status = 503, description = "A source is not connected", body = Object)))]
 pub async fn ready(State(m): State<AppState>) -> Response {
     let sources = m.metrics.sources();
-    let all_up = sources.iter().all(|(_, up)| *up);
+    let health = m.pipeline.health();
+    let pipeline_down = health.down_reason();
+    let all_up = sources.iter().all(|(_, up)| *up) && pipeline_down.is_none();
     let body = json!({
         "status": if all_up { "ready" } else { "not ready" },
         "embedder": m.embedder.model_id(),
+        "pipeline": {
+            "running": pipeline_down.is_none(),
+            "reason": pipeline_down,
+            "restarts": health.restarts(),
+        },
         "sources": sources.iter().map(|(n, up)| (n.clone(), json!(up))).collect::<serde_json::Map<_, _>>(),
     });
     let status = if all_up {
