@@ -45,7 +45,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn prometheus_config_and_rules_pass_promtool() {
     let (ok, out) = promtool(&["check", "rules", "memos-alerts.yml"]);
     assert!(ok, "{out}");
-    assert!(out.contains("7 rules found"), "{out}");
+    assert!(out.contains("8 rules found"), "{out}");
     let (ok, out) = promtool(&["check", "config", "prometheus.yml"]);
     assert!(ok, "{out}");
 }

@@ -224,7 +224,7 @@ pub async fn health(State(m): State<AppState>) -> Json<Value> {
 /// sources' states otherwise.
 #[utoipa::path(get, path = "/ready", tag = "service",
     responses((status = 200, description = "Ready", body = Object),
-        (status = 503, description = "A source is not connected", body = Object)))]
+        (status = 503, description = "The pipeline is down (restarting) or a source is not connected", body = Object)))]
 pub async fn ready(State(m): State<AppState>) -> Response {
     let sources = m.metrics.sources();
     let health = m.pipeline.health();
