@@ -1128,7 +1128,11 @@ pub fn spawn(
                 Ok(Some(i)) => i,
                 Ok(None) => break,
                 Err(_) => {
-                    fold_in_background(&store, &folding);
+                    // Idle: refresh the trees, but only where they serve searches (some cube
+                    // is too large for the RAM codes); otherwise the fold is pure cost.
+                    if store.ann_needed() {
+                        fold_in_background(&store, &folding);
+                    }
                     continue;
                 }
             };

@@ -119,6 +119,9 @@ struct Inner {
     total: usize,
 }
 
+/// Nearest neighbours as (id, exact cosine), best first.
+pub type Hits = Vec<(u32, f32)>;
+
 /// What a search needs from the store: the candidates' f32 vectors from the caller's snapshot.
 pub trait VectorSource {
     /// The vector of `id`, if the snapshot has one.
@@ -223,7 +226,7 @@ impl VecMem {
         k: usize,
         candidates: &RoaringBitmap,
         shortlist: Option<usize>,
-    ) -> crate::Result<Option<Vec<Vec<(u32, f32)>>>> {
+    ) -> crate::Result<Option<Vec<Hits>>> {
         if k == 0 || candidates.is_empty() || queries.is_empty() {
             return Ok(Some(vec![Vec::new(); queries.len()]));
         }
