@@ -236,9 +236,10 @@ fn main() {
         .map(|half| {
             let path = dir.path().join(format!("half-{half}.jsonl"));
             let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-            for i in half * 40_000..(half + 1) * 40_000 {
+            let range = half * 40_000..(half + 1) * 40_000;
+            for (i, turn) in range.clone().zip(&turns[range]) {
                 let cube = format!("tenant-{}", i % 8);
-                writeln!(f, "{}", event(i, &cube, &turns[i])).unwrap();
+                writeln!(f, "{}", event(i, &cube, turn)).unwrap();
             }
             path
         })

@@ -1090,7 +1090,6 @@ pub fn spawn(
     // processor: a panic that escapes the per-event isolation, or a failing `on_start`, marks
     // the pipeline down (`/ready` 503 with the reason), fails that batch without acknowledging
     // it (its sources redeliver) and starts a fresh processor after a backoff.
-    type Work = (Vec<BatchItem>, oneshot::Sender<(Vec<Outcome>, BatchStats)>);
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
     let health = Arc::new(PipelineHealth::default());
     let build = {
@@ -1216,6 +1215,9 @@ pub fn spawn(
     (PipelineHandle { tx, health }, task)
 }
 
+/// A batch for the pipeline thread and where its outcomes go.
+type Work = (Vec<BatchItem>, oneshot::Sender<(Vec<Outcome>, BatchStats)>);
+
 /// Folds the pending vector changes into the arroy trees on a blocking thread of its own (one
 /// at a time): a write transaction separate from the sink's.
 fn fold_in_background(store: &Arc<Store>, folding: &Arc<std::sync::atomic::AtomicBool>) {
@@ -1239,10 +1241,7 @@ fn fold_in_background(store: &Arc<Store>, folding: &Arc<std::sync::atomic::Atomi
 /// channel closes.
 fn supervise(
     build: impl Fn() -> Processor,
-    work_rx: std::sync::mpsc::Receiver<(
-        Vec<BatchItem>,
-        oneshot::Sender<(Vec<Outcome>, BatchStats)>,
-    )>,
+    work_rx: std::sync::mpsc::Receiver<Work>,
     health: Arc<PipelineHealth>,
     metrics: Arc<crate::metrics::Metrics>,
     backoff_min: Duration,
