@@ -22,12 +22,7 @@ use std::time::Instant;
 use pipelines::runtime::{Incoming, Payload};
 use serde_json::{Value, json};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use tests::bench::env;
 
 /// Distinct real conversation turns: SPC utterances, then two- and three-utterance windows of
 /// one conversation, then LoCoMo turns.

@@ -12,12 +12,7 @@ use operators::embed::{Embedder, HashEmbedder};
 use pipelines::auth::Principal;
 use serde_json::{Value, json};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use tests::bench::env;
 
 const T0: i64 = 1_714_521_600_000_000;
 const HOUR: i64 = 3_600_000_000;

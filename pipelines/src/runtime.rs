@@ -241,6 +241,17 @@ struct SinkOut {
     fine_job: Option<crate::fine::FineJob>,
 }
 
+/// "partition@position", as dead letters record a source position.
+fn position_label(p: &Position) -> String {
+    format!("{}@{}", p.0, p.1)
+}
+
+/// Whether a stage error must fail the whole stage instead of the one event: transient (the
+/// batch is retried) or fatal (the pipeline restarts).
+fn escalates(e: &OperatorError) -> bool {
+    e.retryable() || matches!(e, OperatorError::Fatal(_))
+}
+
 fn is_fatal(e: &PipelineError) -> bool {
     matches!(e, PipelineError::Operator(OperatorError::Fatal(_)))
 }
@@ -293,7 +304,7 @@ where
     let copy = batch.clone();
     let why = match catch_unwind(AssertUnwindSafe(|| stage(m, name, op, batch, ctx))) {
         Ok(Ok(r)) => return Ok(r),
-        Ok(Err(e)) if e.retryable() || matches!(e, OperatorError::Fatal(_)) => return Err(e),
+        Ok(Err(e)) if escalates(&e) => return Err(e),
         Ok(Err(e)) => e.to_string(),
         Err(p) => format!("panic: {}", panic_message(&*p)),
     };
@@ -312,7 +323,7 @@ where
                 out.extend(o);
                 failed.extend(f);
             }
-            Ok(Err(e)) if e.retryable() || matches!(e, OperatorError::Fatal(_)) => return Err(e),
+            Ok(Err(e)) if escalates(&e) => return Err(e),
             Ok(Err(e)) => failed.push((id, e)),
             Err(p) => failed.push((
                 id,
@@ -595,7 +606,7 @@ impl Processor {
                             idx,
                             DeadLetter {
                                 source,
-                                position: position.map(|p| format!("{}@{}", p.0, p.1)),
+                                position: position.as_ref().map(position_label),
                                 reason: e.to_string(),
                                 payload: bytes,
                                 at: now,
@@ -626,7 +637,7 @@ impl Processor {
                             idx,
                             DeadLetter {
                                 source,
-                                position: position.map(|p| format!("{}@{}", p.0, p.1)),
+                                position: position.as_ref().map(position_label),
                                 reason: format!("event id: {e}"),
                                 payload: bytes,
                                 at: now,
@@ -641,7 +652,7 @@ impl Processor {
                     ie: IdentifiedEvent { id, event: ev },
                     bytes,
                     source,
-                    position: position.map(|p| format!("{}@{}", p.0, p.1)),
+                    position: position.as_ref().map(position_label),
                 });
             }
         }
@@ -845,7 +856,7 @@ impl Processor {
         };
         let dl = DeadLetter {
             source,
-            position: position.as_ref().map(|p| format!("{}@{}", p.0, p.1)),
+            position: position.as_ref().map(position_label),
             reason: reason.clone(),
             payload: bytes,
             at: store::time::now_micros(),

@@ -1400,13 +1400,8 @@ impl Store {
         k: usize,
         candidates: &RoaringBitmap,
     ) -> Result<Vec<(u32, f32)>> {
-        model::check_dims(self.opts.dimensions, query)?;
-        let all = self.cube_ids(txn, cube)?;
-        let src = SnapshotVectors { store: self, txn };
-        match self.vecmem.search(&src, cube, &all, query, k, candidates)? {
-            Some(hits) => Ok(hits),
-            None => self.vector_search(txn, query, k, candidates),
-        }
+        let mut hits = self.search_in(txn, cube, &[query], k, candidates, None)?;
+        Ok(hits.pop().unwrap_or_default())
     }
 
     /// The `k` nearest of `candidates` (ids of `cube`) to each of `queries`, for probes with a
@@ -1422,6 +1417,20 @@ impl Store {
         k: usize,
         candidates: &RoaringBitmap,
     ) -> Result<Vec<Vec<(u32, f32)>>> {
+        self.search_in(txn, cube, queries, k, candidates, Some(64))
+    }
+
+    /// The RAM codes' search for [`Store::vector_search_in`] and [`Store::near_neighbours_in`],
+    /// falling back to [`Store::vector_search`] per query for a cube over the memory budget.
+    fn search_in(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        queries: &[&[f32]],
+        k: usize,
+        candidates: &RoaringBitmap,
+        shortlist: Option<usize>,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
         for q in queries {
             model::check_dims(self.opts.dimensions, q)?;
         }
@@ -1429,7 +1438,7 @@ impl Store {
         let src = SnapshotVectors { store: self, txn };
         match self
             .vecmem
-            .search_many(&src, cube, &all, queries, k, candidates, Some(64))?
+            .search_many(&src, cube, &all, queries, k, candidates, shortlist)?
         {
             Some(hits) => Ok(hits),
             None => queries

@@ -61,7 +61,7 @@ struct Codes {
 
 impl Codes {
     fn bytes(&self, dims: usize) -> usize {
-        self.ids.len() * (4 + 4 + dims + 8 * dims.div_ceil(64))
+        self.ids.len() * bytes_per_vector(dims)
     }
 
     fn max_id(&self) -> Option<u32> {
@@ -153,7 +153,7 @@ impl VecMem {
 
     /// RAM per vector: id, scale, int8 code and sign code.
     pub fn bytes_per_vector(&self) -> usize {
-        4 + 4 + self.dims + 8 * self.dims.div_ceil(64)
+        bytes_per_vector(self.dims)
     }
 
     /// Marks a vector as replaced: the next search of its cube re-reads it.
@@ -387,6 +387,11 @@ impl VecMem {
         scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         scored.into_iter().map(|(_, p)| c.ids[p as usize]).collect()
     }
+}
+
+/// RAM per vector of `dims` dimensions: id, scale, int8 code and sign code.
+fn bytes_per_vector(dims: usize) -> usize {
+    4 + 4 + dims + 8 * dims.div_ceil(64)
 }
 
 /// Positions of the candidates in the codes (a merge walk of two sorted lists).

@@ -381,6 +381,14 @@ pub async fn wait_for_secs(mut f: impl FnMut() -> bool, what: &str, secs: u64) {
 
 /// Helpers shared by the benchmark harnesses.
 pub mod bench {
+    /// A size from the environment variable `name`, else `default`.
+    pub fn env(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// Resident memory of this process, MB.
     pub fn rss_mb() -> f64 {
         let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
