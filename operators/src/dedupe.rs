@@ -255,9 +255,11 @@ impl Operator for DedupeOperator {
                 }
             }
         }
-        // Drafts earlier in this batch, per cube: (hash → id, [(id, bucket, embedding, text)]).
+        // Drafts earlier in this batch: hash → id per cube, and per (cube, bucket) their
+        // (id, embedding, text).
         let mut seen_hash: HashMap<(String, [u8; 16]), String> = HashMap::new();
-        let mut seen: Vec<(String, String, store::Bucket, Vec<f32>, String)> = Vec::new();
+        type Seen = Vec<(String, Vec<f32>, String)>;
+        let mut seen: HashMap<(String, store::Bucket), Seen> = HashMap::new();
         for (i, mut d) in batch.into_iter().enumerate() {
             let r = &d.record;
             if ctx.store.internal_id(&txn, &r.id)?.is_some() {
@@ -299,15 +301,14 @@ impl Operator for DedupeOperator {
                         best = Some((rec.id, cos, rec.memory));
                     }
                 }
-                for (cube, id, b, emb, text) in &seen {
-                    if *cube == r.cube_id && *b == bucket {
-                        let cos = store::vector::dot(emb, &d.embedding);
-                        if cos >= self.cfg.near_threshold
-                            && !different_facts(text, &r.memory)
-                            && best.as_ref().is_none_or(|x| cos > x.1)
-                        {
-                            best = Some((id.clone(), cos, text.clone()));
-                        }
+                let earlier = seen.get(&(r.cube_id.clone(), bucket));
+                for (id, emb, text) in earlier.into_iter().flatten() {
+                    let cos = store::vector::dot(emb, &d.embedding);
+                    if cos >= self.cfg.near_threshold
+                        && !different_facts(text, &r.memory)
+                        && best.as_ref().is_none_or(|x| cos > x.1)
+                    {
+                        best = Some((id.clone(), cos, text.clone()));
                     }
                 }
                 if let Some((target, _, _)) = best {
@@ -320,13 +321,9 @@ impl Operator for DedupeOperator {
                 }
             }
             seen_hash.insert((r.cube_id.clone(), h), r.id.clone());
-            seen.push((
-                r.cube_id.clone(),
-                r.id.clone(),
-                r.memory_type.bucket(),
-                d.embedding.clone(),
-                r.memory.clone(),
-            ));
+            seen.entry((r.cube_id.clone(), r.memory_type.bucket()))
+                .or_default()
+                .push((r.id.clone(), d.embedding.clone(), r.memory.clone()));
             out.collect(d);
         }
         Ok(())

@@ -1219,8 +1219,11 @@ pub fn spawn(
         if let Ok(w) = worker {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
-        let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || s.index_pending()).await;
+        // Fold what waits into the trees only where they serve searches (as when idle).
+        if store.ann_needed() {
+            let s = store.clone();
+            let _ = tokio::task::spawn_blocking(move || s.index_pending()).await;
+        }
         tracing::info!("pipeline stopped");
     });
     (PipelineHandle { tx, health }, task)

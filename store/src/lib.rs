@@ -39,7 +39,7 @@ pub use heed;
 pub use lexical::Bm25Params;
 pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
 pub use roaring;
-use vector::{ArroyIndex, VectorIndex, bytes_to_vec, vec_to_bytes};
+use vector::{ANN_SHARDS, ArroyIndex, VectorIndex, bytes_to_vec, shard_of, vec_to_bytes};
 
 /// Store options.
 #[derive(Debug, Clone)]
@@ -296,6 +296,16 @@ pub struct StoreStats {
 const META_NEXT_ID: &str = "next_id";
 const META_PENDING: &str = "vector_pending";
 const META_DIMS: &str = "dimensions";
+/// The layout of the arroy database: absent in stores written with one index for the whole
+/// store (migrated on open: the trees are rebuilt per shard by the background fold).
+const META_ANN_LAYOUT: &str = "ann_layout";
+const ANN_LAYOUT: &[u8] = b"shards-64";
+
+/// An `ann_pending` value: 1 = added or replaced, 0 = removed; then the cube's arroy shard.
+fn pending_value(add: bool, cube: &str) -> [u8; 3] {
+    let [hi, lo] = shard_of(cube).to_be_bytes();
+    [add as u8, hi, lo]
+}
 /// Field-bitmap name of the "derived from" links (`info.derived_from`).
 const LINK_DERIVED: &str = "\u{1}derived";
 
@@ -339,6 +349,14 @@ impl vecmem::VectorSource for SnapshotVectors<'_, '_> {
             .vectors
             .get(self.txn, &k32(id))?
             .map(bytes_to_vec))
+    }
+
+    fn dot(&self, id: u32, query: &[f32]) -> Result<Option<f32>> {
+        Ok(self
+            .store
+            .vectors
+            .get(self.txn, &k32(id))?
+            .map(|b| vector::dot_bytes(query, b)))
     }
 }
 
@@ -551,8 +569,32 @@ impl Store {
                 self.ann_pending.put(&mut wtxn, &k32(id), &[1])?;
             }
             self.meta.delete(&mut wtxn, META_PENDING)?;
-            wtxn.commit()?;
         }
+        // One arroy index for the whole store → one per shard: drop the old trees and queue
+        // every vector for the background fold, which builds each shard (searches meanwhile
+        // use the RAM codes, or read the pending vectors exactly).
+        if self.meta.get(&wtxn, META_ANN_LAYOUT)? != Some(ANN_LAYOUT) {
+            if !self.vindex.is_empty(&wtxn)? {
+                self.vindex.clear(&mut wtxn)?;
+                self.ann_pending.clear(&mut wtxn)?;
+                let ids: Vec<u32> = self
+                    .vectors
+                    .iter(&wtxn)?
+                    .map(|r| r.map(|(k, _)| u32::from_be_bytes(k.try_into().unwrap_or([0; 4]))))
+                    .collect::<std::result::Result<_, _>>()?;
+                for id in ids {
+                    if let Some(r) = self.record(&wtxn, id)? {
+                        self.ann_pending.put(
+                            &mut wtxn,
+                            &k32(id),
+                            &pending_value(true, &r.cube_id),
+                        )?;
+                    }
+                }
+            }
+            self.meta.put(&mut wtxn, META_ANN_LAYOUT, ANN_LAYOUT)?;
+        }
+        wtxn.commit()?;
         Ok(())
     }
 
@@ -655,7 +697,7 @@ impl Store {
         if !force_index {
             return Ok(());
         }
-        let changes: Vec<(u32, bool)> = self
+        let changes: Vec<(u32, bool, Option<u16>)> = self
             .ann_pending
             .iter(wtxn)?
             .map(|r| {
@@ -664,27 +706,45 @@ impl Store {
                         k.try_into()
                             .map_err(|_| StoreError::Codec("ann_pending key".into()))?,
                     );
-                    Ok((id, v.first() == Some(&1)))
+                    let shard = match v {
+                        [_, hi, lo] => Some(u16::from_be_bytes([*hi, *lo])),
+                        _ => None,
+                    };
+                    Ok((id, v.first() == Some(&1), shard))
                 })
             })
             .collect::<Result<_>>()?;
         if changes.is_empty() {
             return Ok(());
         }
-        for (id, add) in &changes {
-            let v = if *add {
-                self.vectors.get(wtxn, &k32(*id))?.map(bytes_to_vec)
+        let mut touched = std::collections::BTreeSet::new();
+        for (id, add, shard) in changes {
+            let v = if add {
+                self.vectors.get(wtxn, &k32(id))?.map(bytes_to_vec)
             } else {
                 None
             };
-            match v {
-                Some(v) => self.vindex.add(wtxn, *id, &v)?,
-                None => {
-                    self.vindex.remove(wtxn, *id)?;
+            // A change queued without its shard (an older store): the record names the cube.
+            let shard = match shard {
+                Some(s) => Some(s),
+                None => self.record(wtxn, id)?.map(|r| shard_of(&r.cube_id)),
+            };
+            match (v, shard) {
+                (Some(v), Some(shard)) => {
+                    self.vindex.add(wtxn, shard, id, &v)?;
+                    touched.insert(shard);
                 }
+                (None, Some(shard)) => {
+                    self.vindex.remove(wtxn, shard, id)?;
+                    touched.insert(shard);
+                }
+                // Gone, and its shard unknown: after the layout migration no shard holds it.
+                (_, None) => {}
             }
         }
-        self.vindex.build(wtxn)?;
+        for shard in touched {
+            self.vindex.build(wtxn, shard)?;
+        }
         self.ann_pending.clear(wtxn)?;
         Ok(())
     }
@@ -839,7 +899,8 @@ impl Store {
             .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &r.encode()?)?;
         self.vectors
             .put_with_flags(wtxn, PutFlags::APPEND, &k32(id), &vec_to_bytes(embedding))?;
-        self.ann_pending.put(wtxn, &k32(id), &[1])?;
+        self.ann_pending
+            .put(wtxn, &k32(id), &pending_value(true, &r.cube_id))?;
         for k in keys {
             buf.fields.entry(k).or_default().insert(id);
         }
@@ -975,7 +1036,8 @@ impl Store {
         if let Some(v) = embedding {
             model::check_dims(self.opts.dimensions, v)?;
             self.vectors.put(wtxn, &k32(id), &vec_to_bytes(v))?;
-            self.ann_pending.put(wtxn, &k32(id), &[1])?;
+            self.ann_pending
+                .put(wtxn, &k32(id), &pending_value(true, &rec.cube_id))?;
             self.vecmem.invalidate(&rec.cube_id, id);
         }
         Ok(rec)
@@ -1045,7 +1107,8 @@ impl Store {
             }
             // The trees drop it at the next fold; searches never return it meanwhile, since
             // every candidate set comes from the snapshot's bitmaps.
-            self.ann_pending.put(wtxn, &k32(id), &[0])?;
+            self.ann_pending
+                .put(wtxn, &k32(id), &pending_value(false, &r.cube_id))?;
             let mut prefix = uuid.as_bytes().to_vec();
             prefix.push(0);
             let keys: Vec<Vec<u8>> = self
@@ -1443,9 +1506,22 @@ impl Store {
             Some(hits) => Ok(hits),
             None => queries
                 .iter()
-                .map(|q| self.vector_search(txn, q, k, candidates))
+                .map(|q| self.vector_search_shards(txn, &[shard_of(cube)], q, k, candidates))
                 .collect(),
         }
+    }
+
+    /// The arroy shards that hold built trees, with how many vectors each indexes.
+    pub fn ann_shard_sizes(&self) -> Result<Vec<(u16, u64)>> {
+        let txn = self.read_txn()?;
+        let mut out = Vec::new();
+        for shard in 0..ANN_SHARDS {
+            let n = self.vindex.indexed(&txn, shard)?.len();
+            if n > 0 {
+                out.push((shard, n));
+            }
+        }
+        Ok(out)
     }
 
     /// Nearest neighbours among `candidates` (any cubes): arroy trees for indexed items plus an
@@ -1457,13 +1533,29 @@ impl Store {
         k: usize,
         candidates: &RoaringBitmap,
     ) -> Result<Vec<(u32, f32)>> {
+        let all: Vec<u16> = (0..ANN_SHARDS).collect();
+        self.vector_search_shards(txn, &all, query, k, candidates)
+    }
+
+    /// [`Store::vector_search`] in the arroy shards `shards` (those of the candidates' cubes).
+    fn vector_search_shards(
+        &self,
+        txn: &RoTxn,
+        shards: &[u16],
+        query: &[f32],
+        k: usize,
+        candidates: &RoaringBitmap,
+    ) -> Result<Vec<(u32, f32)>> {
         model::check_dims(self.opts.dimensions, query)?;
         let pending = self.pending(txn)?;
         let in_delta = candidates & &pending;
         let in_trees = candidates - &pending;
         // Readers of the trees may lag behind deletes; candidates come from the snapshot, so a
         // removed id is never among them.
-        let mut hits = self.vindex.search(txn, query, k, &in_trees)?;
+        let mut hits = Vec::new();
+        for &shard in shards {
+            hits.extend(self.vindex.search(txn, shard, query, k, &in_trees)?);
+        }
         for id in &in_delta {
             if let Some(b) = self.vectors.get(txn, &k32(id))? {
                 hits.push((id, vector::dot_bytes(query, b)));
@@ -1712,7 +1804,9 @@ impl Store {
             cubes: self.cubes.len(&txn)?,
             events: self.events.len(&txn)?,
             dead_letters: self.dead_letters.len(&txn)?,
-            vectors_indexed: self.vindex.indexed(&txn)?.len(),
+            vectors_indexed: (0..ANN_SHARDS)
+                .map(|s| self.vindex.indexed(&txn, s).map(|b| b.len()))
+                .sum::<Result<u64>>()?,
             vectors_pending: self.ann_pending.len(&txn)?,
             vectors_in_memory: self.vecmem.stats(),
             disk_bytes: self.env.real_disk_size().unwrap_or(0),
@@ -1744,6 +1838,76 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_with_one_arroy_index_is_migrated_to_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            dimensions: 4,
+            ..Default::default()
+        };
+        let cubes = ["a", "b", "c", "d", "e", "f"];
+        {
+            let s = Store::open(dir.path(), opts.clone()).unwrap();
+            let mut w = s.write_txn().unwrap();
+            for (i, cube) in cubes.iter().enumerate() {
+                let r = MemoryRecord {
+                    id: format!("m{i}"),
+                    memory: format!("memory {i}"),
+                    cube_id: cube.to_string(),
+                    user_id: "u".into(),
+                    session_id: "s".into(),
+                    agent_id: None,
+                    app_id: None,
+                    memory_type: MemoryType::LongTermMemory,
+                    status: Status::Activated,
+                    key: None,
+                    tags: vec![],
+                    info: serde_json::Map::new(),
+                    source: None,
+                    sources: vec![],
+                    confidence: 1.0,
+                    created_at: 1,
+                    updated_at: 1,
+                    event_time: None,
+                    version: 1,
+                    history: vec![],
+                    event_id: "e".into(),
+                    file_ids: vec![],
+                    embedding: vec![],
+                };
+                let mut v = vec![0.1f32; 4];
+                v[i % 4] = 1.0;
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+                s.insert(&mut w, &r, &v).unwrap();
+            }
+            // The layout of older stores: every vector in arroy index 0, folded, no layout mark.
+            let db = s.vindex.db;
+            let writer = arroy::Writer::<Cosine>::new(db, 0, 4);
+            for id in 0..cubes.len() as u32 {
+                let v = s.embedding(&w, id).unwrap().unwrap();
+                writer.add_item(&mut w, id, &v).unwrap();
+            }
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+            writer.builder(&mut rng).build(&mut w).unwrap();
+            s.ann_pending.clear(&mut w).unwrap();
+            s.meta.delete(&mut w, META_ANN_LAYOUT).unwrap();
+            s.commit(w).unwrap();
+            assert_eq!(s.ann_shard_sizes().unwrap(), vec![(0, cubes.len() as u64)]);
+        }
+        let s = Store::open(dir.path(), opts).unwrap();
+        // The old trees are gone and every vector waits for the fold, into its cube's shard.
+        assert_eq!(s.stats().unwrap().vectors_pending, cubes.len() as u64);
+        assert_eq!(s.index_pending().unwrap(), cubes.len() as u64);
+        let mut expected: std::collections::BTreeMap<u16, u64> = Default::default();
+        for c in cubes {
+            *expected.entry(shard_of(c)).or_default() += 1;
+        }
+        let got: std::collections::BTreeMap<u16, u64> =
+            s.ann_shard_sizes().unwrap().into_iter().collect();
+        assert_eq!(got, expected);
+    }
 
     #[test]
     fn feedback_records_of_older_stores_still_decode() {

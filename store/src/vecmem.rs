@@ -71,24 +71,25 @@ impl Codes {
     fn push(&mut self, dims: usize, id: u32, v: &[f32]) {
         let words = dims.div_ceil(64);
         let (q, scale) = quantize(v);
+        let new_signs = signs(v, words);
         match self.ids.binary_search(&id) {
             Ok(pos) => {
                 self.q8[pos * dims..(pos + 1) * dims].copy_from_slice(&q);
                 self.scales[pos] = scale;
-                let s = signs(v, words);
-                self.signs[pos * words..(pos + 1) * words].copy_from_slice(&s);
+                self.signs[pos * words..(pos + 1) * words].copy_from_slice(&new_signs);
             }
             Err(pos) if pos == self.ids.len() => {
                 self.ids.push(id);
                 self.q8.extend_from_slice(&q);
                 self.scales.push(scale);
-                self.signs.extend(signs(v, words));
+                self.signs.extend_from_slice(&new_signs);
             }
             Err(pos) => {
                 self.ids.insert(pos, id);
                 self.q8.splice(pos * dims..pos * dims, q);
                 self.scales.insert(pos, scale);
-                self.signs.splice(pos * words..pos * words, signs(v, words));
+                self.signs
+                    .splice(pos * words..pos * words, new_signs.iter().copied());
             }
         }
     }
@@ -126,6 +127,12 @@ pub type Hits = Vec<(u32, f32)>;
 pub trait VectorSource {
     /// The vector of `id`, if the snapshot has one.
     fn vector(&self, id: u32) -> crate::Result<Option<Vec<f32>>>;
+
+    /// The exact dot product of `query` with the vector of `id` (a source that holds the
+    /// vectors as bytes scores them in place, without a copy).
+    fn dot(&self, id: u32, query: &[f32]) -> crate::Result<Option<f32>> {
+        Ok(self.vector(id)?.map(|v| crate::vector::dot(query, &v)))
+    }
 }
 
 /// Counters for metrics and benchmarks.
@@ -280,8 +287,8 @@ impl VecMem {
         for (q, hits) in queries.iter().zip(ranked) {
             let mut exact = Vec::with_capacity(hits.len());
             for id in hits {
-                if let Some(v) = src.vector(id)? {
-                    exact.push((id, crate::vector::dot(q, &v)));
+                if let Some(d) = src.dot(id, q)? {
+                    exact.push((id, d));
                 }
             }
             out.push(crate::lexical::top_k(exact, k));
@@ -354,18 +361,15 @@ impl VecMem {
         let pos = match shortlist.filter(|s| pos.len() > *s) {
             None => pos,
             Some(shortlist) => {
-                // Sign codes: Hamming distance ranks a shortlist.
+                // Sign codes: Hamming distance ranks a shortlist. Distances are small integers,
+                // so the shortlist is cut by a histogram (no sort, no pairs allocated).
                 let qs = signs(query, words);
-                let mut scored: Vec<(u32, u32)> = pos
-                    .iter()
-                    .map(|&p| {
-                        let s = &c.signs[p as usize * words..(p as usize + 1) * words];
-                        (kernels::hamming(&qs, s), p)
-                    })
+                let mut dist = Vec::new();
+                kernels::hamming_many(&qs, &c.signs, pos, &mut dist);
+                short = nearest_by_distance(&dist, shortlist)
+                    .into_iter()
+                    .map(|i| pos[i])
                     .collect();
-                scored.select_nth_unstable(shortlist - 1);
-                scored.truncate(shortlist);
-                short = scored.into_iter().map(|(_, p)| p).collect();
                 &short
             }
         };
@@ -430,6 +434,41 @@ fn quantize(v: &[f32]) -> (Vec<i8>, f32) {
     )
 }
 
+/// Indices of the `n` smallest of `dist` (ties at the cut broken by position): a counting
+/// selection over the distances' histogram.
+fn nearest_by_distance(dist: &[u16], n: usize) -> Vec<usize> {
+    if dist.len() <= n {
+        return (0..dist.len()).collect();
+    }
+    let max = dist.iter().copied().max().unwrap_or(0) as usize;
+    let mut hist = vec![0usize; max + 1];
+    for &d in dist {
+        hist[d as usize] += 1;
+    }
+    // The cut: the smallest distance at which `n` are reached.
+    let mut cut = 0;
+    let mut below = 0;
+    for (d, &h) in hist.iter().enumerate() {
+        if below + h >= n {
+            cut = d;
+            break;
+        }
+        below += h;
+    }
+    let mut at_cut = n - below;
+    let mut out = Vec::with_capacity(n);
+    for (i, &d) in dist.iter().enumerate() {
+        let d = d as usize;
+        if d < cut {
+            out.push(i);
+        } else if d == cut && at_cut > 0 {
+            out.push(i);
+            at_cut -= 1;
+        }
+    }
+    out
+}
+
 /// Sign bits, 64 per word.
 fn signs(v: &[f32], words: usize) -> Vec<u64> {
     let mut out = vec![0u64; words];
@@ -468,10 +507,21 @@ mod kernels {
         s
     }
 
+    #[inline(always)]
+    fn hamming_many_generic(q: &[u64], signs: &[u64], pos: &[u32], out: &mut Vec<u16>) {
+        let w = q.len();
+        out.clear();
+        out.reserve(pos.len());
+        for &p in pos {
+            let s = &signs[p as usize * w..(p as usize + 1) * w];
+            out.push(hamming_generic(q, s) as u16);
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt")]
-    fn hamming_avx2(a: &[u64], b: &[u64]) -> u32 {
-        hamming_generic(a, b)
+    fn hamming_many_avx2(q: &[u64], signs: &[u64], pos: &[u32], out: &mut Vec<u16>) {
+        hamming_many_generic(q, signs, pos, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -489,14 +539,15 @@ mod kernels {
         })
     }
 
-    /// Hamming distance of two sign codes.
-    pub fn hamming(a: &[u64], b: &[u64]) -> u32 {
+    /// Hamming distances of the sign code `q` to the codes at positions `pos` of `signs`
+    /// (`q.len()` words each), into `out`: one loop inside the kernel, no call per code.
+    pub fn hamming_many(q: &[u64], signs: &[u64], pos: &[u32], out: &mut Vec<u16>) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the CPU supports AVX2 and POPCNT (checked above).
-            return unsafe { hamming_avx2(a, b) };
+            return unsafe { hamming_many_avx2(q, signs, pos, out) };
         }
-        hamming_generic(a, b)
+        hamming_many_generic(q, signs, pos, out)
     }
 
     /// Dot product of two int8 codes.
@@ -544,8 +595,24 @@ mod tests {
         let plain: i32 = a.iter().zip(&b).map(|(x, y)| *x as i32 * *y as i32).sum();
         assert_eq!(kernels::dot_i8(&a, &b), plain);
         let x = [u64::MAX, 0, 0b1011];
-        let y = [0, 0, 0b0001];
-        assert_eq!(kernels::hamming(&x, &y), 64 + 2);
+        let codes = [0, 0, 0b0001, u64::MAX, 0, 0b1011, 0, u64::MAX, 0];
+        let mut d = Vec::new();
+        kernels::hamming_many(&x, &codes, &[2, 0, 1], &mut d);
+        assert_eq!(d, vec![64 + 64 + 3, 64 + 2, 0]);
+    }
+
+    #[test]
+    fn counting_selection_keeps_the_nearest() {
+        let dist: Vec<u16> = vec![9, 3, 7, 3, 0, 12, 3, 5];
+        let mut got = nearest_by_distance(&dist, 4);
+        got.sort_unstable();
+        // 0 at 4, the 3s at 1, 3 and 6.
+        assert_eq!(got, vec![1, 3, 4, 6]);
+        let mut got = nearest_by_distance(&dist, 3);
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 3, 4]);
+        assert_eq!(nearest_by_distance(&dist, 8).len(), 8);
+        assert_eq!(nearest_by_distance(&dist, 20).len(), 8);
     }
 
     #[test]
@@ -627,7 +694,7 @@ mod tests {
         for id in 0..300u32 {
             mem.0.insert(id, unit(id as u64, dims));
         }
-        let per = 4 + 4 + dims + 8;
+        let per = bytes_per_vector(dims);
         let vm = VecMem::new(
             dims,
             VecMemOptions {

@@ -647,3 +647,64 @@ fn an_index_key_lmdb_cannot_hold_is_refused_before_it_is_buffered() {
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("MDB_BAD_VALSIZE"), "{e}");
 }
+
+#[test]
+fn the_trees_are_one_arroy_index_per_shard_of_cubes() {
+    use store::vector::shard_of;
+    let dir = tempfile::tempdir().unwrap();
+    // A budget too small for any cube's RAM codes: every search goes through the trees.
+    let mut o = opts();
+    o.vecmem.budget_bytes = 16;
+    let s = Store::open(dir.path(), o).unwrap();
+    let cubes: Vec<String> = (0..6).map(|c| format!("tenant-{c}")).collect();
+    let mut expected: std::collections::BTreeMap<u16, u64> = Default::default();
+    let mut w = s.write_txn().unwrap();
+    for (c, cube) in cubes.iter().enumerate() {
+        for i in 0..10 {
+            s.insert(
+                &mut w,
+                &rec(&format!("{cube}-m{i}"), cube, &format!("memory {i}")),
+                &unit(i + c),
+            )
+            .unwrap();
+        }
+        *expected.entry(shard_of(cube)).or_default() += 10;
+    }
+    s.commit(w).unwrap();
+    assert!(expected.len() > 1, "the cubes hash to more than one shard");
+    assert_eq!(s.index_pending().unwrap(), 60);
+    // Each cube's vectors are in its own shard's index, never one index for everything.
+    let sizes: std::collections::BTreeMap<u16, u64> =
+        s.ann_shard_sizes().unwrap().into_iter().collect();
+    assert_eq!(sizes, expected);
+    assert_eq!(s.stats().unwrap().vectors_indexed, 60);
+    // A cube's search reads its shard and finds the exact best among its own memories.
+    let t = s.read_txn().unwrap();
+    for (c, cube) in cubes.iter().enumerate() {
+        let cands = s.candidates(&t, cube, None, &Filter::True).unwrap();
+        let hits = s
+            .vector_search_in(&t, cube, &unit(c + 4), 3, &cands)
+            .unwrap();
+        assert_eq!(hits.len(), 3, "{cube}");
+        assert!(hits.iter().all(|(id, _)| cands.contains(*id)));
+        let best = s.internal_id(&t, &format!("{cube}-m4")).unwrap().unwrap();
+        assert_eq!(hits[0].0, best, "{cube}");
+    }
+    // Across cubes, every shard with candidates is searched.
+    let all = s.candidates(&t, &cubes[0], None, &Filter::True).unwrap()
+        | s.candidates(&t, &cubes[5], None, &Filter::True).unwrap();
+    let hits = s.vector_search(&t, &unit(4), 60, &all).unwrap();
+    assert_eq!(hits.len(), 20);
+    // Deleting folds into the right shard.
+    drop(t);
+    let mut w = s.write_txn().unwrap();
+    s.delete(&mut w, &["tenant-0-m4".to_string()]).unwrap();
+    s.commit(w).unwrap();
+    assert_eq!(s.index_pending().unwrap(), 1);
+    let sizes: std::collections::BTreeMap<u16, u64> =
+        s.ann_shard_sizes().unwrap().into_iter().collect();
+    assert_eq!(
+        sizes[&shard_of("tenant-0")],
+        expected[&shard_of("tenant-0")] - 1
+    );
+}
