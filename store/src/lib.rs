@@ -306,6 +306,14 @@ fn pending_value(add: bool, cube: &str) -> [u8; 3] {
     let [hi, lo] = shard_of(cube).to_be_bytes();
     [add as u8, hi, lo]
 }
+
+/// The internal id of a key of the databases keyed by id (`vectors`, `ann_pending`, …).
+fn id_of_key(k: &[u8], db: &str) -> Result<u32> {
+    Ok(u32::from_be_bytes(
+        k.try_into()
+            .map_err(|_| StoreError::Codec(format!("{db} key")))?,
+    ))
+}
 /// Field-bitmap name of the "derived from" links (`info.derived_from`).
 const LINK_DERIVED: &str = "\u{1}derived";
 
@@ -352,11 +360,7 @@ impl vecmem::VectorSource for SnapshotVectors<'_, '_> {
     }
 
     fn dot(&self, id: u32, query: &[f32]) -> Result<Option<f32>> {
-        Ok(self
-            .store
-            .vectors
-            .get(self.txn, &k32(id))?
-            .map(|b| vector::dot_bytes(query, b)))
+        self.store.cosine(self.txn, id, query)
     }
 }
 
@@ -580,8 +584,11 @@ impl Store {
                 let ids: Vec<u32> = self
                     .vectors
                     .iter(&wtxn)?
-                    .map(|r| r.map(|(k, _)| u32::from_be_bytes(k.try_into().unwrap_or([0; 4]))))
-                    .collect::<std::result::Result<_, _>>()?;
+                    .map(|r| {
+                        r.map_err(StoreError::from)
+                            .and_then(|(k, _)| id_of_key(k, "vectors"))
+                    })
+                    .collect::<Result<_>>()?;
                 for id in ids {
                     if let Some(r) = self.record(&wtxn, id)? {
                         self.ann_pending.put(
@@ -702,10 +709,7 @@ impl Store {
             .iter(wtxn)?
             .map(|r| {
                 r.map_err(StoreError::from).and_then(|(k, v)| {
-                    let id = u32::from_be_bytes(
-                        k.try_into()
-                            .map_err(|_| StoreError::Codec("ann_pending key".into()))?,
-                    );
+                    let id = id_of_key(k, "ann_pending")?;
                     let shard = match v {
                         [_, hi, lo] => Some(u16::from_be_bytes([*hi, *lo])),
                         _ => None,
@@ -1514,9 +1518,13 @@ impl Store {
     /// The arroy shards that hold built trees, with how many vectors each indexes.
     pub fn ann_shard_sizes(&self) -> Result<Vec<(u16, u64)>> {
         let txn = self.read_txn()?;
+        self.shard_sizes(&txn)
+    }
+
+    fn shard_sizes(&self, txn: &RoTxn) -> Result<Vec<(u16, u64)>> {
         let mut out = Vec::new();
         for shard in 0..ANN_SHARDS {
-            let n = self.vindex.indexed(&txn, shard)?.len();
+            let n = self.vindex.indexed(txn, shard)?.len();
             if n > 0 {
                 out.push((shard, n));
             }
@@ -1804,9 +1812,7 @@ impl Store {
             cubes: self.cubes.len(&txn)?,
             events: self.events.len(&txn)?,
             dead_letters: self.dead_letters.len(&txn)?,
-            vectors_indexed: (0..ANN_SHARDS)
-                .map(|s| self.vindex.indexed(&txn, s).map(|b| b.len()))
-                .sum::<Result<u64>>()?,
+            vectors_indexed: self.shard_sizes(&txn)?.iter().map(|(_, n)| n).sum(),
             vectors_pending: self.ann_pending.len(&txn)?,
             vectors_in_memory: self.vecmem.stats(),
             disk_bytes: self.env.real_disk_size().unwrap_or(0),
