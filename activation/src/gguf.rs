@@ -202,7 +202,15 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         })
         .unwrap_or_else(|| "gguf".into());
     let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
     let model_id = format!("{name}@{}", &hex::encode(h.finalize())[..12]);
     Ok(GgufModel {
         weights,

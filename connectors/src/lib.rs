@@ -62,6 +62,9 @@ pub struct Delivery {
     /// Source partition and the position to resume after this message, written in the same
     /// LMDB transaction as the event's memories.
     pub position: Option<(String, String)>,
+    /// The cube the transport addressed (the NATS subject's tail, the Kafka message key); the
+    /// event's `cube_id` must be this one.
+    pub cube: Option<String>,
 }
 
 /// What happened to a delivery, known only after the store committed (or refused) it.
@@ -113,6 +116,8 @@ pub struct SearchCall {
     pub deadline: Option<Instant>,
     /// Forwarded by another memos process: answer locally, never forward again.
     pub forwarded: bool,
+    /// A forwarded search's signed scope (the `memos-principal` header), checked by the service.
+    pub scope: Option<String>,
 }
 
 /// Who answers searches: the service. The reply is the `/product/search` response JSON, or an

@@ -7,6 +7,7 @@
 //! characters carried over; a chunk starts with its heading path so it is found by it.
 
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 
 use crate::window::chunk;
 use crate::{OperatorError, Result};
@@ -80,7 +81,253 @@ pub fn payload_bytes(p: &serde_json::Value) -> Result<Vec<u8>> {
     ))
 }
 
-/// Extracts the sections of a document.
+/// Limits on parsing one document. A PDF can be a decompression bomb and an HTML file can nest
+/// deeper than any stack: parsing runs in a worker process (`memos parse-document`) with an
+/// address-space limit and a deadline, so one file can fail, but never stall or kill the
+/// pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParseLimits {
+    /// Longest a document may take to parse.
+    pub timeout_ms: u64,
+    /// Address space of the worker process, in MiB.
+    pub memory_mb: u64,
+    /// Deepest HTML element nesting accepted (checked before parsing).
+    pub max_html_depth: usize,
+    /// The `memos` executable that parses (`<worker> parse-document <format>`); empty = this
+    /// process's executable when it is `memos`, else parsing on a thread of this process (with
+    /// the deadline and the depth check, without the memory limit).
+    pub worker: String,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits {
+            timeout_ms: 20_000,
+            memory_mb: 1024,
+            max_html_depth: 256,
+            worker: String::new(),
+        }
+    }
+}
+
+impl Format {
+    /// The name `parse-document` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Markdown => "markdown",
+            Format::Html => "html",
+            Format::Pdf => "pdf",
+        }
+    }
+
+    /// The format of a name from [`Format::name`].
+    pub fn from_name(s: &str) -> Option<Format> {
+        Some(match s {
+            "text" => Format::Text,
+            "markdown" => Format::Markdown,
+            "html" => Format::Html,
+            "pdf" => Format::Pdf,
+            _ => return None,
+        })
+    }
+}
+
+/// The deepest element nesting of an HTML text (a cheap scan: opening tags minus closing ones,
+/// void and self-closing elements not counted).
+pub fn html_depth(bytes: &[u8]) -> usize {
+    const VOID: &[&[u8]] = &[
+        b"area", b"base", b"br", b"col", b"embed", b"hr", b"img", b"input", b"link", b"meta",
+        b"source", b"track", b"wbr",
+    ];
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut i = 0;
+    while let Some(off) = bytes[i..].iter().position(|&b| b == b'<') {
+        let start = i + off + 1;
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'>')
+            .map_or(bytes.len(), |e| start + e);
+        let tag = &bytes[start..end];
+        i = (end + 1).min(bytes.len());
+        if let Some(rest) = tag.strip_prefix(b"/") {
+            if !rest.is_empty() {
+                depth = depth.saturating_sub(1);
+            }
+            continue;
+        }
+        let name: Vec<u8> = tag
+            .iter()
+            .take_while(|b| !b.is_ascii_whitespace() && **b != b'/')
+            .map(u8::to_ascii_lowercase)
+            .collect();
+        if !name.first().is_some_and(u8::is_ascii_alphabetic)
+            || tag.ends_with(b"/")
+            || VOID.contains(&name.as_slice())
+        {
+            continue;
+        }
+        depth += 1;
+        max = max.max(depth);
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    max
+}
+
+/// The sections of a document, parsed under `limits` (see [`ParseLimits`]).
+pub fn parse(format: Format, bytes: &[u8], limits: &ParseLimits) -> Result<Vec<Section>> {
+    if format == Format::Html {
+        let depth = html_depth(bytes);
+        if depth > limits.max_html_depth {
+            return Err(OperatorError::Invalid(format!(
+                "HTML nests {depth} elements deep; the limit is {} (window.documents.max_html_depth)",
+                limits.max_html_depth
+            )));
+        }
+    }
+    if matches!(format, Format::Text | Format::Markdown) {
+        // Linear-time parsers with no nesting: nothing to isolate.
+        return sections(format, bytes);
+    }
+    match worker_exe(limits) {
+        Some(exe) => parse_in_worker(&exe, format, bytes, limits),
+        None => parse_on_thread(format, bytes, limits),
+    }
+}
+
+fn worker_exe(limits: &ParseLimits) -> Option<std::path::PathBuf> {
+    if !limits.worker.is_empty() {
+        return Some(limits.worker.clone().into());
+    }
+    let me = std::env::current_exe().ok()?;
+    (me.file_stem().and_then(|s| s.to_str()) == Some("memos")).then_some(me)
+}
+
+fn parse_on_thread(format: Format, bytes: &[u8], limits: &ParseLimits) -> Result<Vec<Section>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = bytes.to_vec();
+    std::thread::Builder::new()
+        .name("memos-parse".into())
+        .stack_size(64 << 20)
+        .spawn(move || {
+            let _ = tx.send(sections(format, &owned));
+        })
+        .map_err(|e| OperatorError::Invalid(format!("{}: no parser thread: {e}", format.mime())))?;
+    rx.recv_timeout(std::time::Duration::from_millis(limits.timeout_ms))
+        .unwrap_or_else(|_| {
+            Err(OperatorError::Invalid(format!(
+                "{} took longer than {} ms to parse (window.documents.timeout_ms)",
+                format.mime(),
+                limits.timeout_ms
+            )))
+        })
+}
+
+fn parse_in_worker(
+    exe: &std::path::Path,
+    format: Format,
+    bytes: &[u8],
+    limits: &ParseLimits,
+) -> Result<Vec<Section>> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let failed = |why: String| OperatorError::Invalid(format!("{}: {why}", format.mime()));
+    let mut child = Command::new(exe)
+        .arg("parse-document")
+        .arg(format.name())
+        .env("MEMOS_PARSE_MEMORY_MB", limits.memory_mb.to_string())
+        .env("MEMOS_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("the parser {} did not start: {e}", exe.display())))?;
+    let mut stdin = child.stdin.take();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(w) = stdin.as_mut() {
+            let _ = w.write_all(&input);
+        }
+    });
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(r) = stdout.as_mut() {
+            let _ = r.read_to_end(&mut out);
+        }
+        out
+    });
+    let mut stderr = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(r) = stderr.as_mut() {
+            let _ = r.take(64 << 10).read_to_end(&mut out);
+        }
+        out
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(limits.timeout_ms);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "took longer than {} ms to parse (window.documents.timeout_ms); stopped",
+                    limits.timeout_ms
+                )));
+            }
+            Err(e) => return Err(failed(format!("waiting for the parser: {e}"))),
+        }
+    };
+    let _ = writer.join();
+    let out = reader.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    // Exit 2: the reason is the worker's one line; a crash: its first line ("memory allocation
+    // of … failed", "thread … panicked at …").
+    let err = if status.code() == Some(2) {
+        lines.last()
+    } else {
+        lines.next()
+    }
+    .unwrap_or("")
+    .to_string();
+    if !status.success() {
+        return Err(match status.code() {
+            Some(2) if !err.is_empty() => failed(err),
+            _ => failed(format!(
+                "the parser failed ({status}; memory limit {} MiB, window.documents.memory_mb){}",
+                limits.memory_mb,
+                if err.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {err}")
+                }
+            )),
+        });
+    }
+    let parsed: Vec<(Vec<String>, String)> =
+        serde_json::from_slice(&out).map_err(|e| failed(format!("the parser's output: {e}")))?;
+    Ok(parsed
+        .into_iter()
+        .map(|(path, text)| Section { path, text })
+        .collect())
+}
+
+/// What `memos parse-document` writes: the sections as `[[path, text], …]` JSON.
+pub fn sections_json(sections: &[Section]) -> String {
+    let v: Vec<(&Vec<String>, &String)> = sections.iter().map(|s| (&s.path, &s.text)).collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+/// Extracts the sections of a document (in this thread, no limits: see [`parse`]).
 pub fn sections(format: Format, bytes: &[u8]) -> Result<Vec<Section>> {
     let utf8 = || {
         std::str::from_utf8(bytes)
@@ -186,6 +433,21 @@ pub fn chunk_sections(sections: &[Section], size: usize, overlap: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_depth_counts_nesting_not_void_elements() {
+        assert_eq!(
+            html_depth(b"<html><body><p>a<br>b</p><img src=x/></body></html>"),
+            3
+        );
+        let deep = "<table><tr><td>".repeat(200) + &"</td></tr></table>".repeat(200);
+        assert_eq!(html_depth(deep.as_bytes()), 600);
+        assert_eq!(html_depth(b"<!doctype html><!-- c --><div/>text"), 0);
+        assert_eq!(html_depth(b"<<<<"), 0);
+        let limits = ParseLimits::default();
+        let e = parse(Format::Html, deep.as_bytes(), &limits).unwrap_err();
+        assert!(e.to_string().contains("600 elements deep"), "{e}");
+    }
 
     #[test]
     fn markdown_structure() {

@@ -422,6 +422,15 @@ impl Event {
                 store::validate_key_part(what, v).map_err(|e| bad(e.to_string()))?;
             }
         }
+        if let Some(k) = self
+            .info
+            .keys()
+            .find(|k| store::model::INTERNAL_INFO_KEYS.contains(&k.as_str()))
+        {
+            return Err(bad(format!(
+                "info key \"{k}\" is reserved for the server (internal links between memories); rename it"
+            )));
+        }
         if let Some(t) = &self.time
             && store::time::parse_time(t).is_none()
         {
@@ -477,8 +486,14 @@ impl Event {
                         "a delete event needs exactly one of payload.memory_ids or payload.filter",
                     ));
                 }
-                if let Some(f) = filter {
-                    store::Filter::parse(f).map_err(|e| bad(e.to_string()))?;
+                if let Some(f) = filter
+                    && store::Filter::parse(f)
+                        .map_err(|e| bad(e.to_string()))?
+                        .is_true()
+                {
+                    return Err(bad(
+                        "a delete event's payload.filter is empty: it would delete every memory of the user; refused",
+                    ));
                 }
                 if let Some(ids) = self.payload.get("memory_ids") {
                     memory_id_list("payload.memory_ids", ids)?;

@@ -311,12 +311,13 @@ impl FeedbackMergeOperator {
         store: &Store,
         txn: &RwTxn,
         cubes: &[String],
+        owner: (&str, &str),
         query: &str,
     ) -> Result<Vec<(MemoryRecord, f32)>> {
         let q = self.embed_one(query)?;
         let mut out = Vec::new();
         for cube in cubes {
-            let cand = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+            let cand = targets(store, txn, cube, owner)?;
             // Inside the sink's transaction: the exact/ANN path, not the RAM codes (which must
             // only ever learn committed vectors).
             for (id, score) in store.vector_search(txn, &q, self.cfg.search_k, &cand)? {
@@ -337,12 +338,13 @@ impl FeedbackMergeOperator {
         store: &Store,
         txn: &RwTxn,
         cubes: &[String],
+        owner: (&str, &str),
         phrase: &str,
     ) -> Result<Vec<MemoryRecord>> {
         let lower = phrase.to_lowercase();
         let mut out = Vec::new();
         for cube in cubes {
-            let cand = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+            let cand = targets(store, txn, cube, owner)?;
             for (id, _) in store.bm25_search(txn, cube, phrase, self.cfg.search_k * 5, &cand)? {
                 if let Some(r) = store.record(txn, id)?
                     && r.memory.to_lowercase().contains(&lower)
@@ -383,7 +385,12 @@ impl FeedbackMergeOperator {
         // The cubes feedback may touch: its own and the allowed knowledge bases.
         let mut cubes = vec![ev.cube_id.clone()];
         cubes.extend(allowed_kbs.iter().cloned());
-        let may_touch = |r: &MemoryRecord| cubes.contains(&r.cube_id);
+        // In its own cube, feedback touches only its user's memories (a user's feedback never
+        // rewrites another user's); knowledge-base chunks are shared.
+        let may_touch = |r: &MemoryRecord| {
+            cubes.contains(&r.cube_id) && (r.cube_id != ev.cube_id || r.user_id == ev.user_id)
+        };
+        let owner = (ev.cube_id.as_str(), ev.user_id.as_str());
         let intent = self.rules.parse(&content);
         let mut outcome = FeedbackOutcome {
             intent: intent.name().into(),
@@ -421,7 +428,7 @@ impl FeedbackMergeOperator {
         match &intent {
             Intent::Replace { old, new } => {
                 let targets = if named.is_empty() {
-                    self.containing(store, wtxn, &cubes, old)?
+                    self.containing(store, wtxn, &cubes, owner, old)?
                 } else {
                     named.clone()
                 };
@@ -443,7 +450,7 @@ impl FeedbackMergeOperator {
                     } else {
                         &context
                     };
-                    self.similar(store, wtxn, &cubes, q)?
+                    self.similar(store, wtxn, &cubes, owner, q)?
                         .into_iter()
                         .take(1)
                         .map(|(r, _)| r)
@@ -462,7 +469,7 @@ impl FeedbackMergeOperator {
             }
             Intent::Retract { topic } => {
                 let mut targets: Vec<MemoryRecord> = self
-                    .containing(store, wtxn, &cubes, topic)?
+                    .containing(store, wtxn, &cubes, owner, topic)?
                     .into_iter()
                     .filter(|r| {
                         r.memory_type == MemoryType::PreferenceMemory
@@ -488,11 +495,11 @@ impl FeedbackMergeOperator {
                 // Named memories, else those that say it, else the most similar ones.
                 let mut targets = named.clone();
                 if targets.is_empty() {
-                    targets = self.containing(store, wtxn, &cubes, what)?;
+                    targets = self.containing(store, wtxn, &cubes, owner, what)?;
                 }
                 if targets.is_empty() {
                     targets = self
-                        .similar(store, wtxn, &cubes, what)?
+                        .similar(store, wtxn, &cubes, owner, what)?
                         .into_iter()
                         .map(|(r, _)| r)
                         .collect();
@@ -683,6 +690,21 @@ fn feedback_source(ev: &crate::event::Event) -> SourceMessage {
             .map(String::from),
         ..Default::default()
     }
+}
+
+/// Activated memories of `cube` feedback may target: in the feedback's own cube (`owner` =
+/// (cube, user)) only its user's.
+fn targets(
+    store: &Store,
+    txn: &RwTxn,
+    cube: &str,
+    owner: (&str, &str),
+) -> Result<store::roaring::RoaringBitmap> {
+    let mut cand = store.field_ids(txn, cube, "status", Status::Activated.as_str())?;
+    if cube == owner.0 {
+        cand &= store.field_ids(txn, cube, "user_id", owner.1)?;
+    }
+    Ok(cand)
 }
 
 #[cfg(test)]

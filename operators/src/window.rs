@@ -35,6 +35,8 @@ pub struct WindowConfig {
     pub chunk_chars: usize,
     /// Overlap between document chunks in characters.
     pub chunk_overlap: usize,
+    /// Where and under which limits documents are parsed.
+    pub documents: crate::document::ParseLimits,
 }
 
 impl Default for WindowConfig {
@@ -44,6 +46,7 @@ impl Default for WindowConfig {
             date_prefix: true,
             chunk_chars: 1200,
             chunk_overlap: 200,
+            documents: crate::document::ParseLimits::default(),
         }
     }
 }
@@ -396,7 +399,7 @@ impl WindowOperator {
         use crate::document;
         let filename = file.filename.as_str();
         let format = document::detect(file.mime.as_deref(), filename, &file.bytes);
-        let sections = document::sections(format, &file.bytes)
+        let sections = document::parse(format, &file.bytes, &self.cfg.documents)
             .map_err(|e| OperatorError::Invalid(format!("file {filename}: {e}")))?;
         let chunks =
             document::chunk_sections(&sections, self.cfg.chunk_chars, self.cfg.chunk_overlap);

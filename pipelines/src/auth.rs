@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use store::ApiKeyRecord;
@@ -26,6 +27,12 @@ pub struct AuthConfig {
     pub rate_limit_per_minute: u32,
     /// Configured keys.
     pub keys: Vec<KeyConfig>,
+    /// Secret that signs the caller's scope on searches forwarded to the owner of a cube (a
+    /// scaled-out Kafka deployment); every process of the deployment needs the same one. Empty
+    /// = derived from the master key and the configured keys (the same in every process that
+    /// shares the configuration). The caller's API key never travels in a message.
+    #[serde(default)]
+    pub forward_secret: String,
 }
 
 fn any() -> Vec<String> {
@@ -108,14 +115,10 @@ pub struct Principal {
     pub admin: bool,
     /// Requests per minute (0 = unlimited).
     pub rate_limit_per_minute: u32,
-    /// The `Authorization` value this caller presented (forwarded with searches sent to the
-    /// owner of a cube in a scaled-out deployment).
-    #[serde(skip)]
-    pub credential: Option<String>,
 }
 
 fn matches(patterns: &[String], s: &str) -> bool {
-    patterns.iter().any(|p| sql::pattern_matches(p, s))
+    patterns.iter().any(|p| store::scope::pattern_matches(p, s))
 }
 
 impl Principal {
@@ -129,7 +132,6 @@ impl Principal {
             write: true,
             admin,
             rate_limit_per_minute: rate,
-            credential: None,
         }
     }
 
@@ -146,6 +148,30 @@ impl Principal {
     /// Whether this caller may act for `user`.
     pub fn allows_user(&self, user: &str) -> bool {
         matches(&self.users, user)
+    }
+
+    /// The cubes × users this caller sees, as the store applies it to results
+    /// ([`store::Store::get_visible`], [`store::Store::restrict`]).
+    pub fn scope(&self) -> store::Scope {
+        store::Scope::new(&self.cubes, &self.users)
+    }
+
+    /// Whether this caller sees every user's memories in the cubes it may use.
+    pub fn all_users(&self) -> bool {
+        self.users.iter().any(|u| u == "*")
+    }
+
+    /// 403 for a key limited to some users asking for something made of a whole cube (its
+    /// KV cache, dropping a knowledge base): that would reveal or change other users' memories.
+    pub fn check_whole_cube(&self, what: &str) -> Result<(), PipelineError> {
+        if self.all_users() {
+            Ok(())
+        } else {
+            Err(PipelineError::Forbidden(format!(
+                "key \"{}\" is limited to some users; {what} covers every user of the cube",
+                self.name
+            )))
+        }
     }
 
     /// 403 unless the caller has `access` on every cube and may act for `user`.
@@ -191,10 +217,24 @@ struct Bucket {
 /// Keys, the master key and per-key token buckets.
 pub struct Auth {
     open: bool,
+    forward_key: Vec<u8>,
     default_rate: u32,
     master_sha: Option<String>,
     keys: RwLock<HashMap<String, Arc<Principal>>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// The Kafka header that carries a forwarded search's signed scope.
+pub const FORWARD_HEADER: &str = "memos-principal";
+
+#[derive(Serialize, Deserialize)]
+struct ForwardClaims {
+    id: String,
+    name: String,
+    cubes: Vec<String>,
+    users: Vec<String>,
+    /// Expiry, unix micros.
+    exp: i64,
 }
 
 /// Hex SHA-256 of a secret.
@@ -212,7 +252,6 @@ fn from_record(r: &ApiKeyRecord) -> Principal {
         write: r.write,
         admin: false,
         rate_limit_per_minute: r.rate_limit_per_minute,
-        credential: None,
     }
 }
 
@@ -267,7 +306,6 @@ impl Auth {
                 write: k.write,
                 admin: false,
                 rate_limit_per_minute: k.rate_limit_per_minute,
-                credential: None,
             };
             if keys.insert(sha, Arc::new(p)).is_some() {
                 return Err(PipelineError::Config(format!(
@@ -280,7 +318,22 @@ impl Auth {
             keys.insert(r.key_sha256.clone(), Arc::new(from_record(r)));
         }
         let master_sha = (!cfg.master_key.is_empty()).then(|| key_hash(&cfg.master_key));
+        let forward_key = if cfg.forward_secret.is_empty() {
+            let mut shas: Vec<&String> = keys.keys().collect();
+            shas.sort();
+            let mut h = Sha256::new();
+            h.update(b"memos-forward\0");
+            h.update(cfg.master_key.as_bytes());
+            for s in shas {
+                h.update(b"\0");
+                h.update(s.as_bytes());
+            }
+            h.finalize().to_vec()
+        } else {
+            cfg.forward_secret.as_bytes().to_vec()
+        };
         Ok(Auth {
+            forward_key,
             open: configured.is_empty() && master_sha.is_none(),
             default_rate: cfg.rate_limit_per_minute,
             master_sha,
@@ -319,7 +372,7 @@ impl Auth {
             )));
         }
         let sha = key_hash(secret.trim());
-        let mut p = if self.master_sha.as_deref() == Some(sha.as_str()) {
+        let p = if self.master_sha.as_deref() == Some(sha.as_str()) {
             Principal::full("master", true, 0)
         } else {
             self.keys
@@ -329,8 +382,61 @@ impl Auth {
                 .map(|p| (**p).clone())
                 .ok_or_else(|| PipelineError::Unauthorized("unknown API key".into()))?
         };
-        p.credential = Some(h.trim().to_string());
         Ok(Arc::new(p))
+    }
+
+    fn forward_mac(&self, body: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.forward_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(body.as_bytes());
+        mac
+    }
+
+    /// The caller's read scope for a search forwarded to another process (the
+    /// [`FORWARD_HEADER`] value): `hex(claims JSON).hex(HMAC-SHA256)`, valid for `ttl`. Never
+    /// the caller's key, and it grants reading only.
+    pub fn sign_forward(&self, p: &Principal, ttl: std::time::Duration) -> String {
+        let claims = ForwardClaims {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            cubes: p.cubes.clone(),
+            users: p.users.clone(),
+            exp: store::time::now_micros()
+                .saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)),
+        };
+        let body = hex::encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let mac = hex::encode(self.forward_mac(&body).finalize().into_bytes());
+        format!("{body}.{mac}")
+    }
+
+    /// The principal of a forwarded search: 401 unless the token's signature is this
+    /// deployment's and it has not expired.
+    pub fn verify_forward(&self, token: &str) -> Result<Principal, PipelineError> {
+        let bad = |why: &str| PipelineError::Unauthorized(format!("forwarded search: {why}"));
+        let (body, mac) = token
+            .split_once('.')
+            .ok_or_else(|| bad("malformed scope"))?;
+        let mac = hex::decode(mac).map_err(|_| bad("malformed signature"))?;
+        self.forward_mac(body)
+            .verify_slice(&mac)
+            .map_err(|_| bad("the scope's signature is not this deployment's"))?;
+        let claims: ForwardClaims = hex::decode(body)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| bad("malformed scope"))?;
+        if claims.exp < store::time::now_micros() {
+            return Err(bad("the scope expired"));
+        }
+        Ok(Principal {
+            id: claims.id,
+            name: claims.name,
+            cubes: claims.cubes,
+            users: claims.users,
+            read: true,
+            write: false,
+            admin: false,
+            rate_limit_per_minute: 0,
+        })
     }
 
     /// Takes one request from the caller's bucket; 429 with the wait when it is empty.
@@ -396,6 +502,7 @@ mod tests {
             master_key: master.into(),
             rate_limit_per_minute: 2,
             keys,
+            forward_secret: String::new(),
         }
     }
 
@@ -435,6 +542,38 @@ mod tests {
         );
         assert!(a.admit(&p).is_ok() && a.admit(&p).is_ok());
         assert_eq!(a.admit(&p).unwrap_err().status(), 429);
+    }
+
+    #[test]
+    fn forwarded_scopes_are_signed_read_only_and_expire() {
+        let a = Auth::new(&cfg(vec![key("a", "sa", &["team-a-*"])], "m"), "", &[]).unwrap();
+        let p = a.authenticate(Some("Token sa")).unwrap();
+        let t = a.sign_forward(&p, std::time::Duration::from_secs(30));
+        assert!(!t.contains("sa\""), "the key never travels");
+        let q = a.verify_forward(&t).unwrap();
+        assert_eq!(
+            (q.cubes.clone(), q.read, q.write),
+            (p.cubes.clone(), true, false)
+        );
+        // Another deployment (other keys) cannot forge or replay it; tampering breaks it.
+        let other = Auth::new(&cfg(vec![key("b", "sb", &["*"])], "m2"), "", &[]).unwrap();
+        assert_eq!(other.verify_forward(&t).unwrap_err().status(), 401);
+        let (body, mac) = t.split_once('.').unwrap();
+        let forged = hex::encode(
+            String::from_utf8(hex::decode(body).unwrap())
+                .unwrap()
+                .replace("team-a-*", "*"),
+        );
+        assert_eq!(
+            a.verify_forward(&format!("{forged}.{mac}"))
+                .unwrap_err()
+                .status(),
+            401
+        );
+        assert_eq!(a.verify_forward("nonsense").unwrap_err().status(), 401);
+        let old = a.sign_forward(&p, std::time::Duration::ZERO);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(a.verify_forward(&old).unwrap_err().status(), 401);
     }
 
     #[test]

@@ -40,7 +40,13 @@ impl Ingest for PipelineIngest {
         self.0
             .pipeline
             .submit(Incoming {
-                payload: Payload::Bytes(d.payload.to_vec()),
+                payload: match d.cube {
+                    Some(cube) => Payload::Routed {
+                        bytes: d.payload.to_vec(),
+                        cube,
+                    },
+                    None => Payload::Bytes(d.payload.to_vec()),
+                },
                 source: d.source.to_string(),
                 position: d.position,
                 reply: Some(tx),
@@ -71,11 +77,24 @@ impl Ingest for PipelineIngest {
 
 /// The search service, seen from a connector: the `/product/search` request and response
 /// shapes, the same auth and limits as REST.
-pub struct ServiceSearch(pub Arc<Memos>);
+pub struct ServiceSearch {
+    memos: Arc<Memos>,
+    /// Every broker address is a loopback one: open mode may answer (as HTTP in open mode
+    /// listens only on loopback). Off loopback, open mode refuses bus searches.
+    loopback: bool,
+}
 
 impl ServiceSearch {
+    /// The search service for a connector whose brokers are `brokers` (`host:port` list or URLs).
+    pub fn new(memos: Arc<Memos>, brokers: &str) -> ServiceSearch {
+        ServiceSearch {
+            memos,
+            loopback: all_loopback(brokers),
+        }
+    }
+
     async fn answer(&self, call: SearchCall) -> Result<serde_json::Value, PipelineError> {
-        let m = &self.0;
+        let m = &self.memos;
         if call.body.len() > m.cfg.limits.max_body_bytes {
             return Err(PipelineError::TooLarge(format!(
                 "request of {} bytes; the limit is {}",
@@ -83,8 +102,21 @@ impl ServiceSearch {
                 m.cfg.limits.max_body_bytes
             )));
         }
-        let p = m.auth.authenticate(call.authorization.as_deref())?;
-        m.auth.admit(&p)?;
+        if m.auth.is_open() && !self.loopback {
+            return Err(PipelineError::Unauthorized(
+                "bus search is off in open mode when the broker is not on loopback: configure API keys".into(),
+            ));
+        }
+        // A search forwarded by another process carries the caller's signed scope (read only);
+        // anything else authenticates with its own key, exactly as over HTTP.
+        let p = match (&call.scope, call.forwarded) {
+            (Some(token), true) if !m.auth.is_open() => Arc::new(m.auth.verify_forward(token)?),
+            _ => {
+                let p = m.auth.authenticate(call.authorization.as_deref())?;
+                m.auth.admit(&p)?;
+                p
+            }
+        };
         let req: SearchRequest = serde_json::from_slice(&call.body)
             .map_err(|e| PipelineError::BadRequest(format!("search request: {e}")))?;
         let budget = Duration::from_millis(m.cfg.search.timeout_ms);
@@ -107,7 +139,7 @@ impl Search for ServiceSearch {
     async fn search(&self, call: SearchCall) -> Bytes {
         let started = Instant::now();
         let r = self.answer(call).await;
-        self.0.metrics.search(
+        self.memos.metrics.search(
             "bus",
             started.elapsed(),
             r.as_ref().ok().map(crate::service::result_count),
@@ -188,7 +220,7 @@ pub fn start_sources(
                 connectors::kafka::run(
                     m.cfg.kafka.clone(),
                     Arc::new(PipelineIngest(m.clone())),
-                    Arc::new(ServiceSearch(m.clone())),
+                    Arc::new(ServiceSearch::new(m.clone(), &m.cfg.kafka.brokers)),
                     m.ownership.clone(),
                     stop,
                 )
@@ -203,7 +235,7 @@ pub fn start_sources(
                 connectors::nats::run(
                     m.cfg.nats.clone(),
                     Arc::new(PipelineIngest(m.clone())),
-                    Arc::new(ServiceSearch(m.clone())),
+                    Arc::new(ServiceSearch::new(m.clone(), &m.cfg.nats.url)),
                     stop,
                 )
             })
@@ -211,4 +243,44 @@ pub fn start_sources(
         }));
     }
     tasks
+}
+
+/// Whether every address of a broker list (`host:port,…` or `nats://host:port`) is loopback.
+pub fn all_loopback(brokers: &str) -> bool {
+    let hosts: Vec<&str> = brokers
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            let b = b.split_once("://").map_or(b, |(_, rest)| rest);
+            let b = b.rsplit_once('@').map_or(b, |(_, host)| host);
+            let b = b.split('/').next().unwrap_or(b);
+            match b.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(v6),
+                None => b.rsplit_once(':').map_or(b, |(h, _)| h),
+            }
+        })
+        .collect();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| {
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_loopback;
+
+    #[test]
+    fn loopback_brokers() {
+        assert!(all_loopback("127.0.0.1:9092"));
+        assert!(all_loopback("nats://127.0.0.1:4222"));
+        assert!(all_loopback("localhost:9092, [::1]:9093"));
+        assert!(all_loopback("nats://user:pw@127.0.0.2:4222"));
+        assert!(!all_loopback("127.0.0.1:9092,10.0.0.5:9092"));
+        assert!(!all_loopback("nats://broker.internal:4222"));
+        assert!(!all_loopback(""));
+    }
 }

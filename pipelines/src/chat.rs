@@ -234,6 +234,7 @@ impl Memos {
                     .and_then(|c| c.first().cloned())
                     .unwrap_or_else(|| user.clone());
                 p.check(Access::Read, std::slice::from_ref(&cube), Some(&user))?;
+                p.check_whole_cube("the local model's cached memory prefix")?;
                 let system = base.clone().unwrap_or_else(|| a.config().system.clone());
                 let a2 = a.clone();
                 let (prefix, cache) = self

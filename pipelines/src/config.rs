@@ -26,6 +26,9 @@ pub struct Config {
     pub http_addr: String,
     /// Prometheus `/metrics` address (`MEMOS_METRICS_ADDR`); empty disables it.
     pub metrics_addr: String,
+    /// Most data the store holds, in MiB (LMDB map size less its reserve). When it is reached,
+    /// adds answer 507 and broker events wait; reads and deletes keep working.
+    pub map_size_mb: u64,
     /// On SIGTERM/SIGINT: how long the pipeline may take to finish its batch and fold the
     /// vector delta before the process exits anyway.
     pub shutdown_timeout_secs: u64,
@@ -159,8 +162,40 @@ pub struct LimitsConfig {
     pub max_query_chars: usize,
     /// Most memories one export (`get_all`, unpaginated `get_memory`) returns.
     pub max_export: usize,
-    /// Most ids in one `get_memory_by_ids` or delete by ids.
+    /// Most ids in one `get_memory_by_ids` or delete by ids (memory ids, file ids).
     pub max_ids: usize,
+    /// Most cubes (and knowledge bases) one request names.
+    pub max_cubes: usize,
+}
+
+impl LimitsConfig {
+    /// 413 when a request names more than `max_cubes` cubes.
+    pub fn check_cubes(&self, cubes: &[String]) -> Result<(), crate::error::PipelineError> {
+        if cubes.len() > self.max_cubes {
+            return Err(crate::error::PipelineError::TooLarge(format!(
+                "{} cubes in one request; the limit is {} (limits.max_cubes)",
+                cubes.len(),
+                self.max_cubes
+            )));
+        }
+        Ok(())
+    }
+
+    /// 400 for an empty or over-long id, 413 for more than `max_ids` of them.
+    pub fn check_ids(&self, what: &str, ids: &[String]) -> Result<(), crate::error::PipelineError> {
+        if ids.len() > self.max_ids {
+            return Err(crate::error::PipelineError::TooLarge(format!(
+                "{} {what}; the limit is {} (limits.max_ids)",
+                ids.len(),
+                self.max_ids
+            )));
+        }
+        for id in ids {
+            store::validate_key_part(what, id)
+                .map_err(|e| crate::error::PipelineError::BadRequest(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -292,6 +327,9 @@ impl Config {
         store::StoreOptions {
             dimensions: self.embedder.dimensions,
             ann_oversampling: self.search.ann_oversampling,
+            map_size: usize::try_from(self.map_size_mb)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1 << 20),
             vecmem: store::vecmem::VecMemOptions {
                 budget_bytes: self.search.vector_memory_mb.saturating_mul(1 << 20),
                 exact_below: self.search.exact_scan_below,

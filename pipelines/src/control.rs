@@ -26,10 +26,10 @@ impl Memos {
         p: &Principal,
     ) -> Result<(Option<MemoryRecord>, Vec<MemoryRecord>), PipelineError> {
         p.check(Access::Read, &[], None)?;
-        let p = p.clone();
+        let scope = p.scope();
         self.blocking(move |store| {
             let txn = store.read_txn()?;
-            let Some(cur) = store.get(&txn, &id)?.filter(|r| p.allows_cube(&r.cube_id)) else {
+            let Some(cur) = store.get_visible(&txn, &id, &scope)? else {
                 return Err(PipelineError::NotFound(format!("memory {id} not found")));
             };
             let versions = if with_versions {
@@ -82,7 +82,7 @@ impl Memos {
         let p = p.clone();
         self.blocking(move |store| {
             let mut w = store.write_txn()?;
-            let Some(mut r) = store.get(&w, &id)?.filter(|r| p.allows_cube(&r.cube_id)) else {
+            let Some(mut r) = store.get_visible(&w, &id, &p.scope())? else {
                 return Err(PipelineError::NotFound(format!("memory {id} not found")));
             };
             p.check(Access::Write, std::slice::from_ref(&r.cube_id), None)?;
@@ -110,12 +110,13 @@ impl Memos {
         store::validate_key_part("record_id", &record_id)?;
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
         let touched = [cube.clone()];
+        let p = p.clone();
         let out = self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
             let ids: Vec<String> = match memory_ids {
                 Some(ids) => {
                     for id in &ids {
-                        match store.get(&wtxn, id)? {
+                        match store.get_visible(&wtxn, id, &p.scope())? {
                             Some(r) if r.cube_id == cube => {}
                             _ => {
                                 return Err(PipelineError::NotFound(format!(
@@ -126,7 +127,7 @@ impl Memos {
                     }
                     ids
                 }
-                None => store.matching_ids(&wtxn, &cube, &Filter::And(vec![]))?,
+                None => store.matching_ids(&wtxn, &cube, &Filter::And(vec![]), &p.scope())?,
             };
             if hard {
                 let receipt = store.delete(&mut wtxn, &ids)?;
@@ -167,10 +168,12 @@ impl Memos {
     ) -> Result<Value, PipelineError> {
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
         let touched = [cube.clone()];
+        let scope = p.scope();
         let out = self
             .blocking(move |store| {
                 let mut wtxn = store.write_txn()?;
                 let deleted = store.field_ids(&wtxn, &cube, "status", Status::Deleted.as_str())?;
+                let deleted = store.restrict(&wtxn, &cube, &scope, deleted)?;
                 let mut n = 0;
                 for id in &deleted {
                     let Some(mut r) = store.record(&wtxn, id)? else {
@@ -204,11 +207,13 @@ impl Memos {
         &self,
         cube: String,
         only: Option<Vec<String>>,
+        scope: store::Scope,
     ) -> Result<Vec<Value>, PipelineError> {
         self.blocking(move |store| {
             let txn = store.read_txn()?;
             let ids = store.type_ids(&txn, &cube, &[MemoryType::RawFileMemory])?
                 & store.field_ids(&txn, &cube, "status", Status::Activated.as_str())?;
+            let ids = store.restrict(&txn, &cube, &scope, ids)?;
             let mut files: BTreeMap<String, Value> = BTreeMap::new();
             for id in &ids {
                 let Some(r) = store.record(&txn, id)? else {
@@ -249,10 +254,12 @@ impl Memos {
         p: &Principal,
     ) -> Result<Vec<Value>, PipelineError> {
         p.check(Access::Read, std::slice::from_ref(&cube), None)?;
+        let scope = p.scope();
         self.blocking(move |store| {
             let txn = store.read_txn()?;
             let ids = store.type_ids(&txn, &cube, &[MemoryType::ToolTrajectoryMemory])?
                 & store.field_ids(&txn, &cube, "status", Status::Activated.as_str())?;
+            let ids = store.restrict(&txn, &cube, &scope, ids)?;
             #[derive(Default)]
             struct S {
                 calls: u64,
@@ -379,6 +386,7 @@ impl Memos {
         &self,
         cubes: Vec<String>,
         file_ids: Vec<String>,
+        scope: store::Scope,
     ) -> Result<store::DeleteReceipt, PipelineError> {
         if file_ids.is_empty() {
             return Err(PipelineError::BadRequest("file_ids is empty".into()));
@@ -392,7 +400,7 @@ impl Memos {
             };
             let mut ids = Vec::new();
             for cube in &cubes {
-                ids.extend(store.matching_ids(&wtxn, cube, &filter)?);
+                ids.extend(store.matching_ids(&wtxn, cube, &filter, &scope)?);
             }
             let receipt = store.delete(&mut wtxn, &ids)?;
             store.commit(wtxn)?;

@@ -112,6 +112,8 @@ impl PipelineError {
                 sql::SqlError::ReadOnly(_) | sql::SqlError::Forbidden(_) => 403,
                 sql::SqlError::MemoryLimit { .. } | sql::SqlError::TooManyRows(_) => 413,
                 sql::SqlError::Timeout(_) => 504,
+                sql::SqlError::RateLimited(_) => 429,
+                sql::SqlError::Revoked(_) => 401,
                 sql::SqlError::Store(s) => store_status(s),
             },
             PipelineError::Activation(e) => {
@@ -131,6 +133,7 @@ fn store_status(s: &store::StoreError) -> u16 {
     match s {
         S::InvalidFilter(_) | S::InvalidArgument(_) | S::Dimensions { .. } => 400,
         S::NotFound(_) => 404,
+        S::Full(_) => 507,
         S::Lmdb(_) | S::Vector(_) | S::Codec(_) | S::Io(_) => 500,
     }
 }

@@ -32,6 +32,12 @@ struct Cli {
 enum Cmd {
     /// Run everything in one process: pipeline, REST API.
     Serve,
+    /// Internal: parse one document from stdin (the pipeline's isolated document worker).
+    #[command(hide = true)]
+    ParseDocument {
+        /// text | markdown | html | pdf.
+        format: String,
+    },
     /// Manage the embedding model.
     Model {
         #[command(subcommand)]
@@ -249,15 +255,71 @@ async fn post(url: &str, key: Option<&str>, body: Value) -> Result<Value> {
     Ok(v)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// `memos parse-document <format>`: the document worker. Limits its own address space to
+/// `MEMOS_PARSE_MEMORY_MB`, reads the file from stdin, writes the sections as JSON to stdout;
+/// a bad file exits 2 with the reason on stderr. A decompression bomb or a stack overflow ends
+/// this process only (the pipeline reports the file as failed).
+fn parse_document(format: &str) -> i32 {
+    use std::io::{Read, Write};
+    let Some(format) = operators::document::Format::from_name(format) else {
+        eprintln!("unknown document format {format}");
+        return 2;
+    };
+    let mb: u64 = std::env::var("MEMOS_PARSE_MEMORY_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let bytes = mb.saturating_mul(1 << 20);
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit reads the struct passed by reference and changes only this process's
+    // limit; no memory is shared with it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+        eprintln!("could not limit the parser's memory");
+        return 3;
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("reading the document: {e}");
+        return 3;
+    }
+    match operators::document::sections(format, &input) {
+        Ok(s) => {
+            let out = operators::document::sections_json(&s);
+            match std::io::stdout().write_all(out.as_bytes()) {
+                Ok(()) => 0,
+                Err(_) => 3,
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::ParseDocument { format } = &cli.cmd {
+        // Before any runtime or model: the worker is small and starts fast.
+        std::process::exit(parse_document(format));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load(
         cli.config.as_deref(),
         std::env::vars().filter(|(k, _)| k != "MEMOS_API_KEY"),
     )?;
     init_logs(&cfg);
     match cli.cmd {
+        Cmd::ParseDocument { .. } => bail!("parse-document runs before the runtime starts"),
         Cmd::Serve => {
             let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
                 .await
@@ -309,9 +371,20 @@ async fn main() -> Result<()> {
             for s in sources {
                 let _ = s.await;
             }
+            // In-flight requests finish, but open streams (SSE chat, MCP sessions, a stalled
+            // upload) get at most shutdown_timeout_secs: then they are cut.
+            let limit = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
             match early {
                 Some(r) => r??,
-                None => server.await??,
+                None => match tokio::time::timeout(limit, &mut server).await {
+                    Ok(r) => r??,
+                    Err(_) => {
+                        tracing::warn!(
+                            "open HTTP streams did not finish within shutdown_timeout_secs; closing them"
+                        );
+                        server.abort();
+                    }
+                },
             }
             if pipeline_ended {
                 // The pipeline task ends early only when its thread could not be kept running;
@@ -321,7 +394,6 @@ async fn main() -> Result<()> {
             }
             drop(m);
             // The pipeline finishes the batch in hand and folds the vector delta before exiting.
-            let limit = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
             if tokio::time::timeout(limit, pipeline).await.is_err() {
                 tracing::warn!(
                     "the pipeline did not stop within shutdown_timeout_secs; exiting (uncommitted inputs were not acknowledged and are redelivered)"

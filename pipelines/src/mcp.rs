@@ -340,13 +340,18 @@ impl MemosMcp {
             async {
                 let p = self.principal(&ctx)?;
                 p.check(Access::Read, &[], None)?;
+                let scope = p.scope();
                 let cubes = self
                     .memos
-                    .blocking(|store| {
+                    .blocking(move |store| {
                         let txn = store.read_txn()?;
                         let mut out = Vec::new();
                         for c in store.cubes(&txn)? {
-                            let n = store.cube_ids(&txn, &c.cube_id)?.len();
+                            if !scope.allows_cube(&c.cube_id) {
+                                continue;
+                            }
+                            let all = store.cube_ids(&txn, &c.cube_id)?;
+                            let n = store.restrict(&txn, &c.cube_id, &scope, all)?.len();
                             out.push((c, n));
                         }
                         Ok(out)
@@ -355,7 +360,6 @@ impl MemosMcp {
                 Ok(json!(
                     cubes
                         .into_iter()
-                        .filter(|(c, _)| p.allows_cube(&c.cube_id))
                         .map(
                             |(c, n)| json!({"cube_id": c.cube_id, "name": c.name, "kind": c.kind,
                         "owner_id": c.owner_id, "memories": n})
@@ -386,7 +390,8 @@ pub fn http_service(
         move || Ok(MemosMcp::new(memos.clone(), None)),
         Default::default(),
         rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default()
-            // Every request is authenticated by key (and open mode listens on loopback only).
+            // Host checks live in the router for every route (`http::guard_open_mode`: open
+            // mode answers loopback names only); with keys every request needs a key.
             .disable_allowed_hosts(),
     )
 }

@@ -29,6 +29,15 @@ use crate::error::PipelineError;
 pub enum Payload {
     /// Raw bytes (decoded and validated by the pipeline; failures are dead-lettered).
     Bytes(Vec<u8>),
+    /// Raw bytes from a broker whose subject or message key names the cube: an event whose
+    /// `cube_id` is another cube is dead-lettered (a producer allowed on one subject never
+    /// writes another cube).
+    Routed {
+        /// The message.
+        bytes: Vec<u8>,
+        /// The cube its subject or key names.
+        cube: String,
+    },
     /// An already-parsed event (HTTP add).
     Event(Box<Event>),
 }
@@ -580,6 +589,19 @@ impl Processor {
                 }
                 let (decoded, bytes) = match payload {
                     Payload::Bytes(b) => (Event::decode(&b, self.max_event_bytes), b),
+                    Payload::Routed { bytes, cube } => {
+                        let ev = Event::decode(&bytes, self.max_event_bytes).and_then(|e| {
+                            if e.cube_id == cube {
+                                Ok(e)
+                            } else {
+                                Err(operators::OperatorError::Invalid(format!(
+                                    "the message was routed to cube \"{cube}\" (its subject or key) but its cube_id is \"{}\"",
+                                    e.cube_id
+                                )))
+                            }
+                        });
+                        (ev, bytes)
+                    }
                     Payload::Event(e) => {
                         let bytes = serde_json::to_vec(&e).unwrap_or_default();
                         (e.validate().map(|_| *e), bytes)
@@ -851,7 +873,7 @@ impl Processor {
     fn dead_letter_alone(&mut self, item: BatchItem, reason: String) -> (Vec<Outcome>, BatchStats) {
         let (payload, source, position) = item;
         let bytes = match payload {
-            Payload::Bytes(b) => b,
+            Payload::Bytes(b) | Payload::Routed { bytes: b, .. } => b,
             Payload::Event(e) => serde_json::to_vec(&e).unwrap_or_default(),
         };
         let dl = DeadLetter {
@@ -1050,20 +1072,31 @@ impl Processor {
         let cube = ev.cube_id.as_str();
         let ids: Vec<String> =
             if let Some(list) = ev.payload.get("memory_ids").and_then(Value::as_array) {
-                // Only ids of this cube: an event can never delete another cube's memories.
+                // Only ids of this cube and this event's user: an event can never delete
+                // another cube's or another user's memories (REST's rule for a user's key).
                 let mut ids = Vec::new();
                 for v in list {
                     if let Some(id) = v.as_str()
                         && let Some(r) = self.store.get(wtxn, id)?
                         && r.cube_id == cube
+                        && r.user_id == ev.user_id
                     {
                         ids.push(r.id);
                     }
                 }
                 ids
             } else {
-                let f = Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?;
-                self.store.matching_ids(wtxn, cube, &f)?
+                // A filter within the event's user (validation refused an empty one).
+                let f = Filter::And(vec![
+                    Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?,
+                    Filter::Cond {
+                        field: "user_id".into(),
+                        op: store::filter::Op::Eq,
+                        value: Value::String(ev.user_id.clone()),
+                    },
+                ]);
+                self.store
+                    .matching_ids(wtxn, cube, &f, &store::Scope::all())?
             };
         Ok(self.store.delete(wtxn, &ids)?.ids)
     }

@@ -425,6 +425,7 @@ impl Memos {
             .clone()
             .ok_or_else(|| PipelineError::BadRequest("user_id is required".into()))?;
         let cubes = cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+        self.cfg.limits.check_cubes(&cubes)?;
         p.check(Access::Write, &cubes, Some(&user))?;
         let mut messages = req.messages.clone().unwrap_or(Value::Null);
         let mut extra_parts = Vec::new();
@@ -713,7 +714,15 @@ impl Memos {
             let body =
                 serde_json::to_vec(&r).map_err(|e| PipelineError::BadRequest(e.to_string()))?;
             let reply = f
-                .search(&cube, &body, p.credential.as_deref(), timeout)
+                .search(
+                    &cube,
+                    &body,
+                    Some((
+                        crate::auth::FORWARD_HEADER,
+                        &self.auth.sign_forward(p, timeout),
+                    )),
+                    timeout,
+                )
                 .await
                 .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
             let v: Value = serde_json::from_slice(&reply)
@@ -837,13 +846,43 @@ impl Memos {
                 self.cfg.limits.max_query_chars
             )));
         }
-        if req.top_k == 0 || req.top_k > self.cfg.search.max_top_k {
+        let max_k = self.cfg.search.max_top_k;
+        if req.top_k == 0 || req.top_k > max_k {
             return Err(PipelineError::BadRequest(format!(
-                "top_k must be 1..={}",
-                self.cfg.search.max_top_k
+                "top_k must be 1..={max_k}"
             )));
         }
+        for (name, k) in [
+            ("pref_top_k", req.pref_top_k),
+            ("tool_mem_top_k", req.tool_mem_top_k),
+            ("skill_mem_top_k", req.skill_mem_top_k),
+        ] {
+            if k > max_k {
+                return Err(PipelineError::BadRequest(format!(
+                    "{name} must be 0..={max_k} (search.max_top_k)"
+                )));
+            }
+        }
+        if !matches!(req.mode.as_str(), "fast" | "fine" | "mixture") {
+            return Err(PipelineError::BadRequest(format!(
+                "mode \"{}\" is not fast, fine or mixture",
+                req.mode
+            )));
+        }
+        if let Some(r) = req.relativity
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(PipelineError::BadRequest(format!(
+                "relativity {r} is outside 0..=1"
+            )));
+        }
+        for (what, v) in [("user_id", &req.user_id), ("session_id", &req.session_id)] {
+            if let Some(v) = v {
+                store::validate_key_part(what, v)?;
+            }
+        }
         let cubes = req.cubes()?;
+        self.cfg.limits.check_cubes(&cubes)?;
         p.check(Access::Read, &cubes, req.user_id.as_deref())?;
         let dedup = match req.dedup.as_deref() {
             None | Some("mmr") => Dedup::Mmr,
@@ -893,6 +932,7 @@ impl Memos {
         let store = self.store.clone();
         let req2 = req.clone();
         let cfg = self.cfg.search.clone();
+        let scope = p.scope();
         let work = tokio::task::spawn_blocking(move || -> Result<SearchHits, PipelineError> {
             let txn = store.read_txn()?;
             let mut buckets: Vec<BucketHits> = Vec::new();
@@ -941,8 +981,11 @@ impl Memos {
                     .filter(|t| only_type.is_none_or(|o| o == *t))
                     .collect();
                 let all = store.candidates(&txn, cube, Some(&wanted), filter)?;
+                // A user-scoped key searches only its users' memories (candidates, not results:
+                // the top k are the caller's own).
+                let all = store.restrict(&txn, cube, &scope, all)?;
                 let rewound = if at.is_set() {
-                    Some(store::search::Rewound::new(&store, &txn, cube, at)?)
+                    Some(store::search::Rewound::new(&store, &txn, cube, &scope, at)?)
                 } else {
                     None
                 };
@@ -1085,12 +1128,27 @@ impl Memos {
             if ids.is_empty() {
                 return Err(PipelineError::BadRequest("memory_ids is empty".into()));
             }
-            if ids.len() > self.cfg.limits.max_ids {
-                return Err(PipelineError::TooLarge(format!(
-                    "{} ids; the limit is {}",
-                    ids.len(),
-                    self.cfg.limits.max_ids
-                )));
+            self.cfg.limits.check_ids("memory id", ids)?;
+        }
+        if let Some(ids) = &req.file_ids {
+            if ids.is_empty() {
+                return Err(PipelineError::BadRequest("file_ids is empty".into()));
+            }
+            self.cfg.limits.check_ids("file id", ids)?;
+        }
+        if let Some(c) = &req.writable_cube_ids {
+            self.cfg.limits.check_cubes(c)?;
+            for c in c {
+                store::validate_key_part("cube id", c)?;
+            }
+        }
+        for (what, v) in [
+            ("mem_cube_id", &req.mem_cube_id),
+            ("user_id", &req.user_id),
+            ("session_id", &session),
+        ] {
+            if let Some(v) = v {
+                store::validate_key_part(what, v)?;
             }
         }
         if let Some(f) = raw_filter {
@@ -1115,8 +1173,8 @@ impl Memos {
                 let ids: Vec<String> = if let Some(ids) = &req.memory_ids {
                     let mut missing = Vec::new();
                     for id in ids {
-                        match store.get(&wtxn, id)? {
-                            Some(r) if p.allows_cube(&r.cube_id) => {}
+                        match store.get_visible(&wtxn, id, &p.scope())? {
+                            Some(_) => {}
                             _ => missing.push(id.clone()),
                         }
                     }
@@ -1164,7 +1222,7 @@ impl Memos {
                             }
                             Filter::And(parts)
                         };
-                        ids.extend(store.matching_ids(&wtxn, cube, &filter)?);
+                        ids.extend(store.matching_ids(&wtxn, cube, &filter, &p.scope())?);
                     }
                     ids
                 };
@@ -1194,6 +1252,7 @@ impl Memos {
             .filter(|c| !c.trim().is_empty())
             .ok_or_else(|| PipelineError::BadRequest("feedback_content is required".into()))?;
         let cubes = cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
+        self.cfg.limits.check_cubes(&cubes)?;
         p.check(Access::Write, &cubes, Some(&user))?;
         let kbs = req.allow_knowledgebase_ids.clone().unwrap_or_default();
         if !kbs.is_empty() {
@@ -1272,20 +1331,23 @@ impl Memos {
         .await
     }
 
-    /// Activated memories of a cube of `types` matching `filter`, in insertion order, one page
-    /// (1-based) or all (then at most `limits.max_export`, else 413). Returns (page, total).
+    /// Activated memories of a cube of `types` matching `filter` that `p` sees, in insertion
+    /// order, one page (1-based) or all (then at most `limits.max_export`, else 413). Returns (page, total).
     pub async fn export(
         &self,
         cube: &str,
         filter: Filter,
         types: Vec<MemoryType>,
         page: Option<(usize, usize)>,
+        p: &Principal,
     ) -> Result<(Vec<store::MemoryRecord>, usize), PipelineError> {
         let cube = cube.to_string();
         let max = self.cfg.limits.max_export;
+        let scope = p.scope();
         self.blocking(move |store| {
             let txn = store.read_txn()?;
             let ids = store.candidates(&txn, &cube, Some(&types), &filter)?;
+            let ids = store.restrict(&txn, &cube, &scope, ids)?;
             let total = ids.len() as usize;
             let (skip, take) = match page {
                 Some((page, size)) => ((page - 1).saturating_mul(size), size),
@@ -1314,20 +1376,14 @@ impl Memos {
         p: &Principal,
     ) -> Result<(Vec<store::MemoryRecord>, Vec<String>), PipelineError> {
         p.check(Access::Read, &[], None)?;
-        if ids.len() > self.cfg.limits.max_ids {
-            return Err(PipelineError::TooLarge(format!(
-                "{} ids; the limit is {}",
-                ids.len(),
-                self.cfg.limits.max_ids
-            )));
-        }
+        self.cfg.limits.check_ids("memory id", &ids)?;
         let p = p.clone();
         self.blocking(move |store| {
             let txn = store.read_txn()?;
             let (mut found, mut missing) = (Vec::new(), Vec::new());
             for id in ids {
-                match store.get(&txn, &id)? {
-                    Some(r) if p.allows_cube(&r.cube_id) => found.push(r),
+                match store.get_visible(&txn, &id, &p.scope())? {
+                    Some(r) => found.push(r),
                     _ => missing.push(id),
                 }
             }
@@ -1367,12 +1423,19 @@ impl Memos {
     }
 
     /// Deletes every memory of a cube and its registration, in one transaction; returns the
-    /// receipt.
-    pub async fn drop_cube(&self, cube: &str) -> Result<store::DeleteReceipt, PipelineError> {
+    /// receipt. 403 for a key limited to some users (the cube holds other users' memories).
+    pub async fn drop_cube(
+        &self,
+        cube: &str,
+        p: &Principal,
+    ) -> Result<store::DeleteReceipt, PipelineError> {
+        p.check(Access::Write, &[cube.to_string()], None)?;
+        p.check_whole_cube("deleting a whole cube")?;
         let cube = cube.to_string();
         self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
-            let ids = store.matching_ids(&wtxn, &cube, &Filter::And(vec![]))?;
+            let ids =
+                store.matching_ids(&wtxn, &cube, &Filter::And(vec![]), &store::Scope::all())?;
             let receipt = store.delete(&mut wtxn, &ids)?;
             store.remove_cube(&mut wtxn, &cube)?;
             store.commit(wtxn)?;

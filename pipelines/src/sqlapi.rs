@@ -105,7 +105,32 @@ pub fn session(m: &Arc<Memos>, p: &Principal) -> Result<Session, PipelineError> 
             memos: Arc::downgrade(m),
             principal: p.clone(),
         }),
+        guard: None,
     })
+}
+
+/// A Postgres session's per-statement check: the key it logged in with is re-authenticated
+/// (a revoked key stops working on open connections) and takes a token of its rate limit, as
+/// every HTTP request does.
+struct KeyGuard {
+    memos: Weak<Memos>,
+    key: String,
+}
+
+impl sql::StatementGuard for KeyGuard {
+    fn admit(&self) -> sql::Result<()> {
+        let m = self
+            .memos
+            .upgrade()
+            .ok_or_else(|| SqlError::Search("the service is shutting down".into()))?;
+        let p = m
+            .auth
+            .authenticate(Some(&format!("Token {}", self.key)))
+            .map_err(|_| SqlError::Revoked("the API key of this session was revoked".into()))?;
+        m.auth
+            .admit(&p)
+            .map_err(|e| SqlError::RateLimited(e.to_string()))
+    }
 }
 
 /// Postgres logins: the password is an API key (or loopback trust in open mode). Holds the
@@ -120,7 +145,12 @@ impl sql::pg::PgAuth for PgKeys {
     fn session_for_key(&self, key: &str) -> Option<Session> {
         let m = self.0.upgrade()?;
         let p = m.auth.authenticate(Some(&format!("Token {key}"))).ok()?;
-        session(&m, &p).ok()
+        let mut s = session(&m, &p).ok()?;
+        s.guard = Some(Arc::new(KeyGuard {
+            memos: self.0.clone(),
+            key: key.to_string(),
+        }));
+        Some(s)
     }
 
     fn observe(&self, elapsed: std::time::Duration, ok: bool) {
@@ -137,6 +167,7 @@ impl sql::pg::PgAuth for PgKeys {
                 memos: self.0.clone(),
                 principal: p,
             }),
+            guard: None,
         }
     }
 }

@@ -104,3 +104,65 @@ fn sigterm_during_ingest_loses_nothing_acknowledged_and_exits_in_time() {
         acked.len()
     );
 }
+
+/// Open streams never hold a SIGTERM hostage: a client that opened a request and stalls in the
+/// middle of its body (or any stream that never ends) is cut after `shutdown_timeout_secs`,
+/// and the process exits cleanly.
+#[test]
+fn sigterm_with_a_stalled_stream_exits_within_the_timeout() {
+    use std::io::Write;
+    let model = model_dir();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let limit = 3;
+    let mut child = memos()
+        .arg("serve")
+        .env("MEMOS_DATA_DIR", data.path())
+        .env("MEMOS_MODEL_DIR", &model)
+        .env("MEMOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MEMOS_PG_ADDR", "")
+        .env("MEMOS_METRICS_ADDR", "")
+        .env("MEMOS_SHUTDOWN_TIMEOUT_SECS", limit.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_listening(port), "server did not start");
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stalled,
+        "POST /product/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"query\": \"half a bo"
+    )
+    .unwrap();
+    stalled.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let sent_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(3 * limit + 10),
+            "memos waited for the stalled stream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent_at.elapsed() >= Duration::from_secs(limit) - Duration::from_millis(200),
+        "the stalled request was cut before its grace period"
+    );
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(2 * limit + 5),
+        "exit took {:?}",
+        sent_at.elapsed()
+    );
+    drop(stalled);
+}

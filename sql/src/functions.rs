@@ -168,6 +168,10 @@ impl TableFunctionImpl for SearchFunction {
             )));
         }
         let cube = exprs.get(2).map(|e| arg_text(f, 2, e)).transpose()?;
+        if let Some(c) = &cube {
+            store::validate_key_part("cube_id", c)
+                .map_err(|e| DataFusionError::Plan(format!("{f}(): {e}")))?;
+        }
         let filter = match exprs.get(3) {
             Some(e) => {
                 let text = arg_text(f, 3, e)?;
@@ -268,7 +272,7 @@ impl TableProvider for SearchTable {
                     .with(|txn| -> Result<Vec<SearchRow>, SqlError> {
                         let mut all = Vec::new();
                         for cube in &cubes {
-                            let cands = self.store.candidates(txn, cube, None, &Filter::True)?;
+                            let cands = scoped_candidates(&self.store, txn, cube, scope)?;
                             for (id, s) in self
                                 .store
                                 .vector_search_in(txn, cube, &qv, self.k, &cands)?
@@ -287,7 +291,7 @@ impl TableProvider for SearchTable {
                 .with(|txn| -> Result<Vec<SearchRow>, SqlError> {
                     let mut all = Vec::new();
                     for cube in &cubes {
-                        let cands = self.store.candidates(txn, cube, None, &Filter::True)?;
+                        let cands = scoped_candidates(&self.store, txn, cube, scope)?;
                         all.extend(self.store.bm25_search(
                             txn,
                             cube,
@@ -559,4 +563,18 @@ impl ScalarUDFImpl for EmbedUdf {
             }
         }
     }
+}
+
+/// Activated memories of `cube` that `scope` sees (its users only, for a user-scoped key).
+fn scoped_candidates(
+    store: &Store,
+    txn: &store::heed::RoTxn,
+    cube: &str,
+    scope: &crate::Scope,
+) -> Result<store::roaring::RoaringBitmap, SqlError> {
+    let mut cands = store.candidates(txn, cube, None, &Filter::True)?;
+    if let Some(visible) = store.scope_ids(txn, cube, &scope.store_scope())? {
+        cands &= visible;
+    }
+    Ok(cands)
 }

@@ -63,6 +63,12 @@ pub enum SqlError {
     /// The search backend failed (bad filter, embedder down…).
     #[error("search: {0}")]
     Search(String),
+    /// The caller is over its rate limit (a Postgres session: checked per statement).
+    #[error("{0}")]
+    RateLimited(String),
+    /// The caller's key is no longer valid (revoked while a Postgres session was open).
+    #[error("{0}")]
+    Revoked(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
@@ -173,6 +179,15 @@ impl Scope {
         }
     }
 
+    /// The store's view of this scope (cube and user patterns), for
+    /// [`Store::scope_ids`](store::Store::scope_ids).
+    pub fn store_scope(&self) -> store::Scope {
+        store::Scope {
+            cubes: self.cubes.clone(),
+            users: self.users.clone(),
+        }
+    }
+
     /// Whether every cube is visible (no per-cube filtering needed).
     pub fn unrestricted(&self) -> bool {
         self.cubes
@@ -181,16 +196,7 @@ impl Scope {
     }
 }
 
-/// `*` matches anything, `prefix*` a prefix, anything else itself.
-pub fn pattern_matches(pattern: &str, value: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.strip_suffix('*') {
-        Some(prefix) => value.starts_with(prefix),
-        None => pattern == value,
-    }
-}
+pub use store::scope::pattern_matches;
 
 /// One `search()` call.
 #[derive(Debug, Clone)]
@@ -235,6 +241,13 @@ pub trait Embed: Send + Sync {
     fn embed(&self, text: &str) -> Result<Vec<f32>>;
 }
 
+/// Checked before every statement of a long-lived session (a Postgres connection): the key
+/// still exists and is within its rate limit.
+pub trait StatementGuard: Send + Sync {
+    /// `Err` refuses the statement.
+    fn admit(&self) -> Result<()>;
+}
+
 /// One caller's session: what it may see and how its searches run.
 #[derive(Clone)]
 pub struct Session {
@@ -242,6 +255,8 @@ pub struct Session {
     pub scope: Scope,
     /// Search path for `search()`.
     pub search: Arc<dyn SearchBackend>,
+    /// Per-statement check (None: the caller was checked per request, as over HTTP).
+    pub guard: Option<Arc<dyn StatementGuard>>,
 }
 
 /// Cube ids of a snapshot that a scope may read, optionally narrowed to `only`.

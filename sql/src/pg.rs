@@ -78,6 +78,8 @@ pub fn sqlstate(e: &SqlError) -> &'static str {
         SqlError::TooManyRows(_) => "54000",
         SqlError::Forbidden(_) => "42501",
         SqlError::Search(_) => "22023",
+        SqlError::RateLimited(_) => "53400",
+        SqlError::Revoked(_) => "28000",
         SqlError::Store(_) => "58000",
         SqlError::Execution(_) => "XX000",
     }
@@ -214,6 +216,9 @@ impl Queries {
         params: Vec<ScalarValue>,
         session: &Session,
     ) -> Result<crate::QueryOutput, SqlError> {
+        if let Some(g) = &session.guard {
+            g.admit()?;
+        }
         let started = std::time::Instant::now();
         let r = self.engine.query_with_params(sql, params, session).await;
         self.auth.observe(started.elapsed(), r.is_ok());

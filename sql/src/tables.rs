@@ -190,11 +190,9 @@ impl Selection {
         parts.join(", ")
     }
 
-    /// Whether a decoded record passes the selection (used where bitmaps were not).
-    fn admits(&self, scope: &Scope, r: &MemoryRecord) -> bool {
-        if !scope.allows(&r.cube_id) || !scope.allows_user(&r.user_id) {
-            return false;
-        }
+    /// Whether a decoded record passes the selection (used where bitmaps were not); the
+    /// scope is checked by [`RecordCursor`] through the store.
+    fn admits(&self, r: &MemoryRecord) -> bool {
         if let Some(c) = &self.cubes
             && !c.contains(&r.cube_id)
         {
@@ -234,6 +232,8 @@ impl Selection {
 struct RecordCursor {
     store: Arc<Store>,
     scope: Scope,
+    /// The scope as the store applies it to each record ([`Store::sees`]).
+    visible: store::Scope,
     sel: Selection,
     state: CursorState,
 }
@@ -251,6 +251,7 @@ impl RecordCursor {
     fn new(store: Arc<Store>, scope: Scope, sel: Selection) -> RecordCursor {
         RecordCursor {
             store,
+            visible: scope.store_scope(),
             scope,
             sel,
             state: CursorState::Start,
@@ -315,7 +316,7 @@ impl RecordCursor {
                     *next = page.last().map(|(id, _)| id + 1).unwrap_or(u32::MAX);
                     counters.rows_scanned.add(page.len());
                     for (id, r) in page {
-                        if self.sel.admits(&self.scope, &r) {
+                        if self.sel.admits(&r) && self.store.sees(txn, &self.visible, &r)? {
                             out.push((id, r));
                         }
                     }
@@ -329,7 +330,7 @@ impl RecordCursor {
                     for &id in &ids[*pos..end] {
                         if let Some(r) = self.store.record(txn, id)? {
                             counters.rows_scanned.add(1);
-                            if self.sel.admits(&self.scope, &r) {
+                            if self.sel.admits(&r) && self.store.sees(txn, &self.visible, &r)? {
                                 out.push((id, r));
                             }
                         }
@@ -847,6 +848,30 @@ struct EventSource {
     done: bool,
 }
 
+impl EventSource {
+    /// A user-scoped key sees an event only when it produced memories and every one of them
+    /// is a memory of its users (an event says nothing of its user itself).
+    fn event_visible(
+        &self,
+        txn: &RoTxn<'static, WithoutTls>,
+        rec: &store::EventRecord,
+    ) -> Result<bool, SqlError> {
+        if self.scope.users.is_none() {
+            return Ok(true);
+        }
+        if rec.memory_ids.is_empty() {
+            return Ok(false);
+        }
+        for id in &rec.memory_ids {
+            match self.store.get(txn, id)? {
+                Some(r) if self.scope.allows_user(&r.user_id) => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl Source for EventSource {
     fn next_batch(
         &mut self,
@@ -893,7 +918,7 @@ impl Source for EventSource {
                 self.after = Some((c.clone(), e.clone()));
             }
             for (cube_id, event_id, rec) in page {
-                if self.scope.allows(&cube_id) {
+                if self.scope.allows(&cube_id) && self.event_visible(txn, &rec)? {
                     rows.push(EventRow {
                         cube_id,
                         event_id,
@@ -1075,7 +1100,13 @@ impl Source for CubeSource {
         for cube in visible_cubes(&self.store, txn, &self.scope, self.only.as_ref())? {
             if let Some(info) = self.store.cube(txn, &cube)? {
                 counters.cubes_scanned.add(1);
-                let memories = self.store.cube_ids(txn, &cube)?.len();
+                let memories = match self
+                    .store
+                    .scope_ids(txn, &cube, &self.scope.store_scope())?
+                {
+                    Some(visible) => visible.len(),
+                    None => self.store.cube_ids(txn, &cube)?.len(),
+                };
                 rows.push(CubeRow { info, memories });
             }
         }

@@ -5,9 +5,13 @@ use thiserror::Error;
 /// Everything that can go wrong inside the store.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    /// LMDB reported an error (I/O, map full, corrupted page…).
+    /// LMDB reported an error (I/O, corrupted page, too many readers…).
     #[error("lmdb: {0}")]
-    Lmdb(#[from] heed::Error),
+    Lmdb(heed::Error),
+    /// The store reached its configured size (`map_size_mb`): writes that add data are refused;
+    /// reads and deletes still work.
+    #[error("the store is full: {0}")]
+    Full(String),
     /// The vector index reported an error.
     #[error("vector index: {0}")]
     Vector(#[from] arroy::Error),
@@ -36,6 +40,17 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        match e {
+            heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::Full(
+                "LMDB's map is full (map_size_mb plus its reserve); delete memories or raise map_size_mb and restart".into(),
+            ),
+            e => StoreError::Lmdb(e),
+        }
+    }
+}
+
 impl From<postcard::Error> for StoreError {
     fn from(e: postcard::Error) -> Self {
         StoreError::Codec(e.to_string())
@@ -56,7 +71,9 @@ impl StoreError {
                 heed::Error::Encoding(_) | heed::Error::Decoding(_) => false,
                 heed::Error::EnvAlreadyOpened => true,
             },
-            StoreError::Vector(arroy::Error::Io(_)) | StoreError::Io(_) => true,
+            StoreError::Vector(arroy::Error::Io(_)) | StoreError::Io(_) | StoreError::Full(_) => {
+                true
+            }
             StoreError::Vector(_)
             | StoreError::Codec(_)
             | StoreError::Dimensions { .. }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod filter;
 pub mod lexical;
 pub mod model;
+pub mod scope;
 pub mod search;
 pub mod text;
 pub mod time;
@@ -39,6 +40,7 @@ pub use heed;
 pub use lexical::Bm25Params;
 pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
 pub use roaring;
+pub use scope::Scope;
 use vector::{ANN_SHARDS, ArroyIndex, VectorIndex, bytes_to_vec, shard_of, vec_to_bytes};
 
 /// Store options.
@@ -46,7 +48,10 @@ use vector::{ANN_SHARDS, ArroyIndex, VectorIndex, bytes_to_vec, shard_of, vec_to
 pub struct StoreOptions {
     /// Embedding dimensions.
     pub dimensions: usize,
-    /// LMDB map size in bytes (virtual; grows the file only as needed).
+    /// Most bytes of data the store holds (`map_size_mb`); past it, writes that add data are
+    /// refused with [`StoreError::Full`]. LMDB's map is this plus a reserve (an eighth, at
+    /// least 8 MiB) so deletes, reads and bookkeeping keep working when it is reached. Virtual:
+    /// the file grows only as needed.
     pub map_size: usize,
     /// BM25 parameters.
     pub bm25: Bm25Params,
@@ -300,6 +305,32 @@ const META_DIMS: &str = "dimensions";
 /// store (migrated on open: the trees are rebuilt per shard by the background fold).
 const META_ANN_LAYOUT: &str = "ann_layout";
 const ANN_LAYOUT: &[u8] = b"shards-64";
+/// The store's format (u32 LE). Absent = format 1: records without their format byte.
+const META_FORMAT: &str = "format_version";
+/// The store format this build writes: 2 = every memory record (current and earlier versions)
+/// starts with [`model::RECORD_FORMAT`].
+pub const STORE_FORMAT: u32 = 2;
+
+/// LMDB's map for a configured size: plus a reserve, rounded up to whole 1 MiB (a multiple of
+/// the page size).
+fn lmdb_map_size(configured: usize) -> usize {
+    let reserve = (configured / 8).max(8 << 20);
+    configured
+        .saturating_add(reserve)
+        .div_ceil(1 << 20)
+        .saturating_mul(1 << 20)
+}
+
+/// The format recorded in `meta` (absent: 1).
+fn read_format(b: Option<&[u8]>) -> Result<u32> {
+    match b {
+        None => Ok(1),
+        Some(b) => Ok(u32::from_le_bytes(
+            b.try_into()
+                .map_err(|_| StoreError::Codec("format_version".into()))?,
+        )),
+    }
+}
 
 /// An `ann_pending` value: 1 = added or replaced, 0 = removed; then the cube's arroy shard.
 fn pending_value(add: bool, cube: &str) -> [u8; 3] {
@@ -469,7 +500,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(opts.map_size)
+                .map_size(lmdb_map_size(opts.map_size))
                 .max_dbs(32)
                 .max_readers(1024)
                 .open(&path)?
@@ -560,8 +591,48 @@ impl Store {
             opts,
         };
         store.check_dimensions()?;
+        store.migrate_format()?;
         store.migrate_pending()?;
         Ok(store)
+    }
+
+    /// The format of the data on disk ([`STORE_FORMAT`] once opened by this build).
+    pub fn format_version(&self) -> Result<u32> {
+        let txn = self.env.read_txn()?;
+        read_format(self.meta.get(&txn, META_FORMAT)?)
+    }
+
+    /// Brings a store of an older format up to [`STORE_FORMAT`] in one transaction (format 1:
+    /// every record and earlier version gains its format byte); refuses a newer format.
+    fn migrate_format(&self) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        let found = read_format(self.meta.get(&wtxn, META_FORMAT)?)?;
+        if found > STORE_FORMAT {
+            return Err(StoreError::InvalidArgument(format!(
+                "the store in {} has format {found}; this memos reads formats up to {STORE_FORMAT}: upgrade memos",
+                self.path.display()
+            )));
+        }
+        if found == STORE_FORMAT {
+            return Ok(());
+        }
+        // Format 1 → 2.
+        for db in [&self.records, &self.history] {
+            let old: Vec<(Vec<u8>, MemoryRecord)> = db
+                .iter(&wtxn)?
+                .map(|item| {
+                    let (k, v) = item?;
+                    Ok((k.to_vec(), MemoryRecord::decode_v1(v)?))
+                })
+                .collect::<Result<_>>()?;
+            for (k, r) in old {
+                db.put(&mut wtxn, &k, &r.encode()?)?;
+            }
+        }
+        self.meta
+            .put(&mut wtxn, META_FORMAT, &STORE_FORMAT.to_le_bytes())?;
+        wtxn.commit()?;
+        Ok(())
     }
 
     /// Stores written before `ann_pending` kept the delta as one bitmap in `meta`.
@@ -885,6 +956,7 @@ impl Store {
     ) -> Result<u32> {
         model::check_dims(self.opts.dimensions, embedding)?;
         validate_key_part("cube_id", &r.cube_id)?;
+        self.check_room(wtxn)?;
         let keys = field_keys(r);
         for k in &keys {
             self.check_key(k)?;
@@ -1076,29 +1148,31 @@ impl Store {
     /// and every activation (KV) cache entry that covered any of them.
     pub fn delete(&self, wtxn: &mut RwTxn, uuids: &[String]) -> Result<DeleteReceipt> {
         let mut receipt = DeleteReceipt::default();
-        let mut queue: std::collections::VecDeque<(String, bool)> =
-            uuids.iter().map(|u| (u.clone(), false)).collect();
+        // (uuid, reached through a link, the cube a linked memory must be in: links are never
+        // followed across cubes, whatever an `info` value says).
+        let mut queue: std::collections::VecDeque<(String, bool, Option<String>)> =
+            uuids.iter().map(|u| (u.clone(), false, None)).collect();
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut removed: std::collections::HashSet<String> = std::collections::HashSet::new();
         // KV entries are keyed by cube and only cover that cube's memories.
         let mut removed_cubes: std::collections::BTreeSet<String> = Default::default();
-        while let Some((uuid, derived)) = queue.pop_front() {
-            if !seen.insert(uuid.clone()) {
-                continue;
-            }
+        while let Some((uuid, derived, within)) = queue.pop_front() {
             let Some(id) = self.internal_id(wtxn, &uuid)? else {
                 continue;
             };
             let Some(r) = self.record(wtxn, id)? else {
                 continue;
             };
+            if within.as_ref().is_some_and(|c| *c != r.cube_id) || !seen.insert(uuid.clone()) {
+                continue;
+            }
             for child in self.bitmap(wtxn, &field_key(&r.cube_id, LINK_DERIVED, &uuid))? {
                 if let Some(c) = self.record(wtxn, child)? {
-                    queue.push_back((c.id, true));
+                    queue.push_back((c.id, true, Some(r.cube_id.clone())));
                 }
             }
             if let Some(Value::String(prev)) = r.info.get(model::COVERED_HISTORY) {
-                queue.push_back((prev.clone(), true));
+                queue.push_back((prev.clone(), true, Some(r.cube_id.clone())));
             }
             self.index_fields(wtxn, &r, id, false)?;
             if r.status == Status::Activated {
@@ -1443,10 +1517,16 @@ impl Store {
         Ok(t)
     }
 
-    /// Uuids of every memory of a cube (any status) that satisfies `filter`: what a delete by
-    /// filter removes.
-    pub fn matching_ids(&self, txn: &RoTxn, cube: &str, filter: &Filter) -> Result<Vec<String>> {
-        let all = self.cube_ids(txn, cube)?;
+    /// Uuids of every memory of a cube (any status) that `scope` sees and that satisfies
+    /// `filter`: what a delete by filter removes.
+    pub fn matching_ids(
+        &self,
+        txn: &RoTxn,
+        cube: &str,
+        filter: &Filter,
+        scope: &Scope,
+    ) -> Result<Vec<String>> {
+        let all = self.restrict(txn, cube, scope, self.cube_ids(txn, cube)?)?;
         let mut ids = Vec::new();
         for id in &self.filter_ids(txn, cube, filter, &all)? {
             if let Some(r) = self.record(txn, id)? {
@@ -1818,6 +1898,42 @@ impl Store {
             disk_bytes: self.env.real_disk_size().unwrap_or(0),
             databases: self.database_sizes(&txn)?,
         })
+    }
+
+    /// Bytes in the pages of every database (what the configured `map_size` limits).
+    pub fn used_bytes(&self, txn: &RoTxn) -> Result<u64> {
+        let p = |s: heed::DatabaseStat| s.non_free_page_size() as u64;
+        Ok(p(self.meta.stat(txn)?)
+            + p(self.records.stat(txn)?)
+            + p(self.ids.stat(txn)?)
+            + p(self.vectors.stat(txn)?)
+            + p(self.lexical.postings.stat(txn)?)
+            + p(self.lexical.stats.stat(txn)?)
+            + p(self.hashes.stat(txn)?)
+            + p(self.events.stat(txn)?)
+            + p(self.history.stat(txn)?)
+            + p(self.fields.stat(txn)?)
+            + p(self.cubes.stat(txn)?)
+            + p(self.dead_letters.stat(txn)?)
+            + p(self.offsets.stat(txn)?)
+            + p(self.api_keys.stat(txn)?)
+            + p(self.feedback.stat(txn)?)
+            + p(self.kv.stat(txn)?)
+            + p(self.vindex.stat(txn)?)
+            + p(self.ann_pending.stat(txn)?))
+    }
+
+    /// [`StoreError::Full`] when the data has reached the configured `map_size` (checked on a
+    /// write that adds memories; deletes never check).
+    pub fn check_room(&self, txn: &RoTxn) -> Result<()> {
+        let used = self.used_bytes(txn)?;
+        if used >= self.opts.map_size as u64 {
+            return Err(StoreError::Full(format!(
+                "{used} bytes in use of map_size_mb = {} MiB: adding is refused, reads and deletes work; delete memories or raise map_size_mb",
+                self.opts.map_size >> 20
+            )));
+        }
+        Ok(())
     }
 
     fn database_sizes(&self, txn: &RoTxn) -> Result<std::collections::BTreeMap<String, u64>> {

@@ -208,13 +208,29 @@ pub struct MemoryRecord {
     pub embedding: Vec<f32>,
 }
 
+/// The first byte of every encoded record: its format. Format 1 (stores without
+/// `meta.format_version`) had no such byte; opening such a store rewrites its records
+/// ([`crate::Store::open`]).
+pub const RECORD_FORMAT: u8 = 2;
+
 impl MemoryRecord {
-    /// Encodes the record compactly (postcard; `info` as JSON text).
+    /// Encodes the record compactly: [`RECORD_FORMAT`], then postcard (`info` as JSON text).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        Ok(postcard::to_stdvec(self)?)
+        Ok(postcard::to_extend(self, vec![RECORD_FORMAT])?)
     }
-    /// Decodes a record written by [`MemoryRecord::encode`].
+    /// Decodes a record written by [`MemoryRecord::encode`]; a record of another format is a
+    /// codec error naming it.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        match bytes.split_first() {
+            Some((&RECORD_FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((v, _)) => Err(StoreError::Codec(format!(
+                "memory record of format {v}; this memos reads format {RECORD_FORMAT}"
+            ))),
+            None => Err(StoreError::Codec("empty memory record".into())),
+        }
+    }
+    /// Decodes a record of store format 1 (positional postcard, no format byte).
+    pub fn decode_v1(bytes: &[u8]) -> Result<Self> {
         Ok(postcard::from_bytes(bytes)?)
     }
     /// Value of a top-level field or `info.<k>` as JSON, for filters.
@@ -268,6 +284,20 @@ pub const DERIVED_FROM: &str = "derived_from";
 pub const COVERED_HISTORY: &str = "covered_history";
 /// `info` key naming the memory that replaced an archived one.
 pub const SUCCESSOR: &str = "successor_id";
+
+/// `info` keys the server writes and follows (links between memories, archive and merge
+/// bookkeeping). Events that carry them are refused: a caller naming another memory here could
+/// otherwise steer a delete cascade or a time-travel read.
+pub const INTERNAL_INFO_KEYS: &[&str] = &[
+    DERIVED_FROM,
+    COVERED_HISTORY,
+    SUCCESSOR,
+    "supplements",
+    "evolve_to",
+    "archived_reason",
+    "delete_record_id",
+    "delete_time",
+];
 
 /// Field names that belong to the record itself; `info` keys with these names are dropped on add
 /// (MemOS does the same).

@@ -395,7 +395,7 @@ pub fn visible_at(
             let Some(succ) = v.info.get(crate::model::SUCCESSOR).and_then(|s| s.as_str()) else {
                 return Ok(None);
             };
-            let Some(s) = store.get(txn, succ)? else {
+            let Some(s) = store.get(txn, succ)?.filter(|s| s.cube_id == v.cube_id) else {
                 return Ok(None);
             };
             let Some(s) = store.version_at(txn, &s, sys)? else {
@@ -421,10 +421,16 @@ pub struct Rewound {
 }
 
 impl Rewound {
-    /// Rewinds every record of `cube` to `at` (see [`AsOf`]).
-    pub fn new(store: &Store, txn: &RoTxn, cube: &str, at: AsOf) -> Result<Rewound> {
+    /// Rewinds every record of `cube` that `scope` sees to `at` (see [`AsOf`]).
+    pub fn new(
+        store: &Store,
+        txn: &RoTxn,
+        cube: &str,
+        scope: &crate::Scope,
+        at: AsOf,
+    ) -> Result<Rewound> {
         let mut versions = Vec::new();
-        for id in store.cube_ids(txn, cube)? {
+        for id in store.restrict(txn, cube, scope, store.cube_ids(txn, cube)?)? {
             let Some(cur) = store.record(txn, id)? else {
                 continue;
             };

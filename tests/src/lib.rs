@@ -76,7 +76,25 @@ pub fn config(data_dir: &std::path::Path) -> Config {
     c.http_addr = "127.0.0.1:0".into();
     c.pipeline.linger_ms = 5;
     c.pipeline.index_idle_ms = 200;
+    if let Some(exe) = memos_exe() {
+        c.window.documents.worker = exe.display().to_string();
+    }
     c
+}
+
+/// The `memos` executable of this build, beside the test binaries' `deps/` folder: the
+/// document worker that in-process servers use, as `memos serve` uses itself. (A benchmark
+/// build without it parses documents on a thread.)
+pub fn memos_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let dir = if dir.ends_with("deps") {
+        dir.parent()?
+    } else {
+        dir
+    };
+    let p = dir.join("memos");
+    p.exists().then_some(p)
 }
 
 /// A running server.
@@ -355,6 +373,7 @@ pub fn kafka_config(cfg: &mut Config, brokers: &str, partitions: i32) -> String 
     k.events_topic = format!("{p}.events");
     k.search_requests_topic = format!("{p}.search.requests");
     k.search_responses_topic = format!("{p}.search.responses");
+    k.reply_topic_prefix = format!("{p}.search.");
     k.dlq_topic = format!("{p}.dlq");
     k.partitions = partitions;
     k.commit_interval_ms = 50;

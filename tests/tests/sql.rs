@@ -242,7 +242,6 @@ fn principal(cubes: Option<&str>) -> Principal {
         write: true,
         admin: false,
         rate_limit_per_minute: 0,
-        credential: None,
     }
 }
 

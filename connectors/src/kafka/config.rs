@@ -19,6 +19,9 @@ pub struct KafkaConfig {
     pub search_requests_topic: String,
     /// Default reply topic when a request has no `reply-to` header.
     pub search_responses_topic: String,
+    /// A request's `reply-to` must start with this (else the refusal goes to
+    /// `search_responses_topic`).
+    pub reply_topic_prefix: String,
     /// Dead letters: original bytes with `memos-reason`, `memos-source`, `memos-position`
     /// headers.
     pub dlq_topic: String,

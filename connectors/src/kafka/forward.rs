@@ -119,11 +119,12 @@ impl Forwarder {
     }
 
     /// Asks the owner of `cube`; the reply is its `/product/search` response (or error) JSON.
+    /// `scope` is one header (name, value) that tells the owner who is asking.
     pub async fn search(
         &self,
         cube: &str,
         body: &[u8],
-        authorization: Option<&str>,
+        scope: Option<(&str, &str)>,
         timeout: Duration,
     ) -> Result<Bytes, ConnectorError> {
         let corr = uuid::Uuid::new_v4().to_string();
@@ -137,8 +138,9 @@ impl Forwarder {
         h.insert("reply-to".to_string(), self.reply_topic.clone());
         h.insert("memos-forwarded".to_string(), "1".to_string());
         h.insert("timeout-ms".to_string(), timeout.as_millis().to_string());
-        if let Some(a) = authorization {
-            h.insert("authorization".to_string(), a.to_string());
+        // The caller's scope, signed by the service (never the caller's key).
+        if let Some((name, value)) = scope {
+            h.insert(name.to_string(), value.to_string());
         }
         let part = partition_for(cube, self.partitions);
         let sent = publish(

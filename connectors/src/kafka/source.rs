@@ -404,6 +404,9 @@ pub async fn run<I: Ingest, S: Search>(
                         payload: payload.clone(),
                         source: "kafka",
                         position: Some((key, (offset + 1).to_string())),
+                        // The message key is the cube id (it picks the partition, and so the
+                        // process that owns the cube); a keyed event of another cube is refused.
+                        cube: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     };
                     let rx = match ingest.submit(d).await {
                         Ok(rx) => rx,
@@ -418,17 +421,24 @@ pub async fn run<I: Ingest, S: Search>(
                         authorization: header(&msg, "authorization"),
                         deadline: header(&msg, "timeout-ms")
                             .and_then(|t| t.parse::<u64>().ok())
-                            .map(|ms| Instant::now() + Duration::from_millis(ms)),
+                            // A deadline past what an Instant can hold is no deadline (never an overflow).
+                        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
                         forwarded: header(&msg, "memos-forwarded").is_some(),
+                        scope: header(&msg, "memos-principal"),
                     };
-                    let reply_to = header(&msg, "reply-to").unwrap_or_else(|| cfg.search_responses_topic.clone());
+                    // Replies go only to topics under `reply_topic_prefix`: a request can never
+                    // make the service write into another application's topic.
+                    let asked = header(&msg, "reply-to");
+                    let refused = asked.as_ref().filter(|t| !t.starts_with(&cfg.reply_topic_prefix)).cloned();
+                    let reply_to = asked.filter(|_| refused.is_none()).unwrap_or_else(|| cfg.search_responses_topic.clone());
                     let correlation = header(&msg, "correlation-id");
                     let key = msg.key().map(|k| k.to_vec());
                     let (search, producer, tracker) = (search.clone(), producer.clone(), tracker.clone());
                     tokio::spawn(async move {
-                        let reply = match &correlation {
-                            Some(_) => search.search(call).await,
-                            None => error_reply(400, "a search request needs a correlation-id header"),
+                        let reply = match (&correlation, &refused) {
+                            (None, _) => error_reply(400, "a search request needs a correlation-id header"),
+                            (Some(_), Some(t)) => error_reply(400, &format!("reply-to \"{t}\" is outside the reply topics (kafka.reply_topic_prefix)")),
+                            (Some(_), None) => search.search(call).await,
                         };
                         let mut headers = OwnedHeaders::new()
                             .insert(Header { key: "content-type", value: Some("application/json") });

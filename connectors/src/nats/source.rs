@@ -188,7 +188,8 @@ pub async fn run<I: Ingest, S: Search>(
                 let payload = m.payload.clone();
                 let subject = m.subject.to_string();
                 let position = (format!("nats/{}", cfg.stream), seq.to_string());
-                let rx = match ingest.submit(Delivery { payload: payload.clone(), source: "nats", position: Some(position.clone()) }).await {
+                let cube = subject_cube(&cfg.subjects, &subject);
+                let rx = match ingest.submit(Delivery { payload: payload.clone(), source: "nats", position: Some(position.clone()), cube }).await {
                     Ok(rx) => rx,
                     Err(e) => break Err(e),
                 };
@@ -199,7 +200,8 @@ pub async fn run<I: Ingest, S: Search>(
             }
             m = core.next() => {
                 let Some(m) = m else { break Err(ConnectorError::Nats("the core subscription ended".into())) };
-                let rx = match ingest.submit(Delivery { payload: m.payload.clone(), source: "nats-core", position: None }).await {
+                let cube = subject_cube(&cfg.core_subject, m.subject.as_str());
+                let rx = match ingest.submit(Delivery { payload: m.payload.clone(), source: "nats-core", position: None, cube }).await {
                     Ok(rx) => rx,
                     Err(e) => break Err(e),
                 };
@@ -219,8 +221,10 @@ pub async fn run<I: Ingest, S: Search>(
                     authorization: header(m.headers.as_ref(), "authorization"),
                     deadline: header(m.headers.as_ref(), "timeout-ms")
                         .and_then(|t| t.parse::<u64>().ok())
-                        .map(|ms| Instant::now() + Duration::from_millis(ms)),
+                        // A deadline past what an Instant can hold is no deadline (never an overflow).
+                        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
                     forwarded: false,
+                    scope: None,
                 };
                 let (search, client) = (search.clone(), client.clone());
                 tokio::spawn(async move {
@@ -237,4 +241,33 @@ pub async fn run<I: Ingest, S: Search>(
     let _ = client.flush().await;
     tracing::info!("nats source stopped");
     result
+}
+
+/// The cube a subject addresses under a `prefix.>` pattern (`memos.events.<cube_id>`): the
+/// subject's tail after the prefix. `None` for a pattern without a trailing `>` (nothing to
+/// check against).
+pub fn subject_cube(pattern: &str, subject: &str) -> Option<String> {
+    let prefix = pattern.strip_suffix('>')?;
+    subject
+        .strip_prefix(prefix)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::subject_cube;
+
+    #[test]
+    fn the_tail_of_a_wildcard_subject_is_the_cube() {
+        assert_eq!(
+            subject_cube("memos.events.>", "memos.events.team-a.x").as_deref(),
+            Some("team-a.x")
+        );
+        assert_eq!(subject_cube("memos.events.>", "other.subject"), None);
+        assert_eq!(
+            subject_cube("memos.events.fixed", "memos.events.fixed"),
+            None
+        );
+    }
 }

@@ -287,17 +287,17 @@ pub async fn get_memory(
     )?;
     let page = Some((req.page, req.size));
     let (facts, total) = m
-        .export(&cube, filter.clone(), bucket_types("text_mem"), page)
+        .export(&cube, filter.clone(), bucket_types("text_mem"), page, &p)
         .await?;
     let prefs = if req.include_preference {
-        m.export(&cube, filter.clone(), bucket_types("pref_mem"), page)
+        m.export(&cube, filter.clone(), bucket_types("pref_mem"), page, &p)
             .await?
             .0
     } else {
         vec![]
     };
     let tools = if req.include_tool_memory {
-        m.export(&cube, filter, bucket_types("tool_mem"), page)
+        m.export(&cube, filter, bucket_types("tool_mem"), page, &p)
             .await?
             .0
     } else {
@@ -505,7 +505,7 @@ pub async fn delete_knowledgebase(
 ) -> R {
     let id = required(&req.knowledgebase_id, "knowledgebase_id")?;
     knowledge_base(&m, &p, &id, Access::Write).await?;
-    let receipt = m.drop_cube(&id).await?;
+    let receipt = m.drop_cube(&id, &p).await?;
     Ok(ok(
         json!({"success": true, "deleted": receipt.records, "receipt": receipt}),
     ))

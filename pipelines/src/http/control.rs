@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -172,7 +172,7 @@ pub async fn list_kbs(State(m): State<AppState>, Extension(p): P) -> R {
     security(("token" = [])))]
 pub async fn get_kb(State(m): State<AppState>, Extension(p): P, Path(id): Path<String>) -> R {
     let kb = knowledge_base(&m, &p, &id, Access::Read).await?;
-    let files = m.kb_files(id, None).await?;
+    let files = m.kb_files(id, None, p.scope()).await?;
     let mut v = kb_json(&kb);
     v["files"] = json!(files);
     Ok(ok("Knowledge base", v))
@@ -185,7 +185,7 @@ pub async fn get_kb(State(m): State<AppState>, Extension(p): P, Path(id): Path<S
     security(("token" = [])))]
 pub async fn delete_kb(State(m): State<AppState>, Extension(p): P, Path(id): Path<String>) -> R {
     knowledge_base(&m, &p, &id, Access::Write).await?;
-    let receipt = m.drop_cube(&id).await?;
+    let receipt = m.drop_cube(&id, &p).await?;
     Ok(ok(
         "Knowledge base deleted",
         json!({"deleted": receipt.records, "receipt": receipt}),
@@ -233,7 +233,7 @@ pub async fn list_kb_files(
     Path(id): Path<String>,
 ) -> R {
     knowledge_base(&m, &p, &id, Access::Read).await?;
-    Ok(ok("Files", json!(m.kb_files(id, None).await?)))
+    Ok(ok("Files", json!(m.kb_files(id, None, p.scope()).await?)))
 }
 
 /// Deletes one file: every chunk, with a receipt.
@@ -247,7 +247,9 @@ pub async fn delete_kb_file(
     Path((id, file_id)): Path<(String, String)>,
 ) -> R {
     knowledge_base(&m, &p, &id, Access::Write).await?;
-    let receipt = m.delete_files(vec![id], vec![file_id.clone()]).await?;
+    let receipt = m
+        .delete_files(vec![id], vec![file_id.clone()], p.scope())
+        .await?;
     if receipt.records == 0 {
         return Err(PipelineError::NotFound(format!("file {file_id} not found")));
     }
@@ -265,6 +267,9 @@ pub async fn cloud_get_kb_files(
     Extension(p): P,
     Body(req): Body<GetKbFileRequest>,
 ) -> R {
+    if let Some(ids) = &req.file_ids {
+        m.cfg.limits.check_ids("file id", ids)?;
+    }
     let kbs = match &req.knowledgebase_id {
         Some(id) => vec![knowledge_base(&m, &p, id, Access::Read).await?.cube_id],
         None if req.file_ids.is_some() => readable_kbs(&m, &p).await?,
@@ -276,14 +281,18 @@ pub async fn cloud_get_kb_files(
     };
     let mut files = Vec::new();
     for kb in kbs {
-        files.extend(m.kb_files(kb, req.file_ids.clone()).await?);
+        files.extend(m.kb_files(kb, req.file_ids.clone(), p.scope()).await?);
     }
     let total = files.len();
-    let size = req.page_size.unwrap_or(20).max(1);
-    let page = req.page.unwrap_or(1).max(1);
+    let (page, size) = (req.page.unwrap_or(1), req.page_size.unwrap_or(20));
+    if page == 0 || !(1..=1000).contains(&size) {
+        return Err(PipelineError::BadRequest(
+            "page must be >= 1 and page_size 1..=1000".into(),
+        ));
+    }
     let files: Vec<Value> = files
         .into_iter()
-        .skip((page - 1) * size)
+        .skip((page - 1).saturating_mul(size))
         .take(size)
         .collect();
     Ok(super::cloud::ok(json!({
@@ -340,13 +349,14 @@ pub async fn cloud_delete_kb_files(
         None => readable_kbs(&m, &p).await?,
     };
     p.check(Access::Write, &kbs, None)?;
-    let receipt = m.delete_files(kbs, ids).await?;
+    let receipt = m.delete_files(kbs, ids, p.scope()).await?;
     Ok(super::cloud::ok(json!({
         "success": true, "deleted": receipt.records, "receipt": receipt})))
 }
 
 /// `GET /product/tool_stats?mem_cube_id=`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ToolStatsQuery {
     /// Cube.
     pub mem_cube_id: String,
@@ -360,7 +370,7 @@ pub struct ToolStatsQuery {
 pub async fn tool_stats(
     State(m): State<AppState>,
     Extension(p): P,
-    Query(q): Query<ToolStatsQuery>,
+    super::Q(q): super::Q<ToolStatsQuery>,
 ) -> R {
     Ok(ok(
         "Tool statistics",

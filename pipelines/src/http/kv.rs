@@ -38,6 +38,7 @@ pub async fn download(
     Path(cube): Path<String>,
 ) -> Result<Response, PipelineError> {
     p.check(Access::Read, std::slice::from_ref(&cube), None)?;
+    p.check_whole_cube("the KV cache")?;
     let e = m.kv_entry(cube).await?;
     let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
     Ok((
@@ -84,6 +85,7 @@ pub async fn meta(
     Path(cube): Path<String>,
 ) -> Result<Json<Value>, PipelineError> {
     p.check(Access::Read, std::slice::from_ref(&cube), None)?;
+    p.check_whole_cube("the KV cache")?;
     let e = m.kv_entry(cube).await?;
     let lm = m.activation.as_ref().map(|a| a.lm.as_ref());
     Ok(super::ok("KV cache", crate::activation::entry_meta(&e, lm)))
@@ -101,6 +103,7 @@ pub async fn rebuild(
     Path(cube): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), PipelineError> {
     p.check(Access::Write, std::slice::from_ref(&cube), None)?;
+    p.check_whole_cube("the KV cache")?;
     m.kv_rebuild(&cube)?;
     Ok((
         StatusCode::ACCEPTED,

@@ -124,6 +124,111 @@ pub async fn authenticate(
     Ok(next.run(req).await)
 }
 
+/// Open mode (no keys) trusts whoever reaches the loopback port, so it must be reached by
+/// loopback names only: a `Host` (and, from a browser, an `Origin`) that is not `localhost`, a
+/// loopback IP or `[::1]` is refused with 403. This closes DNS rebinding (a web page whose name
+/// resolves to 127.0.0.1 driving the admin principal from the browser). With keys, a request
+/// needs a key whatever its Host, and this check is off.
+pub async fn guard_open_mode(State(m): State<AppState>, req: Request, next: Next) -> Response {
+    if m.auth.is_open() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        if let Some(h) = host
+            && !loopback_authority(&h)
+        {
+            return PipelineError::Forbidden(format!(
+                "open mode answers only requests to a loopback host (localhost, 127.0.0.1, [::1]); Host was \"{h}\": configure API keys to serve other names"
+            ))
+            .into_response();
+        }
+        if let Some(o) = req.headers().get(header::ORIGIN) {
+            let origin = o.to_str().unwrap_or("");
+            let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+            if origin != "null" && !loopback_authority(authority) {
+                return PipelineError::Forbidden(format!(
+                    "open mode refuses cross-origin requests from \"{origin}\""
+                ))
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether `host[:port]` names a loopback address.
+fn loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads the request body up to `limits.max_body_bytes` before any handler runs. A larger body
+/// (declared by `Content-Length` or found while reading a chunked one) is answered 413 with a
+/// JSON message, after the rest is read and discarded (up to four times the limit), so the
+/// client sees the answer instead of a connection reset in the middle of its upload.
+pub async fn limit_body(State(m): State<AppState>, req: Request, next: Next) -> Response {
+    use futures::StreamExt;
+    let limit = m.cfg.limits.max_body_bytes as u64;
+    let drain_cap = limit.saturating_mul(4).max(64 << 20);
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared == Some(0) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let mut over = declared.is_some_and(|n| n > limit);
+    let mut buf = bytes::BytesMut::new();
+    let mut total: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                return PipelineError::BadRequest(format!("reading the request body: {e}"))
+                    .into_response();
+            }
+        };
+        total = total.saturating_add(chunk.len() as u64);
+        if total > limit {
+            over = true;
+        }
+        if over {
+            buf.clear();
+            if total > drain_cap {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if over {
+        let mut r = PipelineError::TooLarge(format!(
+            "the request body is larger than {limit} bytes (limits.max_body_bytes)"
+        ))
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    next.run(Request::from_parts(
+        parts,
+        axum::body::Body::from(buf.freeze()),
+    ))
+    .await
+}
+
 /// Counts and times every request by matched route (never the raw path: ids stay out of the
 /// labels), method and status.
 pub async fn track(State(m): State<AppState>, req: Request, next: Next) -> Response {
@@ -198,6 +303,8 @@ pub fn app(m: Arc<Memos>) -> Router {
         .merge(protected)
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(m.clone(), track))
+        .layer(middleware::from_fn_with_state(m.clone(), limit_body))
+        .layer(middleware::from_fn_with_state(m.clone(), guard_open_mode))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(m)
 }

@@ -195,7 +195,7 @@ pub async fn get_memory(
         ("skill_mem", req.include_skill_memory),
     ] {
         let (records, total) = if on {
-            m.export(&cube, filter.clone(), bucket_types(name), page)
+            m.export(&cube, filter.clone(), bucket_types(name), page, &p)
                 .await?
         } else {
             (vec![], 0)
@@ -321,6 +321,7 @@ pub async fn get_all(
         }
     };
     let cubes = cube_list(&req.mem_cube_ids, &None, &req.user_id)?;
+    m.cfg.limits.check_cubes(&cubes)?;
     p.check(Access::Read, &cubes, req.user_id.as_deref())?;
     match req.search_type.as_deref() {
         None | Some("fulltext") | Some("embedding") => {}
@@ -359,7 +360,7 @@ pub async fn get_all(
                     .iter()
                     .flat_map(|b| bucket_types(b))
                     .collect();
-                let (records, _) = m.export(cube, Filter::And(vec![]), all, None).await?;
+                let (records, _) = m.export(cube, Filter::And(vec![]), all, None, &p).await?;
                 for r in &records {
                     items.push((
                         r.memory_type.as_str().to_string(),
