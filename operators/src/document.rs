@@ -293,7 +293,7 @@ fn parse_in_worker(
     // Exit 2: the reason is the worker's one line; a crash: its first line ("memory allocation
     // of … failed", "thread … panicked at …").
     let err = if status.code() == Some(2) {
-        lines.last()
+        lines.next_back()
     } else {
         lines.next()
     }

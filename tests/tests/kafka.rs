@@ -106,14 +106,15 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     let events = format!("{p}.events");
     let prod = producer(&broker.brokers);
     let cube = "kafka-cube";
-    let n = 40;
+    let n = 48;
     // Poison pills that pass decoding but no store could hold (the sink issue) sit between good
     // events of the same partition: each is dead-lettered alone and the partition moves past it.
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("511-byte event id", json!({"event_id": "e".repeat(511), "kind": "messages", "cube_id": cube, "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
         ("600-byte agent id", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "agent_id": "a".repeat(600), "payload": {"messages": "hi"}}).to_string().into_bytes()),
         ("empty feedback target", json!({"kind": "feedback", "cube_id": cube, "user_id": "u", "payload": {"feedback_content": "no", "retrieved_memory_ids": [""]}}).to_string().into_bytes()),
-        ("unindexable info key", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "info": {"derived_from": "x".repeat(2100)}, "payload": {"messages": "an unindexable lineage link"}}).to_string().into_bytes()),
+        ("reserved info key", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "info": {"derived_from": "x".repeat(2100)}, "payload": {"messages": "a planted lineage link"}}).to_string().into_bytes()),
+        ("unindexable key", json!({"kind": "messages", "cube_id": "c".repeat(250), "user_id": "u", "session_id": "s".repeat(256), "payload": {"messages": "an unindexable session"}}).to_string().into_bytes()),
         ("malformed JSON", b"{\"kind\": ".to_vec()),
         ("wrong kind", json!({"kind": "poem", "cube_id": cube, "user_id": "u", "payload": {}}).to_string().into_bytes()),
         ("missing cube", json!({"kind": "messages", "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
@@ -134,7 +135,12 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
         .await
         .unwrap();
         if i % 4 == 1 && i / 4 < bad.len() {
-            publish(&prod, &events, Some(cube), &none, None, &bad[i / 4].1)
+            // Keyed by the cube the pill names, as a producer would.
+            let key = serde_json::from_slice::<Value>(&bad[i / 4].1)
+                .ok()
+                .and_then(|v| v["cube_id"].as_str().map(String::from))
+                .unwrap_or_else(|| cube.to_string());
+            publish(&prod, &events, Some(&key), &none, None, &bad[i / 4].1)
                 .await
                 .unwrap();
         }
@@ -178,9 +184,20 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
             .parse()
             .unwrap()
     };
+    // Pills keyed by another cube went to that cube's partition.
+    let here = bad
+        .iter()
+        .filter(|(_, b)| {
+            let key = serde_json::from_slice::<Value>(b)
+                .ok()
+                .and_then(|v| v["cube_id"].as_str().map(String::from))
+                .unwrap_or_else(|| cube.to_string());
+            connectors::kafka::partition_for(&key, 4) == part
+        })
+        .count();
     assert_eq!(
         stored_offset,
-        (n + bad.len()) as i64,
+        (n + here) as i64,
         "every message of the partition"
     );
     // Dead letters on the DLQ topic, with reasons and the original bytes.

@@ -61,7 +61,10 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("511-byte event id", json!({"event_id": "e".repeat(511), "kind": "messages", "cube_id": cube, "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
         ("empty feedback target", json!({"kind": "feedback", "cube_id": cube, "user_id": "u", "payload": {"feedback_content": "no", "retrieved_memory_ids": [""]}}).to_string().into_bytes()),
-        ("unindexable info key", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "info": {"derived_from": "x".repeat(2100)}, "payload": {"messages": "an unindexable lineage link"}}).to_string().into_bytes()),
+        ("reserved info key", json!({"kind": "messages", "cube_id": cube, "user_id": "u", "info": {"derived_from": "x".repeat(2100)}, "payload": {"messages": "a planted lineage link"}}).to_string().into_bytes()),
+        // Passes validation (each id within 256 bytes), but cube + session is an index key no
+        // LMDB holds: the sink isolates it in its own child transaction.
+        ("unindexable key", json!({"kind": "messages", "cube_id": "c".repeat(250), "user_id": "u", "session_id": "s".repeat(256), "payload": {"messages": "an unindexable session"}}).to_string().into_bytes()),
         ("malformed JSON", b"{\"kind\": \"messages\", ".to_vec()),
         ("wrong kind", json!({"kind": "poem", "cube_id": cube, "user_id": "u", "payload": {}}).to_string().into_bytes()),
         ("missing cube", json!({"kind": "messages", "user_id": "u", "payload": {"messages": "hi"}}).to_string().into_bytes()),
@@ -79,8 +82,13 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
             .unwrap();
         ack.await.unwrap();
         if i % 3 == 0 && i / 3 < bad.len() {
+            // On the subject of the cube the pill names (a mismatch is a pill of its own).
+            let to = serde_json::from_slice::<Value>(&bad[i / 3].1)
+                .ok()
+                .and_then(|v| v["cube_id"].as_str().map(String::from))
+                .unwrap_or_else(|| cube.to_string());
             js.publish(
-                format!("{p}.events.{cube}"),
+                format!("{p}.events.{to}"),
                 Bytes::from(bad[i / 3].1.clone()),
             )
             .await
@@ -115,6 +123,10 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r.contains("poem")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("reserved")),
+        "{reasons:?}"
+    );
     // The unindexable key passed decoding; the sink isolated it in its own child transaction.
     assert!(
         reasons.iter().any(|r| r.starts_with("sink:")),
