@@ -774,3 +774,48 @@ async fn bus_events_are_tied_to_their_subject_and_follow_the_rest_rules() {
     drop(txn);
     s.stop().await;
 }
+
+/// Open mode trusts whoever reaches the loopback port, so it answers only loopback names: a
+/// page whose DNS name was rebound to 127.0.0.1 (another Host, a foreign Origin) gets 403, on
+/// the API and on `/mcp` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_refuses_foreign_hosts_and_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = tests::Server::start(tests::config(dir.path())).await;
+    assert!(s.memos.auth.is_open());
+    let client = reqwest::Client::new();
+    let search = json!({"user_id": "u", "query": "tea"});
+    let send = |host: Option<&str>, origin: Option<&str>, path: &str| {
+        let mut r = client.post(format!("{}{path}", s.url)).json(&search);
+        if let Some(h) = host {
+            r = r.header("Host", h);
+        }
+        if let Some(o) = origin {
+            r = r.header("Origin", o);
+        }
+        r.send()
+    };
+    for (host, origin) in [
+        (Some("attacker.example"), None),
+        (Some("attacker.example:8000"), None),
+        (None, Some("http://attacker.example")),
+        (Some("localhost:8000"), Some("https://attacker.example:443")),
+    ] {
+        for path in ["/product/search", "/mcp"] {
+            let r = send(host, origin, path).await.unwrap();
+            assert_eq!(r.status().as_u16(), 403, "{host:?} {origin:?} {path}");
+            let v: Value = r.json().await.unwrap();
+            assert!(v["message"].as_str().unwrap().contains("open mode"), "{v}");
+        }
+    }
+    for (host, origin) in [
+        (None, None),
+        (Some("localhost:8000"), Some("http://localhost:3000")),
+        (Some("127.0.0.1"), Some("http://127.0.0.1:8000")),
+        (Some("[::1]:8000"), None),
+    ] {
+        let r = send(host, origin, "/product/search").await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host:?} {origin:?}");
+    }
+    s.stop().await;
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 const ADMIN: &str = "mk-admin";
 const ALICE: &str = "mk-alice";
 /// Words only bob's and carol's memories contain: any of them in a reply to alice is a leak.
-const SECRETS: &[&str] = &["swordfish", "zeppelin", "4417", "Oslo"];
+const SECRETS: &[&str] = &["swordfish", "zeppelin", "Oslo", "Bob's locker"];
 
 fn leaks(v: &Value) -> Option<&'static str> {
     let s = v.to_string();
@@ -504,6 +504,13 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
     let cubes: Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(cubes.as_array().unwrap().len(), 1, "{cubes}");
     assert_eq!(cubes[0]["memories"], alices, "{cubes}");
+    let r = call(
+        "add_feedback",
+        json!({"user_id": "alice", "cube_id": "alice", "retrieved_memory_ids": [w.bob_id],
+               "feedback_content": "No, it's 1111 not 2222."}),
+    )
+    .await;
+    assert_no_leak("MCP feedback", &json!(text(&r)), &others);
     let r = call("delete_all_memories", json!({"cube_id": "alice"})).await;
     assert_ne!(r.is_error, Some(true), "{}", text(&r));
     mcp.cancel().await.unwrap();
