@@ -313,7 +313,7 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
             ALICE,
             "/product/feedback",
             json!({"user_id": "alice", "writable_cube_ids": ["alice"],
-            "async_mode": "sync", "retrieved_memory_ids": [w.bob_id],
+            "async_mode": "sync", "retrieved_memory_ids": [w.bob_id, w.carol_id],
             "feedback_content": "No, the locker code is 9999 now."}),
         )
         .await;
@@ -493,6 +493,13 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
     .await;
     assert_ne!(r.is_error, Some(true), "{}", text(&r));
     assert_no_leak("MCP search", &json!(text(&r)), &others);
+    let r = call(
+        "search_memories",
+        json!({"user_id": "alice", "cube_ids": ["carol"], "query": "zeppelin"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    assert_no_leak("MCP search in another cube", &json!(text(&r)), &others);
     for id in others {
         let r = call("get_memory", json!({"memory_id": id})).await;
         assert_eq!(r.is_error, Some(true), "{}", text(&r));
