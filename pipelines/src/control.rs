@@ -110,13 +110,13 @@ impl Memos {
         store::validate_key_part("record_id", &record_id)?;
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
         let touched = [cube.clone()];
-        let p = p.clone();
+        let scope = p.scope();
         let out = self.blocking(move |store| {
             let mut wtxn = store.write_txn()?;
             let ids: Vec<String> = match memory_ids {
                 Some(ids) => {
                     for id in &ids {
-                        match store.get_visible(&wtxn, id, &p.scope())? {
+                        match store.get_visible(&wtxn, id, &scope)? {
                             Some(r) if r.cube_id == cube => {}
                             _ => {
                                 return Err(PipelineError::NotFound(format!(
@@ -127,7 +127,7 @@ impl Memos {
                     }
                     ids
                 }
-                None => store.matching_ids(&wtxn, &cube, &Filter::And(vec![]), &p.scope())?,
+                None => store.matching_ids(&wtxn, &cube, &Filter::And(vec![]), &scope)?,
             };
             if hard {
                 let receipt = store.delete(&mut wtxn, &ids)?;

@@ -1166,14 +1166,14 @@ impl Memos {
             p.check(Access::Write, &[], Some(u))?;
         }
         let req = req.clone();
-        let p = p.clone();
+        let scope = p.scope();
         let receipt = self
             .blocking(move |store| {
                 let mut wtxn = store.write_txn()?;
                 let ids: Vec<String> = if let Some(ids) = &req.memory_ids {
                     let mut missing = Vec::new();
                     for id in ids {
-                        match store.get_visible(&wtxn, id, &p.scope())? {
+                        match store.get_visible(&wtxn, id, &scope)? {
                             Some(_) => {}
                             _ => missing.push(id.clone()),
                         }
@@ -1192,7 +1192,7 @@ impl Memos {
                             .cubes(&wtxn)?
                             .into_iter()
                             .map(|c| c.cube_id)
-                            .filter(|c| p.allows_cube(c))
+                            .filter(|c| scope.allows_cube(c))
                             .collect(),
                     };
                     let mut ids = Vec::new();
@@ -1222,7 +1222,7 @@ impl Memos {
                             }
                             Filter::And(parts)
                         };
-                        ids.extend(store.matching_ids(&wtxn, cube, &filter, &p.scope())?);
+                        ids.extend(store.matching_ids(&wtxn, cube, &filter, &scope)?);
                     }
                     ids
                 };
@@ -1377,12 +1377,12 @@ impl Memos {
     ) -> Result<(Vec<store::MemoryRecord>, Vec<String>), PipelineError> {
         p.check(Access::Read, &[], None)?;
         self.cfg.limits.check_ids("memory id", &ids)?;
-        let p = p.clone();
+        let scope = p.scope();
         self.blocking(move |store| {
             let txn = store.read_txn()?;
             let (mut found, mut missing) = (Vec::new(), Vec::new());
             for id in ids {
-                match store.get_visible(&txn, &id, &p.scope())? {
+                match store.get_visible(&txn, &id, &scope)? {
                     Some(r) => found.push(r),
                     _ => missing.push(id),
                 }
