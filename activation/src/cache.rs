@@ -110,7 +110,7 @@ impl KvCache {
         for (a, b) in self.layers.iter().zip(&other.layers) {
             if let (Some(a), Some(b)) = (a, b) {
                 for (x, y) in [(&a.k, &b.k), (&a.v, &b.v)] {
-                    m = m.max(crate::cpu::max_abs_diff(x, y)?);
+                    m = m.max(max_abs_diff(x, y)?);
                 }
             }
         }
@@ -228,4 +228,9 @@ pub fn read_meta(bytes: &[u8]) -> Result<CacheMeta> {
             .map_err(|e| ActivationError::Cache(format!("memory_ids: {e}")))?,
         text_hash: get("text_hash")?,
     })
+}
+
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }

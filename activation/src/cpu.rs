@@ -3,6 +3,7 @@
 
 use candle_core::{D, Device, Tensor};
 
+pub use crate::cache::max_abs_diff;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::error::{ActivationError, Result};
@@ -187,11 +188,6 @@ fn causal_mask(n: usize, offset: usize) -> Result<Tensor> {
         })
         .collect();
     Ok(Tensor::from_vec(m, (n, total), &Device::Cpu)?)
-}
-
-/// The largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
 
 /// Index of the largest logit in a `[1, vocab]` or `[vocab]` tensor.

@@ -17,6 +17,8 @@ pub mod error;
 pub mod fetch;
 pub mod gguf;
 pub mod lm;
+#[doc(hidden)]
+pub mod testing;
 pub mod weights;
 
 pub use cache::{CacheMeta, KvCache};

@@ -156,5 +156,5 @@ fn main() {
     ));
     println!("{md}");
     let out = tests::root().join("BENCHMARKS.md");
-    pipelines::eval::write_section(&out, "activation", &md).unwrap();
+    memos::eval::write_section(&out, "activation", &md).unwrap();
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use operators::embed::{Embedder, HashEmbedder};
-use pipelines::auth::{KeyConfig, Principal};
 use serde_json::{Value, json};
+use server::auth::{KeyConfig, Principal};
 
 fn texts() -> Vec<String> {
     tests::bench::locomo_turns()
@@ -83,7 +83,7 @@ async fn main() {
     let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
     let m = s.memos.clone();
     let local = Principal::local();
-    let req = |q: &str| pipelines::api::SearchRequest {
+    let req = |q: &str| server::api::SearchRequest {
         query: q.into(),
         user_id: Some("u".into()),
         readable_cube_ids: Some(vec!["bench".into()]),
@@ -176,5 +176,5 @@ async fn main() {
     );
     println!("{md}");
     let out = tests::root().join("BENCHMARKS.md");
-    pipelines::eval::write_section(&out, "api", &md).unwrap();
+    memos::eval::write_section(&out, "api", &md).unwrap();
 }

@@ -14,10 +14,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pipelines::auth::Principal;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
+use server::auth::Principal;
 
 use tests::bench::env;
 
@@ -42,12 +42,12 @@ struct Run {
 }
 
 /// Starts a server over `cfg` and waits until `n` events are processed.
-async fn drain(cfg: pipelines::Config, n: usize) -> (Run, tests::Server) {
+async fn drain(cfg: server::Config, n: usize) -> (Run, tests::Server) {
     let rss_start = tests::bench::rss_anon_mb();
     let t = Instant::now();
     let store =
         std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    let embedder = pipelines::service::load_embedder(&cfg).unwrap();
+    let embedder = server::service::load_embedder(&cfg).unwrap();
     let s = tests::Server::start_with_parts(cfg, store, embedder).await;
     let mut rss_max = rss_start;
     loop {
@@ -125,7 +125,7 @@ async fn fill_kafka(brokers: &str, topic: &str, n: usize, texts: &[String]) {
     }
 }
 
-fn nats_cfg(dir: &std::path::Path, hash: bool) -> (pipelines::Config, String) {
+fn nats_cfg(dir: &std::path::Path, hash: bool) -> (server::Config, String) {
     let mut cfg = tests::config(dir);
     if hash {
         cfg.embedder.kind = "hash".into();
@@ -274,7 +274,7 @@ async fn main() {
         let publish_secs = t.elapsed().as_secs_f64();
         let store =
             std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-        let embedder = pipelines::service::load_embedder(&cfg).unwrap();
+        let embedder = server::service::load_embedder(&cfg).unwrap();
         let s = tests::Server::start_with_parts(cfg, store, embedder).await;
         let t = Instant::now();
         let mut samples = Vec::new();
@@ -342,7 +342,7 @@ async fn main() {
     let req = |q: &str, cube: usize| json!({"query": q, "user_id": "u", "readable_cube_ids": [format!("bench-{cube}")], "top_k": 10});
     let local = Principal::local();
     for (i, q) in questions.iter().take(20).enumerate() {
-        let r: pipelines::api::SearchRequest = serde_json::from_value(req(q, i % 16)).unwrap();
+        let r: server::api::SearchRequest = serde_json::from_value(req(q, i % 16)).unwrap();
         s.memos.search(&r, &local).await.unwrap();
         client
             .request(
@@ -354,7 +354,7 @@ async fn main() {
     }
     let (mut direct, mut bus) = (Vec::new(), Vec::new());
     for (i, q) in questions.iter().enumerate() {
-        let r: pipelines::api::SearchRequest = serde_json::from_value(req(q, i % 16)).unwrap();
+        let r: server::api::SearchRequest = serde_json::from_value(req(q, i % 16)).unwrap();
         let t = Instant::now();
         s.memos.search(&r, &local).await.unwrap();
         direct.push(t.elapsed().as_secs_f64() * 1e3);
@@ -408,5 +408,5 @@ async fn main() {
         b50 - d50
     ));
     println!("{md}");
-    pipelines::eval::write_section(&tests::root().join("BENCHMARKS.md"), "bus", &md).unwrap();
+    memos::eval::write_section(&tests::root().join("BENCHMARKS.md"), "bus", &md).unwrap();
 }

@@ -179,5 +179,5 @@ async fn main() {
     );
     println!("{md}");
     let out = tests::root().join("BENCHMARKS.md");
-    pipelines::eval::write_section(&out, "control", &md).unwrap();
+    memos::eval::write_section(&out, "control", &md).unwrap();
 }

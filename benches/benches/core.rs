@@ -136,12 +136,12 @@ fn main() {
             let dir = tempfile::tempdir().unwrap();
             let cfg = tests::config(dir.path());
             let st = Arc::new(Store::open(dir.path(), cfg.store_options()).unwrap());
-            let mut p = Processor::new(
-                &cfg,
+            let commits = pipelines::Committer::new(
                 st.clone(),
-                e.clone(),
                 Arc::new(pipelines::metrics::Metrics::new()),
+                vec![],
             );
+            let mut p = Processor::new(&cfg.engine(), commits, e.clone());
             let events: Vec<Vec<u8>> = (0..n)
             .map(|i| {
                 serde_json::to_vec(&json!({"event_id": format!("b{i}"), "kind": "messages", "cube_id": "bench", "user_id": "u",
@@ -310,6 +310,6 @@ fn main() {
         return;
     }
     let out = tests::root().join("BENCHMARKS.md");
-    pipelines::eval::write_section(&out, "core", &md).unwrap();
+    memos::eval::write_section(&out, "core", &md).unwrap();
     println!("written to {}", out.display());
 }

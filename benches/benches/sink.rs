@@ -113,16 +113,16 @@ fn import(data: &std::path::Path, file: &std::path::Path) -> f64 {
     secs
 }
 
-fn hash_cfg(dir: &std::path::Path) -> pipelines::Config {
+fn hash_cfg(dir: &std::path::Path) -> server::Config {
     let mut cfg = tests::config(dir);
     cfg.embedder.kind = "hash".into();
     cfg.pipeline.linger_ms = 20;
     cfg
 }
 
-async fn hash_server(cfg: pipelines::Config) -> tests::Server {
+async fn hash_server(cfg: server::Config) -> tests::Server {
     let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    let embedder = pipelines::service::load_embedder(&cfg).unwrap();
+    let embedder = server::service::load_embedder(&cfg).unwrap();
     tests::Server::start_with_parts(cfg, store, embedder).await
 }
 
@@ -377,7 +377,7 @@ fn main() {
         tests::bench::pct(&mut t_arroy, 0.5),
     ));
     print!("{md}");
-    pipelines::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sink", &md).unwrap();
+    memos::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sink", &md).unwrap();
 }
 
 fn chrono_date() -> String {

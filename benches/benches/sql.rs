@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use operators::embed::{Embedder, HashEmbedder};
-use pipelines::auth::Principal;
 use serde_json::{Value, json};
+use server::auth::Principal;
 
 use tests::bench::env;
 
@@ -85,7 +85,7 @@ async fn main() {
 
     let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
     let m = s.memos.clone();
-    let session = pipelines::sqlapi::session(&m, &Principal::local()).unwrap();
+    let session = server::sqlapi::session(&m, &Principal::local()).unwrap();
     let run = |sql: String| {
         let (m, session) = (m.clone(), session.clone());
         async move {
@@ -240,5 +240,5 @@ Rows decoded (`EXPLAIN ANALYZE`, the scan's `rows_scanned` / `cubes_scanned` met
         per = size / cubes,
     );
     println!("{md}");
-    pipelines::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sql", &md).unwrap();
+    memos::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sql", &md).unwrap();
 }

@@ -23,9 +23,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use thiserror::Error;
 
-/// Names of the sources this build knows, as they appear in dead letters and offsets.
-pub const SOURCES: &[&str] = &["http", "import", "eval", "kafka", "nats", "nats-core"];
-
 /// The connectors crate's error type.
 #[derive(Debug, Error)]
 pub enum ConnectorError {

@@ -517,41 +517,6 @@ pub fn tool_outcome(result: &str) -> (bool, Option<String>) {
     (true, None)
 }
 
-/// Splits text into chunks of at most `size` characters on paragraph/sentence boundaries where
-/// possible, with `overlap` characters carried over.
-pub fn chunk(text: &str, size: usize, overlap: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let size = size.max(1);
-    if chars.len() <= size {
-        return if text.trim().is_empty() {
-            vec![]
-        } else {
-            vec![text.trim().to_string()]
-        };
-    }
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < chars.len() {
-        let mut end = (start + size).min(chars.len());
-        if end < chars.len() {
-            // Back off to the last paragraph or sentence break in the second half.
-            let window: String = chars[start + size / 2..end].iter().collect();
-            if let Some(pos) = window.rfind("\n\n").or_else(|| window.rfind(". ")) {
-                end = start + size / 2 + window[..pos].chars().count() + 1;
-            }
-        }
-        let piece: String = chars[start..end].iter().collect();
-        if !piece.trim().is_empty() {
-            out.push(piece.trim().to_string());
-        }
-        if end >= chars.len() {
-            break;
-        }
-        start = end.saturating_sub(overlap).max(start + 1);
-    }
-    out
-}
-
 impl Operator for WindowOperator {
     type In = IdentifiedEvent;
     type Out = Draft;

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use store::{KvEntry, MemoryRecord, MemoryType, Status, Store};
 use tokio::sync::mpsc;
 
+use crate::commit::{Changes, CommitHook, Committer};
 use crate::error::PipelineError;
 use crate::metrics::Metrics;
-use crate::service::Memos;
 
 /// `[activation]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,12 +219,8 @@ impl Activation {
 
     /// Brings one cube's cache up to date: builds it when the selection changed, removes it when
     /// nothing is selected. Returns the outcome label.
-    pub fn refresh(
-        &self,
-        store: &Store,
-        metrics: &Metrics,
-        cube: &str,
-    ) -> Result<&'static str, PipelineError> {
+    pub fn refresh(&self, commits: &Committer, cube: &str) -> Result<&'static str, PipelineError> {
+        let (store, metrics) = (commits.store(), commits.metrics());
         self.queued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -234,9 +230,9 @@ impl Activation {
             let sel = self.selection(store, &txn, cube)?;
             if sel.is_empty() {
                 drop(txn);
-                let mut w = store.write_txn()?;
+                let mut w = commits.begin("kv_cache")?;
                 let removed = store.delete_kv(&mut w, cube, ENTRY)?;
-                store.commit(w)?;
+                w.commit()?;
                 return Ok(if removed { "cleared" } else { "unchanged" });
             }
             let prefix = self.compose(&self.cfg.system, &sel)?;
@@ -275,7 +271,7 @@ impl Activation {
             .map_err(act_error)?;
         // Commit only if the selection is still what was built (a delete or an update in the
         // meantime queued another refresh).
-        let mut w = store.write_txn()?;
+        let mut w = commits.begin("kv_cache")?;
         let sel = self.selection(store, &w, cube)?;
         if sel.is_empty() || self.compose(&self.cfg.system, &sel)?.hash != prefix.hash {
             drop(w);
@@ -296,7 +292,7 @@ impl Activation {
                 data,
             },
         )?;
-        store.commit(w)?;
+        w.commit()?;
         tracing::info!(
             cube,
             tokens = prefix.tokens.len(),
@@ -309,34 +305,47 @@ impl Activation {
     }
 }
 
+/// After a commit, the cubes whose memories changed are queued for a rebuild.
+impl CommitHook for Activation {
+    fn committed(&self, changes: &Changes) {
+        for c in &changes.cubes {
+            self.notify(c);
+        }
+    }
+}
+
 /// An activation error as a pipeline error.
 pub fn act_error(e: activation::ActivationError) -> PipelineError {
     PipelineError::Activation(e)
 }
 
 /// Starts the worker: refreshes queued cubes one at a time on a blocking thread, and every cube
-/// once at start. Ends when the service is dropped.
-pub fn spawn_worker(memos: Weak<Memos>, mut rx: mpsc::UnboundedReceiver<String>) {
-    if let Some(m) = memos.upgrade()
-        && let Some(a) = &m.activation
-        && let Ok(txn) = m.store.read_txn()
-        && let Ok(cubes) = m.store.cubes(&txn)
+/// once at start. It holds the activation service weakly and ends when that is dropped (the
+/// engine stopped).
+pub fn spawn_worker(
+    act: &Arc<Activation>,
+    commits: Committer,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
+    let store = commits.store();
+    if let Ok(txn) = store.read_txn()
+        && let Ok(cubes) = store.cubes(&txn)
     {
         for c in cubes {
-            a.notify(&c.cube_id);
+            act.notify(&c.cube_id);
         }
     }
+    let act: Weak<Activation> = Arc::downgrade(act);
     tokio::spawn(async move {
         while let Some(cube) = rx.recv().await {
-            let Some(m) = memos.upgrade() else { return };
+            let Some(a) = act.upgrade() else { return };
+            let commits = commits.clone();
             let res = tokio::task::spawn_blocking(move || {
-                let Some(a) = &m.activation else {
-                    return Ok("disabled");
-                };
-                a.refresh(&m.store, &m.metrics, &cube)
-                    .inspect(|o| m.metrics.kv_builds.with_label_values(&[o]).inc())
+                let metrics = commits.metrics().clone();
+                a.refresh(&commits, &cube)
+                    .inspect(|o| metrics.kv_builds.with_label_values(&[o]).inc())
                     .inspect_err(|e| {
-                        m.metrics.kv_builds.with_label_values(&["failed"]).inc();
+                        metrics.kv_builds.with_label_values(&["failed"]).inc();
                         tracing::warn!(cube, error = %e, "activation: KV cache build failed");
                     })
             })
@@ -346,63 +355,6 @@ pub fn spawn_worker(memos: Weak<Memos>, mut rx: mpsc::UnboundedReceiver<String>)
             }
         }
     });
-}
-
-impl Memos {
-    fn activation(&self) -> Result<&Arc<Activation>, PipelineError> {
-        self.activation.as_ref().ok_or_else(|| {
-            PipelineError::Unavailable(
-                "activation memory is off: set [activation] enabled = true (MEMOS_ACTIVATION__ENABLED=true) after `memos model fetch --lm`".into(),
-            )
-        })
-    }
-
-    /// A cube's stored KV cache entry (404 when there is none).
-    pub async fn kv_entry(&self, cube: String) -> Result<KvEntry, PipelineError> {
-        self.blocking(move |store| {
-            let txn = store.read_txn()?;
-            store.kv_entry(&txn, &cube, ENTRY)?.ok_or_else(|| {
-                PipelineError::NotFound(format!(
-                    "cube {cube} has no KV cache (no activated memories yet, or it is being built)"
-                ))
-            })
-        })
-        .await
-    }
-
-    /// Queues a rebuild of a cube's cache (503 when activation is off).
-    pub fn kv_rebuild(&self, cube: &str) -> Result<(), PipelineError> {
-        self.activation()?.notify(cube);
-        Ok(())
-    }
-}
-
-/// The JSON description of a stored cache (everything but the tensors).
-pub fn entry_meta(e: &KvEntry, lm: Option<&LocalLm>) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "cube_id": e.cube_id,
-        "name": e.name,
-        "model_id": e.model_id,
-        "tokenizer_hash": e.tokenizer_hash,
-        "token_count": e.token_count,
-        "memory_ids": e.memory_ids,
-        "text_hash": e.text_hash,
-        "created_at": store::time::micros_to_rfc3339(e.created_at),
-        "bytes": e.data.len(),
-        "dtype": "float16",
-        "format": "safetensors",
-        "tensors": "past_key_values.{layer}.key / .value, [1, kv_heads, tokens, head_dim], keys after RoPE (rotate-half)",
-    });
-    if let Some(lm) = lm {
-        let c = lm.config();
-        v["num_layers"] = c.num_layers.into();
-        v["num_kv_heads"] = c.num_kv_heads.into();
-        v["head_dim"] = c.head_dim().into();
-        v["bytes_per_token"] = c.cache_bytes_per_token().into();
-        v["current_model"] =
-            (lm.model_id == e.model_id && lm.tokenizer_hash == e.tokenizer_hash).into();
-    }
-    v
 }
 
 /// A chat answered by the local model: the memory prefix (with its cache when current) and the

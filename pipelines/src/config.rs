@@ -1,73 +1,46 @@
-//! Configuration: embedded defaults (`default.toml`), then `--config FILE`, then `MEMOS_*`
-//! environment variables. Every struct denies unknown fields, so a typo is an error.
+//! The engine's settings: one serde struct per TOML section the engine reads (`[pipeline]`,
+//! `[memory]`, `[embedder]`), and [`EngineConfig`], the sections the engine is started with.
+//! The server assembles them with its own sections into the process configuration (embedded
+//! defaults, then a file, then `MEMOS_*` variables).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use operators::dedupe::DedupeConfig;
+use operators::embed::{Embedder, HashEmbedder, LocalEmbedder, OpenAiEmbedder};
 use operators::extract::ExtractConfig;
 use operators::window::WindowConfig;
 use serde::{Deserialize, Serialize};
-use store::search::Fusion;
 
+use crate::activation::ActivationConfig;
 use crate::error::PipelineError;
 
-/// The embedded default configuration.
-pub const DEFAULT_TOML: &str = include_str!("default.toml");
-
-/// Whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// LMDB data directory.
-    pub data_dir: PathBuf,
-    /// Model directory.
+/// What the engine is started with: the sections of the process configuration it reads.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Model directory (the local embedder).
     pub model_dir: PathBuf,
-    /// REST API address.
-    pub http_addr: String,
-    /// Prometheus `/metrics` address (`MEMOS_METRICS_ADDR`); empty disables it.
-    pub metrics_addr: String,
-    /// Most data the store holds, in MiB (LMDB map size less its reserve). When it is reached,
-    /// adds answer 507 and broker events wait; reads and deletes keep working.
-    pub map_size_mb: u64,
-    /// On SIGTERM/SIGINT: how long the pipeline may take to finish its batch and fold the
-    /// vector delta before the process exits anyway.
-    pub shutdown_timeout_secs: u64,
     /// Fetch the model on first start.
     pub auto_fetch_model: bool,
-    /// text | json.
-    pub log_format: String,
-    /// Embedder.
+    /// `[embedder]`.
     pub embedder: EmbedderConfig,
-    /// Pipeline runtime.
+    /// `[pipeline]`.
     pub pipeline: PipelineConfig,
-    /// window stage.
+    /// `[window]`.
     pub window: WindowConfig,
-    /// extract stage.
+    /// `[extract]`.
     pub extract: ExtractConfig,
-    /// dedupe stage.
+    /// `[dedupe]`.
     pub dedupe: DedupeConfig,
-    /// feedback-merge stage.
+    /// `[feedback]`.
     pub feedback: operators::feedback::FeedbackConfig,
-    /// Capacity-based forgetting per memory type.
+    /// `[memory]`.
     pub memory: MemoryConfig,
-    /// LLMs (OpenAI-compatible chat completions) for chat and fine extraction.
+    /// `[llm]` (fine extraction).
     pub llm: operators::llm::LlmConfig,
-    /// Activation memory: KV caches of selected memories for the local model.
-    pub activation: crate::activation::ActivationConfig,
-    /// Search.
-    pub search: SearchConfig,
-    /// Request limits.
-    pub limits: LimitsConfig,
-    /// `MEMOS_API_KEYS`: comma-separated `KEY` (every cube) or `KEY:CUBE+CUBE` (those cubes).
-    pub api_keys: String,
-    /// API keys, scopes and rate limits.
-    pub auth: crate::auth::AuthConfig,
-    /// Kafka source, search topics, dead letters (enabled by `brokers` / `MEMOS_KAFKA_BROKERS`).
-    pub kafka: connectors::kafka::KafkaConfig,
-    /// NATS source, search subject, dead letters (enabled by `url` / `MEMOS_NATS_URL`).
-    pub nats: connectors::nats::NatsConfig,
-    /// SQL: Postgres wire address (`MEMOS_PG_ADDR`), timeout, memory pool, row limit.
-    pub sql: sql::SqlConfig,
+    /// `[activation]`.
+    pub activation: ActivationConfig,
 }
 
 /// Capacity limits: after each batch, a cube holding more activated memories of a type than
@@ -126,257 +99,64 @@ pub struct PipelineConfig {
     pub restart_backoff_max_ms: u64,
 }
 
-/// Search settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchConfig {
-    /// Fusion method.
-    pub fusion: Fusion,
-    /// Lexical candidates before fusion.
-    pub pool: usize,
-    /// Vector candidates before fusion.
-    pub vector_pool: usize,
-    /// Same-session boost.
-    pub session_boost: f32,
-    /// Largest accepted top_k.
-    pub max_top_k: usize,
-    /// Query time limit.
-    pub timeout_ms: u64,
-    /// arroy search_k multiplier.
-    pub ann_oversampling: usize,
-    /// RAM for the vector codes of all cubes (MiB); least recently used cubes are evicted.
-    pub vector_memory_mb: usize,
-    /// Candidate sets up to this size skip the sign-code step (int8 codes for all).
-    pub exact_scan_below: usize,
-}
-
-/// Request limits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest HTTP body.
-    pub max_body_bytes: usize,
-    /// Most messages in one add.
-    pub max_messages_per_add: usize,
-    /// Longest query.
-    pub max_query_chars: usize,
-    /// Most memories one export (`get_all`, unpaginated `get_memory`) returns.
-    pub max_export: usize,
-    /// Most ids in one `get_memory_by_ids` or delete by ids (memory ids, file ids).
-    pub max_ids: usize,
-    /// Most cubes (and knowledge bases) one request names.
-    pub max_cubes: usize,
-}
-
-impl LimitsConfig {
-    /// 413 when a request names more than `max_cubes` cubes.
-    pub fn check_cubes(&self, cubes: &[String]) -> Result<(), crate::error::PipelineError> {
-        if cubes.len() > self.max_cubes {
-            return Err(crate::error::PipelineError::TooLarge(format!(
-                "{} cubes in one request; the limit is {} (limits.max_cubes)",
-                cubes.len(),
-                self.max_cubes
-            )));
-        }
-        Ok(())
-    }
-
-    /// 400 for an empty or over-long id, 413 for more than `max_ids` of them.
-    pub fn check_ids(&self, what: &str, ids: &[String]) -> Result<(), crate::error::PipelineError> {
-        if ids.len() > self.max_ids {
-            return Err(crate::error::PipelineError::TooLarge(format!(
-                "{} {what}; the limit is {} (limits.max_ids)",
-                ids.len(),
-                self.max_ids
-            )));
-        }
-        for id in ids {
-            store::validate_key_part(what, id)
-                .map_err(|e| crate::error::PipelineError::BadRequest(e.to_string()))?;
-        }
-        Ok(())
-    }
-}
-
-fn merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(bv) if bv.is_table() && v.is_table() => merge(bv, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
-fn env_value(raw: &str) -> toml::Value {
-    // Numbers, booleans and inline tables parse as TOML; anything else is a string.
-    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.into()),
-    }
-}
-
-impl Config {
-    /// Loads defaults, then `file`, then `MEMOS_*` variables from `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, PipelineError> {
-        let mut v: toml::Value = toml::from_str(DEFAULT_TOML)
-            .map_err(|e| PipelineError::Config(format!("embedded default: {e}")))?;
-        if let Some(f) = file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
-            let o: toml::Value = toml::from_str(&text)
-                .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
-            merge(&mut v, o);
-        }
-        let mut llm_env = operators::llm::ModelConfig {
-            name: "default".into(),
-            ..Default::default()
-        };
-        for (k, val) in env {
-            // One LLM from the environment: MEMOS_LLM_URL, MEMOS_LLM_MODEL, MEMOS_LLM_API_KEY.
-            match k.as_str() {
-                "MEMOS_LLM_URL" => llm_env.url = val.clone(),
-                "MEMOS_LLM_MODEL" => llm_env.model = val.clone(),
-                "MEMOS_LLM_API_KEY" => llm_env.api_key = val.clone(),
-                _ => {}
-            }
-            // The brief's short names for the broker addresses.
-            let k = match k.as_str() {
-                "MEMOS_KAFKA_BROKERS" => "MEMOS_KAFKA__BROKERS".to_string(),
-                "MEMOS_NATS_URL" => "MEMOS_NATS__URL".to_string(),
-                "MEMOS_PG_ADDR" => "MEMOS_SQL__PG_ADDR".to_string(),
-                _ => k,
-            };
-            let Some(rest) = k.strip_prefix("MEMOS_") else {
-                continue;
-            };
-            let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
-            // Only keys the configuration knows; other MEMOS_* variables (for components of
-            // later releases or other tools) are left alone.
-            let known = {
-                let mut cur = &v;
-                path.iter().all(|p| match cur.get(p) {
-                    Some(n) => {
-                        cur = n;
-                        true
-                    }
-                    None => false,
-                })
-            };
-            if !known {
-                continue;
-            }
-            let mut o = env_value(&val);
-            if let Some(toml::Value::String(_)) = {
-                let mut cur = &v;
-                for p in &path {
-                    cur = &cur[p.as_str()];
-                }
-                Some(cur)
-            } {
-                o = toml::Value::String(val.clone());
-            }
-            for p in path.iter().rev() {
-                let mut t = toml::Table::new();
-                t.insert(p.clone(), o);
-                o = toml::Value::Table(t);
-            }
-            merge(&mut v, o);
-        }
-        let mut cfg: Config = v
-            .try_into()
-            .map_err(|e: toml::de::Error| PipelineError::Config(e.to_string()))?;
-        if !llm_env.url.is_empty() {
-            if llm_env.model.is_empty() {
-                return Err(PipelineError::Config(
-                    "MEMOS_LLM_URL is set but MEMOS_LLM_MODEL is not".into(),
-                ));
-            }
-            cfg.llm.models.retain(|m| m.name != "default");
-            cfg.llm.models.insert(0, llm_env);
-        }
-        for t in cfg.memory.capacity.keys() {
+impl MemoryConfig {
+    /// Refuses unknown memory types and forget modes.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        for t in self.capacity.keys() {
             if store::MemoryType::parse(t).is_none() {
                 return Err(PipelineError::Config(format!(
                     "memory.capacity: unknown memory type \"{t}\""
                 )));
             }
         }
-        if !["archive", "delete"].contains(&cfg.memory.forget.as_str()) {
+        if !["archive", "delete"].contains(&self.forget.as_str()) {
             return Err(PipelineError::Config(format!(
                 "memory.forget must be \"archive\" or \"delete\", not \"{}\"",
-                cfg.memory.forget
+                self.forget
             )));
         }
-        Ok(cfg)
-    }
-
-    /// Store options derived from this configuration.
-    pub fn store_options(&self) -> store::StoreOptions {
-        store::StoreOptions {
-            dimensions: self.embedder.dimensions,
-            ann_oversampling: self.search.ann_oversampling,
-            map_size: usize::try_from(self.map_size_mb)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(1 << 20),
-            vecmem: store::vecmem::VecMemOptions {
-                budget_bytes: self.search.vector_memory_mb.saturating_mul(1 << 20),
-                exact_below: self.search.exact_scan_below,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layering() {
-        let c = Config::load(None, vec![]).unwrap();
-        assert_eq!(c.http_addr, "127.0.0.1:8000");
-        let c = Config::load(
-            None,
-            vec![
-                ("MEMOS_HTTP_ADDR".into(), "127.0.0.1:0".into()),
-                ("MEMOS_PIPELINE__BATCH_SIZE".into(), "7".into()),
-                ("MEMOS_UNRELATED".into(), "x".into()),
-                ("MEMOS_API_KEYS".into(), "12345,k2:c1+c2".into()),
-                ("MEMOS_KAFKA_BROKERS".into(), "127.0.0.1:9092".into()),
-                ("MEMOS_NATS_URL".into(), "nats://127.0.0.1:4222".into()),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
-        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
-        assert_eq!(c.api_keys, "12345,k2:c1+c2");
-        assert_eq!(c.http_addr, "127.0.0.1:0");
-        assert_eq!(c.pipeline.batch_size, 7);
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[pipeline]\nbatch_sizes = 3\n").unwrap();
-        let err = Config::load(Some(&f), vec![]).unwrap_err().to_string();
-        assert!(err.contains("batch_sizes"), "{err}");
-    }
-
-    #[test]
-    fn the_deploy_example_is_valid() {
-        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/memos.example.toml");
-        let c = Config::load(Some(&f), vec![]).unwrap();
-        assert!(c.kafka.enabled() && c.nats.enabled());
-        assert_eq!(c.auth.keys[0].cubes, vec!["team-a-*".to_string()]);
-    }
+/// Loads the configured embedder (fetching the local model first if allowed and missing).
+pub fn load_embedder(cfg: &EngineConfig) -> Result<Arc<dyn Embedder>, PipelineError> {
+    let e = &cfg.embedder;
+    Ok(match e.kind.as_str() {
+        "local" => {
+            if !operators::embed::fetch::model_present(&cfg.model_dir) {
+                if !cfg.auto_fetch_model {
+                    return Err(PipelineError::Config(format!(
+                        "no model in {} (run `memos model fetch`)",
+                        cfg.model_dir.display()
+                    )));
+                }
+                operators::embed::fetch::fetch_model(&cfg.model_dir, &|m| {
+                    tracing::info!("model: {m}")
+                })?;
+            }
+            Arc::new(LocalEmbedder::load(&cfg.model_dir, e.batch_size)?)
+        }
+        "openai" => {
+            if e.url.is_empty() {
+                return Err(PipelineError::Config(
+                    "embedder.url is required for kind = \"openai\"".into(),
+                ));
+            }
+            let key = (!e.api_key.is_empty()).then(|| e.api_key.clone());
+            Arc::new(OpenAiEmbedder::new(
+                &e.url,
+                &e.model,
+                key,
+                e.dimensions,
+                Duration::from_secs(e.timeout_secs),
+            )?)
+        }
+        "hash" => Arc::new(HashEmbedder::new(e.dimensions)),
+        other => {
+            return Err(PipelineError::Config(format!(
+                "embedder.kind \"{other}\" is not local, openai or hash"
+            )));
+        }
+    })
 }

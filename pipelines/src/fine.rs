@@ -10,71 +10,57 @@
 //! memories stay searchable, the job is `failed` in `scheduler/status` with its reason, and the
 //! reason and the model's reply are kept as a dead letter (`source = "fine"`).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use operators::llm::{ChatOptions, Msg};
 use serde_json::{Value, json};
 use store::{DeadLetter, MemoryRecord, MemoryType, Status};
 use tokio::sync::mpsc;
 
+use crate::commit::{Changes, CommitHook, Committer};
 use crate::error::PipelineError;
-use crate::runtime::AddedMemory;
-use crate::service::{Memos, TaskStatus};
+use crate::metrics::Metrics;
+pub use crate::tasks::FineJob;
+use crate::tasks::{AddedMemory, TaskStatus, Tasks};
+
+/// After a commit, the jobs it made due are queued.
+impl CommitHook for FineQueue {
+    fn committed(&self, changes: &Changes) {
+        for job in &changes.fine_jobs {
+            self.submit(job.clone());
+        }
+    }
+}
 
 /// The sink's side of the fine queue.
 #[derive(Clone)]
 pub struct FineQueue {
     /// Jobs.
     pub tx: mpsc::Sender<FineJob>,
-    /// The service, once built (to show queued jobs in `scheduler/status`).
-    pub memos: Arc<std::sync::OnceLock<Weak<Memos>>>,
+    /// Task statuses (queued jobs show in `scheduler/status`).
+    pub tasks: Arc<Tasks>,
+    /// Metrics (dropped jobs).
+    pub metrics: Arc<Metrics>,
 }
 
 impl FineQueue {
     /// Queues a job after its fast memories were committed; a full queue drops it (the fast
     /// memories stay) and counts it.
     pub fn submit(&self, job: FineJob) {
-        let m = self.memos.get().and_then(Weak::upgrade);
-        if let Some(m) = &m {
-            queued(m, &job);
-        }
+        self.tasks.set(task(&job, "waiting", vec![], None));
         if let Err(e) = self.tx.try_send(job) {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
             tracing::warn!(task = %job.task_id(), "fine queue full: job dropped, fast memories kept");
-            if let Some(m) = &m {
-                m.metrics.fine_jobs.with_label_values(&["dropped"]).inc();
-                m.tasks.set(task(
-                    &job,
-                    "failed",
-                    vec![],
-                    Some("fine queue full; fast memories kept".into()),
-                ));
-            }
+            self.metrics.fine_jobs.with_label_values(&["dropped"]).inc();
+            self.tasks.set(task(
+                &job,
+                "failed",
+                vec![],
+                Some("fine queue full; fast memories kept".into()),
+            ));
         }
-    }
-}
-
-/// Work for the fine stage: the fast memories one event produced.
-#[derive(Debug, Clone)]
-pub struct FineJob {
-    /// Cube.
-    pub cube_id: String,
-    /// User.
-    pub user_id: String,
-    /// The event.
-    pub event_id: String,
-    /// The fast memories (window turns) to extract from.
-    pub memory_ids: Vec<String>,
-    /// `custom_tags` hint.
-    pub tags: Vec<String>,
-}
-
-impl FineJob {
-    /// The job's task id in `scheduler/status`.
-    pub fn task_id(&self) -> String {
-        format!("fine:{}:{}", self.cube_id, self.event_id)
     }
 }
 
@@ -109,7 +95,7 @@ pub struct Extracted {
 /// Validates the model's answer: `{"memory list": [...]}` (or `memories`), each with a
 /// non-empty `value`. Unknown memory types map to LongTermMemory, anything about the user or
 /// preferences to UserMemory (as MemOS does).
-pub fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
+pub(crate) fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
     let list = v
         .get("memory list")
         .or_else(|| v.get("memory_list"))
@@ -221,29 +207,52 @@ pub fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
     Ok(out)
 }
 
-/// Starts the worker; it ends when every sender is dropped (the pipeline stopped).
-pub fn spawn_worker(memos: Weak<Memos>, mut rx: mpsc::Receiver<FineJob>) {
-    tokio::spawn(async move {
-        // As many jobs at once as the extraction model takes requests.
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            memos
-                .upgrade()
-                .and_then(|m| m.llm.extract_model().map(|c| c.concurrency()))
-                .unwrap_or(1),
-        ));
-        while let Some(job) = rx.recv().await {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let Some(m) = memos.upgrade() else {
-                break;
-            };
-            tokio::spawn(async move {
-                run(&m, job).await;
-                drop(permit);
-            });
-        }
-    });
+/// What the fine worker works with: explicit dependencies, no service object.
+#[derive(Clone)]
+pub struct FineWorker {
+    /// Reads the fast memories, commits the extracted ones.
+    pub commits: Committer,
+    /// Embeds the extracted memories.
+    pub embedder: Arc<dyn operators::embed::Embedder>,
+    /// The extraction model.
+    pub llm: operators::llm::Llm,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Task statuses.
+    pub tasks: Arc<Tasks>,
+}
+
+impl FineWorker {
+    /// Starts the worker; it ends when every sender is dropped (the pipeline stopped).
+    pub fn spawn(self, mut rx: mpsc::Receiver<FineJob>) {
+        let w = Arc::new(self);
+        tokio::spawn(async move {
+            // As many jobs at once as the extraction model takes requests.
+            let slots = Arc::new(tokio::sync::Semaphore::new(
+                w.llm.extract_model().map(|c| c.concurrency()).unwrap_or(1),
+            ));
+            while let Some(job) = rx.recv().await {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let w = w.clone();
+                tokio::spawn(async move {
+                    run(&w, job).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&store::Store) -> Result<T, PipelineError> + Send + 'static,
+    ) -> Result<T, PipelineError> {
+        let store = self.commits.store().clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| PipelineError::Unavailable(e.to_string()))?
+    }
 }
 
 fn task(
@@ -263,12 +272,7 @@ fn task(
     }
 }
 
-/// Registers a queued job (called by the sink's sender side).
-pub fn queued(m: &Memos, job: &FineJob) {
-    m.tasks.set(task(job, "waiting", vec![], None));
-}
-
-async fn run(m: &Arc<Memos>, job: FineJob) {
+async fn run(m: &FineWorker, job: FineJob) {
     m.tasks.set(task(&job, "in_progress", vec![], None));
     let outcome = extract(m, &job).await;
     let label = match &outcome {
@@ -277,10 +281,7 @@ async fn run(m: &Arc<Memos>, job: FineJob) {
     };
     m.metrics.fine_jobs.with_label_values(&[label]).inc();
     match outcome {
-        Ok(added) => {
-            m.kv_touch(std::slice::from_ref(&job.cube_id));
-            m.tasks.set(task(&job, "completed", added, None))
-        }
+        Ok(added) => m.tasks.set(task(&job, "completed", added, None)),
         Err((reason, reply)) => {
             tracing::warn!(task = %job.task_id(), %reason, "fine extraction failed; fast memories kept");
             let dl = DeadLetter {
@@ -297,11 +298,10 @@ async fn run(m: &Arc<Memos>, job: FineJob) {
                 at: store::time::now_micros(),
             };
             let _ = m
-                .blocking(move |store| {
-                    let mut w = store.write_txn()?;
-                    store.put_dead_letter(&mut w, &dl)?;
-                    store.commit(w)?;
-                    Ok(())
+                .commits
+                .run("dead_letter", move |store, w| {
+                    store.put_dead_letter(w, &dl)?;
+                    Ok::<_, PipelineError>(())
                 })
                 .await;
             m.tasks.set(task(&job, "failed", vec![], Some(reason)));
@@ -311,7 +311,7 @@ async fn run(m: &Arc<Memos>, job: FineJob) {
 
 /// Runs one job; on failure returns the reason and the model's reply when there was one.
 async fn extract(
-    m: &Arc<Memos>,
+    m: &FineWorker,
     job: &FineJob,
 ) -> Result<Vec<AddedMemory>, (String, Option<String>)> {
     let fail = |e: PipelineError| (e.to_string(), None);
@@ -376,65 +376,67 @@ async fn extract(
         .map_err(|e| (format!("embedding: {e}"), None))?;
     let job2 = job.clone();
     let model_name = client.name().to_string();
-    m.blocking(move |store| {
-        let mut w = store.write_txn()?;
-        let first = &fast[0];
-        let now = store::time::now_micros();
-        let mut added = Vec::new();
-        let mut new_ids = Vec::new();
-        for (i, (e, v)) in items.iter().zip(&vecs).enumerate() {
-            let id = operators::event::memory_id(&job2.cube_id, &job2.event_id, 20_000 + i as u32);
-            new_ids.push(id.clone());
-            if store.get(&w, &id)?.is_some() {
-                continue;
+    m.commits
+        .run("fine", move |store, w| {
+            let first = &fast[0];
+            let now = store::time::now_micros();
+            let mut added = Vec::new();
+            let mut new_ids = Vec::new();
+            for (i, (e, v)) in items.iter().zip(&vecs).enumerate() {
+                let id =
+                    operators::event::memory_id(&job2.cube_id, &job2.event_id, 20_000 + i as u32);
+                new_ids.push(id.clone());
+                if store.get(w, &id)?.is_some() {
+                    continue;
+                }
+                let mut r = first.clone();
+                r.id = id;
+                r.memory = e.value.clone();
+                r.key = Some(e.key.clone());
+                r.memory_type = e.memory_type;
+                r.tags = first
+                    .tags
+                    .iter()
+                    .filter(|t| *t != "mode:fast")
+                    .cloned()
+                    .chain(std::iter::once("mode:fine".to_string()))
+                    .chain(e.tags.iter().cloned())
+                    .collect();
+                r.sources = fast.iter().flat_map(|f| f.sources.clone()).collect();
+                r.confidence = 0.99;
+                r.created_at = now;
+                r.updated_at = now;
+                r.version = 1;
+                r.history = vec![];
+                for (k, v) in &e.info {
+                    r.info.insert(k.clone(), v.clone());
+                }
+                r.info
+                    .insert(store::model::DERIVED_FROM.into(), json!(first.id));
+                r.info.insert(
+                    "extracted_from".into(),
+                    json!(fast.iter().map(|f| f.id.clone()).collect::<Vec<_>>()),
+                );
+                r.info.insert("extraction_model".into(), json!(model_name));
+                store.insert(w, &r, v)?;
+                added.push(AddedMemory {
+                    memory: r.memory.clone(),
+                    memory_id: r.id.clone(),
+                    memory_type: r.memory_type.as_str().into(),
+                    cube_id: r.cube_id.clone(),
+                });
             }
-            let mut r = first.clone();
-            r.id = id;
-            r.memory = e.value.clone();
-            r.key = Some(e.key.clone());
-            r.memory_type = e.memory_type;
-            r.tags = first
-                .tags
-                .iter()
-                .filter(|t| *t != "mode:fast")
-                .cloned()
-                .chain(std::iter::once("mode:fine".to_string()))
-                .chain(e.tags.iter().cloned())
-                .collect();
-            r.sources = fast.iter().flat_map(|f| f.sources.clone()).collect();
-            r.confidence = 0.99;
-            r.created_at = now;
-            r.updated_at = now;
-            r.version = 1;
-            r.history = vec![];
-            for (k, v) in &e.info {
-                r.info.insert(k.clone(), v.clone());
+            // The fast memories are replaced in the same commit, never before it.
+            for f in &fast {
+                let mut a = f.clone();
+                a.status = Status::Archived;
+                a.info.insert("evolve_to".into(), json!(new_ids));
+                store.update(w, &a, None, "fine", None)?;
             }
-            r.info
-                .insert(store::model::DERIVED_FROM.into(), json!(first.id));
-            r.info.insert(
-                "extracted_from".into(),
-                json!(fast.iter().map(|f| f.id.clone()).collect::<Vec<_>>()),
-            );
-            r.info.insert("extraction_model".into(), json!(model_name));
-            store.insert(&mut w, &r, v)?;
-            added.push(AddedMemory {
-                memory: r.memory.clone(),
-                memory_id: r.id.clone(),
-                memory_type: r.memory_type.as_str().into(),
-                cube_id: r.cube_id.clone(),
-            });
-        }
-        // The fast memories are replaced in the same commit, never before it.
-        for f in &fast {
-            let mut a = f.clone();
-            a.status = Status::Archived;
-            a.info.insert("evolve_to".into(), json!(new_ids));
-            store.update(&mut w, &a, None, "fine", None)?;
-        }
-        store.commit(w)?;
-        Ok(added)
-    })
-    .await
-    .map_err(fail)
+            // The extracted memories change the cube (its KV cache is rebuilt after the commit).
+            w.touch(&job2.cube_id);
+            Ok::<_, PipelineError>(added)
+        })
+        .await
+        .map_err(fail)
 }

@@ -1,25 +1,20 @@
-//! memos pipelines: configuration, the pipeline runtime, the service shared by every
-//! interface, the REST API and the LoCoMo evaluation harness. The `memos` binary is `main.rs`.
+//! memos pipelines, the engine: batching, the operator chain, the sink (the one LMDB commit
+//! per batch), and the workers its commits feed (fine extraction, KV-cache builds). It knows
+//! nothing of HTTP, API keys or MemOS JSON shapes; the `server` crate does.
 #![warn(missing_docs)]
 
 pub mod activation;
-pub mod api;
-pub mod auth;
-pub mod bus;
-pub mod chat;
+pub mod commit;
 pub mod config;
-pub mod control;
+pub mod delete;
+pub mod engine;
 pub mod error;
-pub mod eval;
-pub mod export;
 pub mod fine;
-pub mod http;
-pub mod mcp;
 pub mod metrics;
 pub mod runtime;
-pub mod service;
-pub mod sqlapi;
+pub mod tasks;
 
-pub use config::Config;
+pub use commit::{Commit, Committer};
+pub use config::EngineConfig;
+pub use engine::Engine;
 pub use error::PipelineError;
-pub use service::Memos;

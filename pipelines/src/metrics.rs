@@ -33,6 +33,9 @@ pub mod names {
     pub const EMBED_BATCH: &str = "memos_embedder_batch_size";
     /// LMDB commit latency of a pipeline batch, seconds.
     pub const COMMIT_SECONDS: &str = "memos_store_commit_duration_seconds";
+    /// Write transactions committed, by `path` (batch, dead_letter, fine, kv_cache, delete,
+    /// update, soft_delete, recover, knowledge_base, cube, api_key, import).
+    pub const COMMITS: &str = "memos_store_commits_total";
     /// Memories written by the pipeline, by `kind` (inserted, merged, feedback).
     pub const MEMORIES_WRITTEN: &str = "memos_pipeline_memories_written_total";
     /// Feedback processed by the feedback-merge stage, by `intent` (replace, set, retract,
@@ -97,6 +100,7 @@ pub mod names {
         OPERATOR_ITEMS,
         EMBED_BATCH,
         COMMIT_SECONDS,
+        COMMITS,
         BATCH_SECONDS,
         BATCH_EVENTS,
         MEMORIES_WRITTEN,
@@ -147,6 +151,8 @@ pub struct Metrics {
     pub embed_batch: Histogram,
     /// [`names::COMMIT_SECONDS`].
     pub commit_seconds: Histogram,
+    /// [`names::COMMITS`].
+    pub commits: IntCounterVec,
     /// [`names::MEMORIES_WRITTEN`].
     pub memories_written: IntCounterVec,
     /// [`names::FEEDBACK`].
@@ -313,6 +319,12 @@ impl Metrics {
                 names::COMMIT_SECONDS,
                 "LMDB commit latency of a pipeline batch.",
                 LATENCY_BUCKETS,
+            ),
+            commits: counter(
+                &r,
+                names::COMMITS,
+                "Write transactions committed, by kind of work.",
+                &["path"],
             ),
             memories_written: counter(
                 &r,

@@ -21,7 +21,9 @@ use serde_json::Value;
 use store::{DeadLetter, EventRecord, Filter, MemoryType, Status, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
+use crate::commit::Committer;
+use crate::config::EngineConfig as Config;
+use crate::delete::{Deletion, Missing, Target};
 use crate::error::PipelineError;
 
 /// What a source hands to the pipeline.
@@ -60,18 +62,7 @@ pub struct Incoming {
     pub reply: Option<oneshot::Sender<Outcome>>,
 }
 
-/// A memory written (or merged into) by an event.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AddedMemory {
-    /// Memory text.
-    pub memory: String,
-    /// Memory id.
-    pub memory_id: String,
-    /// MemOS type.
-    pub memory_type: String,
-    /// Cube.
-    pub cube_id: String,
-}
+pub use crate::tasks::AddedMemory;
 
 /// What happened to one input.
 #[derive(Debug, Clone, Serialize)]
@@ -146,24 +137,6 @@ impl PipelineHandle {
             .await
             .map_err(|_| PipelineError::Unavailable("the pipeline is shut down".into()))
     }
-
-    /// Queues an event and waits until its batch has committed.
-    pub async fn submit_wait(
-        &self,
-        payload: Payload,
-        source: &str,
-    ) -> Result<Outcome, PipelineError> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Incoming {
-            payload,
-            source: source.into(),
-            position: None,
-            reply: Some(tx),
-        })
-        .await?;
-        rx.await
-            .map_err(|_| PipelineError::Unavailable("the pipeline stopped before replying".into()))
-    }
 }
 
 /// Per-batch statistics, for logs and benchmarks.
@@ -190,8 +163,10 @@ pub struct Processor {
     embed: EmbedOperator,
     dedupe: DedupeOperator,
     feedback: operators::feedback::FeedbackMergeOperator,
-    fine: Option<crate::fine::FineQueue>,
-    activation: Option<Arc<crate::activation::Activation>>,
+    /// Opens the batch's write transaction; its hooks queue fine jobs and KV-cache builds.
+    committer: Committer,
+    /// Whether fine-mode events queue extraction jobs (an extraction model is configured).
+    fine_enabled: bool,
     capacity: Vec<(MemoryType, usize)>,
     hard_forget: bool,
     max_event_bytes: usize,
@@ -376,12 +351,9 @@ fn retry<T>(
 
 impl Processor {
     /// Builds the operator chain from the configuration.
-    pub fn new(
-        cfg: &Config,
-        store: Arc<Store>,
-        embedder: Arc<dyn Embedder>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    pub fn new(cfg: &Config, committer: Committer, embedder: Arc<dyn Embedder>) -> Self {
+        let store = committer.store().clone();
+        let metrics = committer.metrics().clone();
         Processor {
             ctx: OpContext {
                 store: store.clone(),
@@ -390,8 +362,8 @@ impl Processor {
             window: cfg.window.build(),
             extract: cfg.extract.build(),
             feedback: cfg.feedback.build(embedder.clone()),
-            fine: None,
-            activation: None,
+            committer,
+            fine_enabled: false,
             embed: EmbedOperator::new(embedder),
             dedupe: cfg.dedupe.build(),
             capacity: cfg
@@ -409,6 +381,12 @@ impl Processor {
             stages: Vec::new(),
             fatal: None,
         }
+    }
+
+    /// Lets fine-mode events queue extraction jobs (after their commit).
+    pub fn with_fine(mut self, enabled: bool) -> Self {
+        self.fine_enabled = enabled;
+        self
     }
 
     /// Adds custom stages (run between `extract` and `embed`, in order).
@@ -721,7 +699,8 @@ impl Processor {
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
 
         // Sink: one write transaction for the whole batch.
-        let mut wtxn = self.store.write_txn()?;
+        let committer = self.committer.clone();
+        let mut wtxn = committer.begin("batch")?;
         let mut by_event: HashMap<String, Vec<Draft>> = HashMap::new();
         for d in drafts {
             by_event.entry(d.event_id.clone()).or_default().push(d);
@@ -808,21 +787,17 @@ impl Processor {
             }
             self.store.set_offset(&mut wtxn, src, pos)?;
         }
+        // Once the batch is durable, the hooks rebuild the touched cubes' KV caches and start
+        // fine extraction.
+        for &cube in &cubes {
+            wtxn.touch(cube);
+        }
+        for job in fine_jobs {
+            wtxn.fine_job(job);
+        }
         let t_sink = Instant::now();
-        self.store.commit(wtxn)?;
+        wtxn.commit()?;
         m.commit_seconds.observe(t_sink.elapsed().as_secs_f64());
-        // The activation worker rebuilds the touched cubes' KV caches once the batch is durable.
-        if let Some(a) = &self.activation {
-            for c in &cubes {
-                a.notify(c);
-            }
-        }
-        // Fine extraction starts only once the fast memories are durable.
-        if let Some(q) = &self.fine {
-            for job in fine_jobs {
-                q.submit(job);
-            }
-        }
         for src in released {
             self.held.remove(&src);
         }
@@ -884,14 +859,14 @@ impl Processor {
             at: store::time::now_micros(),
         };
         let written = (|| -> Result<(), PipelineError> {
-            let mut wtxn = self.store.write_txn()?;
+            let mut wtxn = self.committer.begin("dead_letter")?;
             self.store.put_dead_letter(&mut wtxn, &dl)?;
             if let Some((src, pos)) = &position
                 && !self.held.contains_key(src)
             {
                 self.store.set_offset(&mut wtxn, src, pos)?;
             }
-            self.store.commit(wtxn)?;
+            wtxn.commit()?;
             Ok(())
         })();
         let stats = BatchStats {
@@ -1038,7 +1013,7 @@ impl Processor {
                 if ev.mode == operators::event::Mode::Fine
                     && ev.kind == EventKind::Messages
                     && !fast_turns.is_empty()
-                    && self.fine.is_some()
+                    && self.fine_enabled
                 {
                     out.fine_job = Some(crate::fine::FineJob {
                         cube_id: ev.cube_id.clone(),
@@ -1064,41 +1039,33 @@ impl Processor {
         Ok(out)
     }
 
+    /// A delete event: by ids or by a filter, only in its own cube and only its own user's
+    /// memories (ids it cannot see are skipped; validation refused an empty filter).
     fn apply_delete(
         &self,
         wtxn: &mut store::heed::RwTxn,
         ev: &Event,
     ) -> Result<Vec<String>, PipelineError> {
-        let cube = ev.cube_id.as_str();
-        let ids: Vec<String> =
-            if let Some(list) = ev.payload.get("memory_ids").and_then(Value::as_array) {
-                // Only ids of this cube and this event's user: an event can never delete
-                // another cube's or another user's memories (REST's rule for a user's key).
-                let mut ids = Vec::new();
-                for v in list {
-                    if let Some(id) = v.as_str()
-                        && let Some(r) = self.store.get(wtxn, id)?
-                        && r.cube_id == cube
-                        && r.user_id == ev.user_id
-                    {
-                        ids.push(r.id);
-                    }
-                }
-                ids
-            } else {
-                // A filter within the event's user (validation refused an empty one).
-                let f = Filter::And(vec![
-                    Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?,
-                    Filter::Cond {
-                        field: "user_id".into(),
-                        op: store::filter::Op::Eq,
-                        value: Value::String(ev.user_id.clone()),
-                    },
-                ]);
-                self.store
-                    .matching_ids(wtxn, cube, &f, &store::Scope::all())?
-            };
-        Ok(self.store.delete(wtxn, &ids)?.ids)
+        let target = match ev.payload.get("memory_ids").and_then(Value::as_array) {
+            Some(list) => Target::Ids(
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+            ),
+            None => Target::Filters(vec![(
+                ev.cube_id.clone(),
+                Filter::parse(ev.payload.get("filter").unwrap_or(&Value::Null))?,
+            )]),
+        };
+        let d = Deletion {
+            target,
+            scope: store::Scope::all(),
+            cube: Some(ev.cube_id.clone()),
+            user: Some(ev.user_id.clone()),
+            missing: Missing::Skip,
+        };
+        Ok(crate::delete::apply(&self.store, wtxn, &d)?.ids)
     }
 }
 
@@ -1118,13 +1085,13 @@ fn source_label(source: &str) -> &'static str {
 /// delta into the trees) when every [`PipelineHandle`] is dropped.
 pub fn spawn(
     cfg: &Config,
-    store: Arc<Store>,
+    committer: Committer,
     embedder: Arc<dyn Embedder>,
-    metrics: Arc<crate::metrics::Metrics>,
-    fine: Option<crate::fine::FineQueue>,
-    activation: Option<Arc<crate::activation::Activation>>,
+    fine_enabled: bool,
     stages: Option<StageFactory>,
 ) -> (PipelineHandle, tokio::task::JoinHandle<()>) {
+    let store = committer.store().clone();
+    let metrics = committer.metrics().clone();
     let (tx, mut rx) = mpsc::channel::<Incoming>(cfg.pipeline.channel_capacity.max(1));
     let batch_size = cfg.pipeline.batch_size.max(1);
     let linger = Duration::from_millis(cfg.pipeline.linger_ms);
@@ -1137,13 +1104,11 @@ pub fn spawn(
     let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
     let health = Arc::new(PipelineHealth::default());
     let build = {
-        let (cfg, store, metrics) = (cfg.clone(), store.clone(), metrics.clone());
+        let (cfg, committer) = (cfg.clone(), committer.clone());
         move || {
-            let mut p = Processor::new(&cfg, store.clone(), embedder.clone(), metrics.clone())
-                .with_stages(stages.as_ref().map(|f| f()).unwrap_or_default());
-            p.fine = fine.clone();
-            p.activation = activation.clone();
-            p
+            Processor::new(&cfg, committer.clone(), embedder.clone())
+                .with_fine(fine_enabled)
+                .with_stages(stages.as_ref().map(|f| f()).unwrap_or_default())
         }
     };
     let backoff_max = Duration::from_millis(cfg.pipeline.restart_backoff_max_ms.max(1));

@@ -210,12 +210,7 @@ fn external(e: SqlError) -> DataFusionError {
 }
 
 fn bucket_of(r: &MemoryRecord) -> &'static str {
-    match r.memory_type.bucket() {
-        store::Bucket::Text => "text_mem",
-        store::Bucket::Pref => "pref_mem",
-        store::Bucket::Tool => "tool_mem",
-        store::Bucket::Skill => "skill_mem",
-    }
+    r.memory_type.bucket().name()
 }
 
 #[async_trait]

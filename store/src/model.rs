@@ -86,6 +86,34 @@ pub enum Bucket {
     Skill,
 }
 
+impl Bucket {
+    /// Every bucket, in MemOS order.
+    pub const ALL: [Bucket; 4] = [Bucket::Text, Bucket::Pref, Bucket::Tool, Bucket::Skill];
+
+    /// The MemOS name (`text_mem`, `pref_mem`, `tool_mem`, `skill_mem`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bucket::Text => "text_mem",
+            Bucket::Pref => "pref_mem",
+            Bucket::Tool => "tool_mem",
+            Bucket::Skill => "skill_mem",
+        }
+    }
+
+    /// Parses a MemOS bucket name.
+    pub fn parse(name: &str) -> Option<Bucket> {
+        Bucket::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The memory types in this bucket (the inverse of [`MemoryType::bucket`]).
+    pub fn types(self) -> Vec<MemoryType> {
+        MemoryType::ALL
+            .into_iter()
+            .filter(|t| t.bucket() == self)
+            .collect()
+    }
+}
+
 /// Lifecycle status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Status {

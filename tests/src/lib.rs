@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use operators::embed::{Embedder, LocalEmbedder};
-use pipelines::{Config, Memos};
+use server::{Config, Memos};
 
 /// Workspace root.
 pub fn root() -> PathBuf {
@@ -148,7 +148,7 @@ impl Server {
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let m = memos.clone();
         let task = tokio::spawn(async move {
-            pipelines::http::serve(listener, m, async {
+            server::http::serve(listener, m, async {
                 let _ = rx.await;
             })
             .await
@@ -156,7 +156,7 @@ impl Server {
         });
         // The configured broker sources (Kafka, NATS), as `memos serve` runs them.
         let (sources_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let sources = pipelines::bus::start_sources(memos.clone(), stop_rx);
+        let sources = server::bus::start_sources(memos.clone(), stop_rx);
         Server {
             url,
             memos,
@@ -178,7 +178,7 @@ impl Server {
         let mut rx = self.sources_stop.subscribe();
         let m = self.memos.clone();
         self.sources.push(tokio::spawn(async move {
-            pipelines::sqlapi::serve_pg(listener, m, async move {
+            server::sqlapi::serve_pg(listener, m, async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
             .await
@@ -197,7 +197,7 @@ impl Server {
         let mut rx = self.sources_stop.subscribe();
         let m = self.memos.clone();
         self.sources.push(tokio::spawn(async move {
-            pipelines::http::serve_metrics(listener, m, async move {
+            server::http::serve_metrics(listener, m, async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
             .await

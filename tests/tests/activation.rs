@@ -136,8 +136,12 @@ fn the_model_answers_from_a_cached_memory_prefix() {
 
 #[test]
 fn cuda_kv_matches_the_cpu_on_smollm2() {
-    if !activation::cuda::available() {
-        eprintln!("no CUDA driver or GPU: SmolLM2 CUDA vs CPU not compared here");
+    if !activation::testing::skip_unless(
+        activation::cuda::available(),
+        "tests::activation::cuda_kv_matches_the_cpu_on_smollm2",
+        "no CUDA driver or GPU",
+        "MEMOS_REQUIRE_CUDA",
+    ) {
         return;
     }
     let lm = tests::local_lm();

@@ -553,7 +553,7 @@ async fn product_endpoints_happy_paths_and_errors() {
 async fn cloud_api_with_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
-    cfg.auth.keys = vec![pipelines::auth::KeyConfig::full("sdk", "mpg-test-key")];
+    cfg.auth.keys = vec![server::auth::KeyConfig::full("sdk", "mpg-test-key")];
     let s = tests::Server::start(cfg).await;
     let k = "mpg-test-key";
     let base = "/api/openmem/v1";
@@ -1224,10 +1224,10 @@ async fn open_mode_only_on_loopback() {
     let cfg = tests::config(dir.path());
     let store =
         std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    let (m, _pipeline) = pipelines::Memos::with_parts(cfg, store, tests::embedder()).unwrap();
+    let (m, _pipeline) = server::Memos::with_parts(cfg, store, tests::embedder()).unwrap();
     assert!(m.auth.is_open());
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let err = pipelines::http::serve(listener, m, async {})
+    let err = server::http::serve(listener, m, async {})
         .await
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);

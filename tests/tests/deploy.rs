@@ -262,7 +262,7 @@ async fn kubernetes_manifests_are_consistent() {
             .expect("client options")
             .replace("$(POD_NAME)", "memos-0"),
     )];
-    let cfg = pipelines::Config::load(Some(&file), env).expect("the ConfigMap config loads");
+    let cfg = server::Config::load(Some(&file), env).expect("the ConfigMap config loads");
     assert_eq!(cfg.metrics_addr, "0.0.0.0:9464");
     assert_eq!(cfg.sql.pg_addr, "0.0.0.0:5433");
     assert_eq!(

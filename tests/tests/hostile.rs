@@ -576,7 +576,7 @@ async fn send(
 async fn every_bad_input_gets_a_clear_4xx_and_nothing_else_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
-    cfg.auth.keys = vec![pipelines::auth::KeyConfig::full("honest", KEY)];
+    cfg.auth.keys = vec![server::auth::KeyConfig::full("honest", KEY)];
     let prefix = tests::nats_config(&mut cfg);
     let s = tests::Server::start(cfg).await;
     let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();

@@ -34,10 +34,10 @@ async fn mcp_over_http_lists_tools_and_adds_and_searches_with_scopes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
     cfg.auth.keys = vec![
-        pipelines::auth::KeyConfig::full("admin", "mk-admin"),
-        pipelines::auth::KeyConfig {
+        server::auth::KeyConfig::full("admin", "mk-admin"),
+        server::auth::KeyConfig {
             cubes: vec!["team-a*".into()],
-            ..pipelines::auth::KeyConfig::full("a", "mk-team-a")
+            ..server::auth::KeyConfig::full("a", "mk-team-a")
         },
     ];
     let s = tests::Server::start(cfg).await;

@@ -78,7 +78,7 @@ async fn metrics_follow_traffic_and_pass_promtool() {
         )
         .await;
     assert_eq!(status, 200, "{v}");
-    let returned = pipelines::service::result_count(&v["data"]);
+    let returned = server::service::result_count(&v["data"]);
     assert!(returned >= 1, "{v}");
     let (status, v) = server
         .post("/sql", json!({"sql": "SELECT count(*) AS n FROM memories"}))

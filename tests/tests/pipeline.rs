@@ -1,9 +1,9 @@
 //! The pipeline with the real model and real LMDB: replay idempotency, dead letters, dedupe,
 //! rule-based extraction, the embedder's reference vector.
 
-use pipelines::Memos;
 use pipelines::runtime::{Incoming, Outcome, Payload};
 use serde_json::{Value, json};
+use server::Memos;
 use std::sync::Arc;
 
 fn event(id: &str, cube: &str, text: &str) -> Value {
@@ -18,11 +18,19 @@ async fn service(dir: &std::path::Path) -> (Arc<Memos>, tokio::task::JoinHandle<
     Memos::with_parts(cfg, store, tests::embedder()).expect("service")
 }
 
+/// Queues an event and waits until its batch has committed.
 async fn send(m: &Memos, v: &Value) -> Outcome {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     m.pipeline
-        .submit_wait(Payload::Bytes(serde_json::to_vec(v).unwrap()), "test")
+        .submit(Incoming {
+            payload: Payload::Bytes(serde_json::to_vec(v).unwrap()),
+            source: "test".into(),
+            position: None,
+            reply: Some(tx),
+        })
         .await
-        .unwrap()
+        .unwrap();
+    rx.await.unwrap()
 }
 
 fn count(m: &Memos) -> u64 {

@@ -67,11 +67,11 @@ async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
     cfg.auth.keys = vec![
-        pipelines::auth::KeyConfig::full("admin", ADMIN),
-        pipelines::auth::KeyConfig {
+        server::auth::KeyConfig::full("admin", ADMIN),
+        server::auth::KeyConfig {
             cubes: vec!["alice".into()],
             users: vec!["alice".into()],
-            ..pipelines::auth::KeyConfig::full("alice", ALICE)
+            ..server::auth::KeyConfig::full("alice", ALICE)
         },
     ];
     let kafka_prefix = tests::kafka_config(&mut cfg, &broker.brokers, 2);

@@ -46,7 +46,7 @@ async fn official_memos_sdk_works_unchanged() {
     let python = tokio::task::spawn_blocking(sdk_python).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tests::config(dir.path());
-    cfg.auth.keys = vec![pipelines::auth::KeyConfig::full("sdk", "mpg-sdk-key")];
+    cfg.auth.keys = vec![server::auth::KeyConfig::full("sdk", "mpg-sdk-key")];
     // The SDK's chat talks to a scripted OpenAI-compatible server (real HTTP and SSE).
     let llm = tests::FakeLlm::start(std::sync::Arc::new(|_, _| {
         tests::FakeReply::Text("You like strawberries.".into())

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use pipelines::auth::Principal;
-use pipelines::error::PipelineError;
 use serde_json::json;
+use server::ServerError;
+use server::auth::Principal;
 use store::{CubeInfo, DeadLetter, EventRecord, MemoryRecord, MemoryType, Status, Store};
 use tests::Server;
 
@@ -245,9 +245,7 @@ fn principal(cubes: Option<&str>) -> Principal {
     }
 }
 
-async fn fixture_server(
-    cfg_edit: impl FnOnce(&mut pipelines::Config),
-) -> (Server, tempfile::TempDir) {
+async fn fixture_server(cfg_edit: impl FnOnce(&mut server::Config)) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = tests::config(dir.path());
     cfg_edit(&mut cfg);
@@ -258,7 +256,7 @@ async fn fixture_server(
 
 /// Runs `sql` as a key scoped to `cubes` (all cubes when None) and renders the result.
 async fn render(server: &Server, cubes: Option<&str>, statement: &str) -> String {
-    let session = pipelines::sqlapi::session(&server.memos, &principal(cubes)).expect("session");
+    let session = server::sqlapi::session(&server.memos, &principal(cubes)).expect("session");
     match server.memos.sql.query(statement, &session).await {
         Ok(out) => {
             let batches = if out.batches.is_empty() {
@@ -274,7 +272,7 @@ async fn render(server: &Server, cubes: Option<&str>, statement: &str) -> String
             format!("{table}\n({} rows)", out.rows)
         }
         Err(e) => {
-            let e = PipelineError::from(e);
+            let e = ServerError::from(e);
             format!("error[{}]: {e}", e.status())
         }
     }
@@ -336,7 +334,7 @@ async fn single_cube_query_does_not_scan_other_cubes() {
     let plan = |sql: &'static str| {
         let s = &server;
         async move {
-            let session = pipelines::sqlapi::session(&s.memos, &principal(None)).expect("session");
+            let session = server::sqlapi::session(&s.memos, &principal(None)).expect("session");
             let out = s.memos.sql.query(sql, &session).await.expect("explain");
             let text = sql::format::pretty(&out.batches).expect("pretty");
             let scanned: u64 = text
