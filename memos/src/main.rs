@@ -322,86 +322,7 @@ async fn run(cli: Cli) -> Result<()> {
     init_logs(&cfg);
     match cli.cmd {
         Cmd::ParseDocument { .. } => bail!("parse-document runs before the runtime starts"),
-        Cmd::Serve => {
-            let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
-                .await
-                .with_context(|| format!("binding {}", cfg.http_addr))?;
-            tracing::info!(data_dir = %cfg.data_dir.display(), "starting (the model is fetched on first run)");
-            let (m, pipeline) = Memos::start(cfg.clone()).await?;
-            tracing::info!(addr = %listener.local_addr()?, "REST API listening");
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let sources = server::bus::start_sources(m.clone(), stop_rx.clone());
-            let mut http_stop = stop_rx.clone();
-            let mut server = tokio::spawn(http::serve(listener, m.clone(), async move {
-                let _ = http_stop.wait_for(|v| *v).await;
-            }));
-            if !cfg.metrics_addr.is_empty() {
-                let ml = tokio::net::TcpListener::bind(&cfg.metrics_addr)
-                    .await
-                    .with_context(|| format!("binding {} (metrics_addr)", cfg.metrics_addr))?;
-                tracing::info!(addr = %ml.local_addr()?, "Prometheus metrics on /metrics");
-                let mut metrics_stop = stop_rx.clone();
-                tokio::spawn(http::serve_metrics(ml, m.clone(), async move {
-                    let _ = metrics_stop.wait_for(|v| *v).await;
-                }));
-            }
-            if !cfg.sql.pg_addr.is_empty() {
-                let pg = tokio::net::TcpListener::bind(&cfg.sql.pg_addr)
-                    .await
-                    .with_context(|| format!("binding {} (sql.pg_addr)", cfg.sql.pg_addr))?;
-                tracing::info!(addr = %pg.local_addr()?, "Postgres wire protocol listening (user and database memos)");
-                let mut pg_stop = stop_rx.clone();
-                let m2 = m.clone();
-                tokio::spawn(async move {
-                    let r = server::sqlapi::serve_pg(pg, m2, async move {
-                        let _ = pg_stop.wait_for(|v| *v).await;
-                    })
-                    .await;
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "Postgres listener stopped");
-                    }
-                });
-            }
-            let mut pipeline = pipeline;
-            let (early, pipeline_ended) = tokio::select! {
-                _ = shutdown_signal() => (None, false),
-                r = &mut server => (Some(r), false),
-                _ = &mut pipeline => (None, true),
-            };
-            // Sources first (they finish and acknowledge what is in flight), then the API.
-            let _ = stop_tx.send(true);
-            for s in sources {
-                let _ = s.await;
-            }
-            // In-flight requests finish, but open streams (SSE chat, MCP sessions, a stalled
-            // upload) get at most shutdown_timeout_secs: then they are cut.
-            let limit = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
-            match early {
-                Some(r) => r??,
-                None => match tokio::time::timeout(limit, &mut server).await {
-                    Ok(r) => r??,
-                    Err(_) => {
-                        tracing::warn!(
-                            "open HTTP streams did not finish within shutdown_timeout_secs; closing them"
-                        );
-                        server.abort();
-                    }
-                },
-            }
-            if pipeline_ended {
-                // The pipeline task ends early only when its thread could not be kept running;
-                // exit non-zero so the process supervisor restarts memos.
-                let why = m.pipeline.health().down_reason().unwrap_or_default();
-                anyhow::bail!("the pipeline stopped: {why}");
-            }
-            drop(m);
-            // The pipeline finishes the batch in hand and folds the vector delta before exiting.
-            if tokio::time::timeout(limit, pipeline).await.is_err() {
-                tracing::warn!(
-                    "the pipeline did not stop within shutdown_timeout_secs; exiting (uncommitted inputs were not acknowledged and are redelivered)"
-                );
-            }
-        }
+        Cmd::Serve => serve(&cfg).await?,
         Cmd::Model {
             cmd: ModelCmd::Fetch { lm },
         } => {
@@ -474,53 +395,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Import { file } => {
-            let f = std::fs::File::open(&file)
-                .with_context(|| format!("opening {}", file.display()))?;
-            let lines: Vec<String> = std::io::BufReader::new(f)
-                .lines()
-                .collect::<std::io::Result<_>>()?;
-            let (m, pipeline) = Memos::start(cfg.clone()).await?;
-            let pb = ProgressBar::new(lines.len() as u64);
-            pb.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let mut rxs = Vec::new();
-            for (i, line) in lines.into_iter().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let position = Some((format!("import/{}", file.display()), (i + 1).to_string()));
-                m.pipeline
-                    .submit(Incoming {
-                        payload: Payload::Bytes(line.into_bytes()),
-                        source: "import".into(),
-                        position,
-                        reply: Some(tx),
-                    })
-                    .await?;
-                rxs.push(rx);
-            }
-            let (mut ok, mut dup, mut dead) = (0, 0, 0);
-            for rx in rxs {
-                match rx.await? {
-                    Outcome::Stored { .. } => ok += 1,
-                    Outcome::Duplicate { .. } => dup += 1,
-                    Outcome::DeadLettered { reason } => {
-                        dead += 1;
-                        pb.println(format!("dead letter: {reason}"));
-                    }
-                    Outcome::Failed { reason } => bail!("import failed: {reason}"),
-                }
-                pb.inc(1);
-            }
-            pb.finish();
-            drop(m);
-            pipeline.await?;
-            println!("{ok} stored, {dup} already present, {dead} dead-lettered");
-        }
+        Cmd::Import { file } => import_events(&cfg, &file).await?,
         Cmd::Eval {
             cmd:
                 EvalCmd::Locomo {
@@ -529,87 +404,12 @@ async fn run(cli: Cli) -> Result<()> {
                     write,
                     limit,
                 },
-        } => {
-            let tmp = tempfile::tempdir()?;
-            let mut cfg = cfg.clone();
-            cfg.data_dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
-            let mut data = eval::load(&path)?;
-            if let Some(n) = limit {
-                let cubes: Vec<String> = {
-                    let mut seen = Vec::new();
-                    for e in &data.events {
-                        let c = e["cube_id"].as_str().unwrap_or("").to_string();
-                        if !seen.contains(&c) {
-                            seen.push(c);
-                        }
-                    }
-                    seen.into_iter().take(n).collect()
-                };
-                data.events
-                    .retain(|e| cubes.iter().any(|c| e["cube_id"] == *c));
-                data.questions.retain(|q| cubes.contains(&q.cube));
-            }
-            let (m, _pipeline) = Memos::start(cfg.clone()).await?;
-            let pb = ProgressBar::new(data.events.len() as u64);
-            let pb2 = pb.clone();
-            let report = eval::run(m, data, &move |i, _| pb2.set_position(i as u64)).await?;
-            pb.finish_and_clear();
-            let fusion = serde_json::to_string(&cfg.search.fusion)?;
-            let body = format!(
-                "LoCoMo retrieval (`memos eval locomo`), fusion {fusion}, window granularity {:?}, date prefix {}, embedder {}.\n\n{}",
-                cfg.window.granularity, cfg.window.date_prefix, cfg.embedder.kind, report.markdown
-            );
-            println!("{body}");
-            if let Some(f) = write {
-                eval::write_section(&f, "locomo", &body)?;
-                println!("written to {}", f.display());
-            }
-            let _ = Arc::new(());
-        }
+        } => eval_locomo(&cfg, &path, data_dir, write, limit).await?,
         Cmd::Sql {
             statement,
             json: as_json,
             url,
-        } => {
-            let client = reqwest::Client::new();
-            let mut req = client
-                .post(format!("{url}/sql"))
-                .json(&json!({"sql": statement}));
-            if !as_json {
-                req = req.header("accept", sql::format::ARROW_STREAM);
-            }
-            if let Some(k) = cli.api_key.as_deref() {
-                req = req.header("authorization", format!("Token {k}"));
-            }
-            let resp = req
-                .send()
-                .await
-                .with_context(|| format!("POST {url}/sql (is `memos serve` running?)"))?;
-            let status = resp.status();
-            let bytes = resp.bytes().await?;
-            if !status.is_success() {
-                let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                bail!(
-                    "{status}: {}",
-                    v["message"]
-                        .as_str()
-                        .unwrap_or(&String::from_utf8_lossy(&bytes))
-                );
-            }
-            if as_json {
-                let v: Value = serde_json::from_slice(&bytes)?;
-                println!("{}", serde_json::to_string_pretty(&v["data"]["rows"])?);
-            } else {
-                let reader = sql::datafusion::arrow::ipc::reader::StreamReader::try_new(
-                    std::io::Cursor::new(bytes.to_vec()),
-                    None,
-                )?;
-                let batches = reader.collect::<Result<Vec<_>, _>>()?;
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                println!("{}", sql::format::pretty(&batches)?);
-                println!("({rows} row{})", if rows == 1 { "" } else { "s" });
-            }
-        }
+        } => sql_over_http(&url, &statement, as_json, cli.api_key.as_deref()).await?,
         Cmd::Openapi => println!("{}", http::openapi::json()),
         Cmd::Export { cube, dir } => {
             let store = store::Store::open(&cfg.data_dir, cfg.store_options())?;
@@ -642,6 +442,235 @@ async fn run(cli: Cli) -> Result<()> {
             v["server"] = server_status(&cfg.metrics_addr).await;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
+    }
+    Ok(())
+}
+
+/// `memos serve`: the REST API, the brokers' sources, metrics and the Postgres listener until
+/// SIGTERM/SIGINT; then sources, HTTP and the pipeline stop in that order, each bounded by
+/// `shutdown_timeout_secs`.
+async fn serve(cfg: &Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.http_addr))?;
+    tracing::info!(data_dir = %cfg.data_dir.display(), "starting (the model is fetched on first run)");
+    let (m, pipeline) = Memos::start(cfg.clone()).await?;
+    tracing::info!(addr = %listener.local_addr()?, "REST API listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sources = server::bus::start_sources(m.clone(), stop_rx.clone());
+    let mut http_stop = stop_rx.clone();
+    let mut server = tokio::spawn(http::serve(listener, m.clone(), async move {
+        let _ = http_stop.wait_for(|v| *v).await;
+    }));
+    if !cfg.metrics_addr.is_empty() {
+        let ml = tokio::net::TcpListener::bind(&cfg.metrics_addr)
+            .await
+            .with_context(|| format!("binding {} (metrics_addr)", cfg.metrics_addr))?;
+        tracing::info!(addr = %ml.local_addr()?, "Prometheus metrics on /metrics");
+        let mut metrics_stop = stop_rx.clone();
+        tokio::spawn(http::serve_metrics(ml, m.clone(), async move {
+            let _ = metrics_stop.wait_for(|v| *v).await;
+        }));
+    }
+    if !cfg.sql.pg_addr.is_empty() {
+        let pg = tokio::net::TcpListener::bind(&cfg.sql.pg_addr)
+            .await
+            .with_context(|| format!("binding {} (sql.pg_addr)", cfg.sql.pg_addr))?;
+        tracing::info!(addr = %pg.local_addr()?, "Postgres wire protocol listening (user and database memos)");
+        let mut pg_stop = stop_rx.clone();
+        let m2 = m.clone();
+        tokio::spawn(async move {
+            let r = server::sqlapi::serve_pg(pg, m2, async move {
+                let _ = pg_stop.wait_for(|v| *v).await;
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "Postgres listener stopped");
+            }
+        });
+    }
+    let mut pipeline = pipeline;
+    let (early, pipeline_ended) = tokio::select! {
+        _ = shutdown_signal() => (None, false),
+        r = &mut server => (Some(r), false),
+        _ = &mut pipeline => (None, true),
+    };
+    // Sources first (they finish and acknowledge what is in flight), then the API.
+    let _ = stop_tx.send(true);
+    for s in sources {
+        let _ = s.await;
+    }
+    // In-flight requests finish, but open streams (SSE chat, MCP sessions, a stalled
+    // upload) get at most shutdown_timeout_secs: then they are cut.
+    let limit = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
+    match early {
+        Some(r) => r??,
+        None => match tokio::time::timeout(limit, &mut server).await {
+            Ok(r) => r??,
+            Err(_) => {
+                tracing::warn!(
+                    "open HTTP streams did not finish within shutdown_timeout_secs; closing them"
+                );
+                server.abort();
+            }
+        },
+    }
+    if pipeline_ended {
+        // The pipeline task ends early only when its thread could not be kept running;
+        // exit non-zero so the process supervisor restarts memos.
+        let why = m.pipeline.health().down_reason().unwrap_or_default();
+        anyhow::bail!("the pipeline stopped: {why}");
+    }
+    drop(m);
+    // The pipeline finishes the batch in hand and folds the vector delta before exiting.
+    if tokio::time::timeout(limit, pipeline).await.is_err() {
+        tracing::warn!(
+            "the pipeline did not stop within shutdown_timeout_secs; exiting (uncommitted inputs were not acknowledged and are redelivered)"
+        );
+    }
+    Ok(())
+}
+
+/// `memos import FILE`: one event per line through the pipeline; dead letters are printed.
+async fn import_events(cfg: &Config, file: &std::path::Path) -> Result<()> {
+    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let lines: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .collect::<std::io::Result<_>>()?;
+    let (m, pipeline) = Memos::start(cfg.clone()).await?;
+    let pb = ProgressBar::new(lines.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rxs = Vec::new();
+    for (i, line) in lines.into_iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let position = Some((format!("import/{}", file.display()), (i + 1).to_string()));
+        m.pipeline
+            .submit(Incoming {
+                payload: Payload::Bytes(line.into_bytes()),
+                source: "import".into(),
+                position,
+                reply: Some(tx),
+            })
+            .await?;
+        rxs.push(rx);
+    }
+    let (mut ok, mut dup, mut dead) = (0, 0, 0);
+    for rx in rxs {
+        match rx.await? {
+            Outcome::Stored { .. } => ok += 1,
+            Outcome::Duplicate { .. } => dup += 1,
+            Outcome::DeadLettered { reason } => {
+                dead += 1;
+                pb.println(format!("dead letter: {reason}"));
+            }
+            Outcome::Failed { reason } => bail!("import failed: {reason}"),
+        }
+        pb.inc(1);
+    }
+    pb.finish();
+    drop(m);
+    pipeline.await?;
+    println!("{ok} stored, {dup} already present, {dead} dead-lettered");
+    Ok(())
+}
+
+/// `memos eval locomo`: the LoCoMo retrieval evaluation, printed and optionally written.
+async fn eval_locomo(
+    cfg: &Config,
+    path: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    write: Option<PathBuf>,
+    limit: Option<usize>,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = cfg.clone();
+    cfg.data_dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut data = eval::load(&path)?;
+    if let Some(n) = limit {
+        let cubes: Vec<String> = {
+            let mut seen = Vec::new();
+            for e in &data.events {
+                let c = e["cube_id"].as_str().unwrap_or("").to_string();
+                if !seen.contains(&c) {
+                    seen.push(c);
+                }
+            }
+            seen.into_iter().take(n).collect()
+        };
+        data.events
+            .retain(|e| cubes.iter().any(|c| e["cube_id"] == *c));
+        data.questions.retain(|q| cubes.contains(&q.cube));
+    }
+    let (m, _pipeline) = Memos::start(cfg.clone()).await?;
+    let pb = ProgressBar::new(data.events.len() as u64);
+    let pb2 = pb.clone();
+    let report = eval::run(m, data, &move |i, _| pb2.set_position(i as u64)).await?;
+    pb.finish_and_clear();
+    let fusion = serde_json::to_string(&cfg.search.fusion)?;
+    let body = format!(
+        "LoCoMo retrieval (`memos eval locomo`), fusion {fusion}, window granularity {:?}, date prefix {}, embedder {}.\n\n{}",
+        cfg.window.granularity, cfg.window.date_prefix, cfg.embedder.kind, report.markdown
+    );
+    println!("{body}");
+    if let Some(f) = write {
+        eval::write_section(&f, "locomo", &body)?;
+        println!("written to {}", f.display());
+    }
+    let _ = Arc::new(());
+    Ok(())
+}
+
+/// `memos sql`: a statement through a running server's `POST /sql`, printed as a table (Arrow
+/// IPC) or as JSON rows.
+async fn sql_over_http(
+    url: &str,
+    statement: &str,
+    as_json: bool,
+    api_key: Option<&str>,
+) -> Result<()> {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(format!("{url}/sql"))
+        .json(&json!({"sql": statement}));
+    if !as_json {
+        req = req.header("accept", sql::format::ARROW_STREAM);
+    }
+    if let Some(k) = api_key {
+        req = req.header("authorization", format!("Token {k}"));
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("POST {url}/sql (is `memos serve` running?)"))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await?;
+    if !status.is_success() {
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        bail!(
+            "{status}: {}",
+            v["message"]
+                .as_str()
+                .unwrap_or(&String::from_utf8_lossy(&bytes))
+        );
+    }
+    if as_json {
+        let v: Value = serde_json::from_slice(&bytes)?;
+        println!("{}", serde_json::to_string_pretty(&v["data"]["rows"])?);
+    } else {
+        let reader = sql::datafusion::arrow::ipc::reader::StreamReader::try_new(
+            std::io::Cursor::new(bytes.to_vec()),
+            None,
+        )?;
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        println!("{}", sql::format::pretty(&batches)?);
+        println!("({rows} row{})", if rows == 1 { "" } else { "s" });
     }
     Ok(())
 }

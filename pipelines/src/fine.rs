@@ -309,6 +309,48 @@ async fn run(m: &FineWorker, job: FineJob) {
     }
 }
 
+/// An extracted memory as a record: the first fast memory's fields, the extracted text, key,
+/// type and tags, lineage to the fast memories, the extraction model.
+fn extracted_record(
+    first: &MemoryRecord,
+    fast: &[MemoryRecord],
+    e: &Extracted,
+    id: String,
+    now: i64,
+    model_name: &str,
+) -> MemoryRecord {
+    let mut r = first.clone();
+    r.id = id;
+    r.memory = e.value.clone();
+    r.key = Some(e.key.clone());
+    r.memory_type = e.memory_type;
+    r.tags = first
+        .tags
+        .iter()
+        .filter(|t| *t != "mode:fast")
+        .cloned()
+        .chain(std::iter::once("mode:fine".to_string()))
+        .chain(e.tags.iter().cloned())
+        .collect();
+    r.sources = fast.iter().flat_map(|f| f.sources.clone()).collect();
+    r.confidence = 0.99;
+    r.created_at = now;
+    r.updated_at = now;
+    r.version = 1;
+    r.history = vec![];
+    for (k, v) in &e.info {
+        r.info.insert(k.clone(), v.clone());
+    }
+    r.info
+        .insert(store::model::DERIVED_FROM.into(), json!(first.id));
+    r.info.insert(
+        "extracted_from".into(),
+        json!(fast.iter().map(|f| f.id.clone()).collect::<Vec<_>>()),
+    );
+    r.info.insert("extraction_model".into(), json!(model_name));
+    r
+}
+
 /// Runs one job; on failure returns the reason and the model's reply when there was one.
 async fn extract(
     m: &FineWorker,
@@ -389,35 +431,7 @@ async fn extract(
                 if store.get(w, &id)?.is_some() {
                     continue;
                 }
-                let mut r = first.clone();
-                r.id = id;
-                r.memory = e.value.clone();
-                r.key = Some(e.key.clone());
-                r.memory_type = e.memory_type;
-                r.tags = first
-                    .tags
-                    .iter()
-                    .filter(|t| *t != "mode:fast")
-                    .cloned()
-                    .chain(std::iter::once("mode:fine".to_string()))
-                    .chain(e.tags.iter().cloned())
-                    .collect();
-                r.sources = fast.iter().flat_map(|f| f.sources.clone()).collect();
-                r.confidence = 0.99;
-                r.created_at = now;
-                r.updated_at = now;
-                r.version = 1;
-                r.history = vec![];
-                for (k, v) in &e.info {
-                    r.info.insert(k.clone(), v.clone());
-                }
-                r.info
-                    .insert(store::model::DERIVED_FROM.into(), json!(first.id));
-                r.info.insert(
-                    "extracted_from".into(),
-                    json!(fast.iter().map(|f| f.id.clone()).collect::<Vec<_>>()),
-                );
-                r.info.insert("extraction_model".into(), json!(model_name));
+                let r = extracted_record(first, &fast, e, id, now, &model_name);
                 store.insert(w, &r, v)?;
                 added.push(AddedMemory {
                     memory: r.memory.clone(),

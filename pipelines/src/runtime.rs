@@ -193,11 +193,11 @@ pub type StageFactory = Arc<dyn Fn() -> Vec<Stage> + Send + Sync>;
 /// Runs one operator over a batch, timing it and counting items in and out.
 fn stage<O: Operator + ?Sized>(
     m: &crate::metrics::Metrics,
-    name: &'static str,
     op: &mut O,
     batch: Vec<O::In>,
     ctx: &OpContext,
 ) -> Result<(Vec<O::Out>, operators::Failures), OperatorError> {
+    let name = op.name();
     let n = batch.len();
     let t = Instant::now();
     let r = run_stage(op, batch, ctx);
@@ -276,7 +276,6 @@ impl EventScoped for Draft {
 /// Transient errors fail the whole stage (the caller retries the batch).
 fn guarded<O: Operator + ?Sized>(
     m: &crate::metrics::Metrics,
-    name: &'static str,
     op: &mut O,
     batch: Vec<O::In>,
     ctx: &OpContext,
@@ -285,8 +284,9 @@ where
     O::In: EventScoped,
 {
     use std::panic::{AssertUnwindSafe, catch_unwind};
+    let name = op.name();
     let copy = batch.clone();
-    let why = match catch_unwind(AssertUnwindSafe(|| stage(m, name, op, batch, ctx))) {
+    let why = match catch_unwind(AssertUnwindSafe(|| stage(m, op, batch, ctx))) {
         Ok(Ok(r)) => return Ok(r),
         Ok(Err(e)) if escalates(&e) => return Err(e),
         Ok(Err(e)) => e.to_string(),
@@ -302,7 +302,7 @@ where
     }
     let (mut out, mut failed) = (Vec::new(), Vec::new());
     for (id, items) in groups {
-        match catch_unwind(AssertUnwindSafe(|| stage(m, name, op, items, ctx))) {
+        match catch_unwind(AssertUnwindSafe(|| stage(m, op, items, ctx))) {
             Ok(Ok((o, f))) => {
                 out.extend(o);
                 failed.extend(f);
@@ -319,6 +319,25 @@ where
         }
     }
     Ok((out, failed))
+}
+
+/// A batch after decoding: the outcomes known already, dead letters, source positions, the
+/// events to process and duplicates within the batch (index, index of its first).
+struct Decoded {
+    outcomes: Vec<Option<Outcome>>,
+    dead: Vec<(usize, DeadLetter)>,
+    positions: Vec<(String, String)>,
+    pending: Vec<Pending>,
+    same_as: Vec<(usize, usize)>,
+}
+
+/// The operator chain's output: drafts, the events that failed (id → reason), timings.
+struct Staged {
+    drafts: Vec<Draft>,
+    failed: HashMap<String, String>,
+    t_ops: Instant,
+    t_embed: Duration,
+    t_dedupe: Duration,
 }
 
 struct Pending {
@@ -547,18 +566,27 @@ impl Processor {
         &mut self,
         batch: Vec<BatchItem>,
     ) -> Result<(Vec<Outcome>, BatchStats), PipelineError> {
-        let n = batch.len();
         let mut stats = BatchStats {
-            events: n,
+            events: batch.len(),
             ..Default::default()
         };
+        let now = store::time::now_micros();
+        let mut decoded = self.decode(batch, now)?;
+        let staged = self.run_stages(&decoded.pending)?;
+        let produced = self.sink(&mut decoded, staged, now, &mut stats)?;
+        Ok((self.outcomes(decoded, produced)?, stats))
+    }
+
+    /// Decodes and validates every input (a failure is a dead letter at once) and looks up
+    /// already-processed event ids (duplicates are answered with their memories).
+    fn decode(&mut self, batch: Vec<BatchItem>, now: i64) -> Result<Decoded, PipelineError> {
+        let n = batch.len();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let mut dead: Vec<(usize, DeadLetter)> = Vec::new();
         let mut positions: Vec<(String, String)> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         let mut first_of: HashMap<(String, String), usize> = HashMap::new();
         let mut same_as: Vec<(usize, usize)> = Vec::new();
-        let now = store::time::now_micros();
         {
             let rtxn = self.store.read_txn()?;
             for (idx, (payload, source, position)) in batch.into_iter().enumerate() {
@@ -656,19 +684,28 @@ impl Processor {
                 });
             }
         }
+        Ok(Decoded {
+            outcomes,
+            dead,
+            positions,
+            pending,
+            same_as,
+        })
+    }
 
+    /// Runs the operator chain; a per-event failure dead-letters that event only.
+    fn run_stages(&mut self, pending: &[Pending]) -> Result<Staged, PipelineError> {
         // Operators. A per-event failure dead-letters that event only.
         let mut failed: HashMap<String, String> = HashMap::new();
         let events: Vec<IdentifiedEvent> = pending.iter().map(|p| p.ie.clone()).collect();
         let t_ops = Instant::now();
         let m = self.metrics.clone();
-        let (drafts, f) = guarded(&m, "window", &mut self.window, events, &self.ctx)?;
+        let (drafts, f) = guarded(&m, &mut self.window, events, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-        let (mut drafts, f) = guarded(&m, "extract", &mut self.extract, drafts, &self.ctx)?;
+        let (mut drafts, f) = guarded(&m, &mut self.extract, drafts, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
         for st in &mut self.stages {
-            let name = st.name();
-            let (d, f) = guarded(&m, name, st.as_mut(), drafts, &self.ctx)?;
+            let (d, f) = guarded(&m, st.as_mut(), drafts, &self.ctx)?;
             failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
             drafts = d;
         }
@@ -677,7 +714,7 @@ impl Processor {
             let ctx = &self.ctx;
             m.embed_batch.observe(drafts.len() as f64);
             retry(self.retry_attempts, || {
-                guarded(&m, "embed", embed, drafts.clone(), ctx)
+                guarded(&m, embed, drafts.clone(), ctx)
             })
         };
         let drafts = match embedded {
@@ -686,7 +723,7 @@ impl Processor {
                 d
             }
             Err(e) if !e.retryable() => {
-                for p in &pending {
+                for p in pending.iter() {
                     failed.insert(p.ie.id.clone(), format!("embed: {e}"));
                 }
                 Vec::new()
@@ -694,10 +731,36 @@ impl Processor {
             Err(e) => return Err(e.into()),
         };
         let t_embed = t_ops.elapsed();
-        let (drafts, f) = guarded(&m, "dedupe", &mut self.dedupe, drafts, &self.ctx)?;
+        let (drafts, f) = guarded(&m, &mut self.dedupe, drafts, &self.ctx)?;
         let t_dedupe = t_ops.elapsed() - t_embed;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+        Ok(Staged {
+            drafts,
+            failed,
+            t_ops,
+            t_embed,
+            t_dedupe,
+        })
+    }
 
+    /// The sink: one write transaction (a `Commit`) for the whole batch, each event in its own
+    /// child transaction; returns the memories each stored event produced, by input index.
+    fn sink(
+        &mut self,
+        decoded: &mut Decoded,
+        staged: Staged,
+        now: i64,
+        stats: &mut BatchStats,
+    ) -> Result<HashMap<usize, (String, Vec<String>)>, PipelineError> {
+        let Staged {
+            drafts,
+            failed,
+            t_ops,
+            t_embed,
+            t_dedupe,
+        } = staged;
+        let (pending, dead, positions) = (&decoded.pending, &mut decoded.dead, &decoded.positions);
+        let m = self.metrics.clone();
         // Sink: one write transaction for the whole batch.
         let committer = self.committer.clone();
         let mut wtxn = committer.begin("batch")?;
@@ -711,7 +774,7 @@ impl Processor {
         // per key; the buffer is flushed before an event that reads them (merges, deletes,
         // feedback) and at the end.
         let mut index = store::IndexBuffer::default();
-        for p in &pending {
+        for p in pending.iter() {
             if let Some(reason) = failed.get(&p.ie.id) {
                 dead.push((p.idx, self.dead_letter(p, reason.clone(), now)));
                 continue;
@@ -725,26 +788,7 @@ impl Processor {
                 self.store
                     .flush_index(&mut wtxn, std::mem::take(&mut index))?;
             }
-            let mut event_index = store::IndexBuffer::default();
-            // Each event is applied in its own child transaction, under catch_unwind: an event
-            // that cannot be written (a key LMDB refuses, a record that does not encode, a
-            // panic) is undone alone and dead-lettered; the rest of the batch commits.
-            let applied = {
-                let mut child = self.store.child_txn(&mut wtxn)?;
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.sink_event(&mut child, p, drafts, now, &mut event_index)
-                }));
-                match r {
-                    Ok(Ok(out)) => {
-                        self.store.commit_child(child)?;
-                        index.absorb(std::mem::take(&mut event_index));
-                        Ok(out)
-                    }
-                    Ok(Err(e)) if e.is_transient() => return Err(e),
-                    Ok(Err(e)) => Err(format!("sink: {e}")),
-                    Err(panic) => Err(format!("sink panicked: {}", panic_message(&*panic))),
-                }
-            };
+            let applied = self.apply_isolated(&mut wtxn, p, drafts, now, &mut index)?;
             match applied {
                 Ok(out) => {
                     stats.inserted += out.inserted;
@@ -763,7 +807,7 @@ impl Processor {
             }
         }
         self.store.flush_index(&mut wtxn, index)?;
-        for (_, dl) in &dead {
+        for (_, dl) in dead.iter() {
             self.store.put_dead_letter(&mut wtxn, dl)?;
         }
         let cubes: std::collections::BTreeSet<&str> = pending
@@ -775,7 +819,7 @@ impl Processor {
         }
         stats.dead_lettered = dead.len();
         let mut released = Vec::new();
-        for (src, pos) in &positions {
+        for (src, pos) in positions.iter() {
             if let Some(&h) = self.held.get(src) {
                 let replayed = positions.iter().any(|(s2, p2)| {
                     s2 == src && p2.parse::<u64>().is_ok_and(|p| p.saturating_sub(1) <= h)
@@ -808,7 +852,50 @@ impl Processor {
             total_ms = t_ops.elapsed().as_millis() as u64,
             "batch stages"
         );
+        Ok(produced)
+    }
 
+    /// Applies one event in its own child transaction of `wtxn`, under catch_unwind: an event
+    /// that cannot be written (a key LMDB refuses, a record that does not encode, a panic) is
+    /// undone alone and its reason returned (it becomes a dead letter); the rest of the batch
+    /// commits. A transient failure fails the batch.
+    fn apply_isolated(
+        &self,
+        wtxn: &mut store::heed::RwTxn,
+        p: &Pending,
+        drafts: Vec<Draft>,
+        now: i64,
+        index: &mut store::IndexBuffer,
+    ) -> Result<Result<SinkOut, String>, PipelineError> {
+        let mut event_index = store::IndexBuffer::default();
+        let mut child = self.store.child_txn(wtxn)?;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.sink_event(&mut child, p, drafts, now, &mut event_index)
+        }));
+        Ok(match r {
+            Ok(Ok(out)) => {
+                self.store.commit_child(child)?;
+                index.absorb(event_index);
+                Ok(out)
+            }
+            Ok(Err(e)) if e.is_transient() => return Err(e),
+            Ok(Err(e)) => Err(format!("sink: {e}")),
+            Err(panic) => Err(format!("sink panicked: {}", panic_message(&*panic))),
+        })
+    }
+
+    /// Every input's outcome, duplicates within the batch answered like their first.
+    fn outcomes(
+        &self,
+        decoded: Decoded,
+        produced: HashMap<usize, (String, Vec<String>)>,
+    ) -> Result<Vec<Outcome>, PipelineError> {
+        let Decoded {
+            mut outcomes,
+            dead,
+            same_as,
+            ..
+        } = decoded;
         let rtxn = self.store.read_txn()?;
         for (idx, (event_id, ids)) in produced {
             outcomes[idx] = Some(Outcome::Stored {
@@ -830,17 +917,14 @@ impl Processor {
                 },
             });
         }
-        Ok((
-            outcomes
-                .into_iter()
-                .map(|o| {
-                    o.unwrap_or(Outcome::Failed {
-                        reason: "internal: no outcome".into(),
-                    })
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(Outcome::Failed {
+                    reason: "internal: no outcome".into(),
                 })
-                .collect(),
-            stats,
-        ))
+            })
+            .collect())
     }
 
     /// Dead-letters one input that failed on its own for a non-transient reason, in a
@@ -1173,45 +1257,17 @@ pub fn spawn(
                 down(&task_health, &metrics, "the pipeline thread ended".into());
                 break;
             };
-            tracing::debug!(
-                events = stats.events,
-                inserted = stats.inserted,
-                merged = stats.merged,
-                dead = stats.dead_lettered,
-                ms = started.elapsed().as_millis() as u64,
-                "batch committed"
-            );
-            metrics
-                .batch_seconds
-                .observe(started.elapsed().as_secs_f64());
-            metrics.batch_events.observe(stats.events as f64);
             // Under load the trees are refreshed only when arroy is needed (some cube is too
             // large for the RAM codes) and enough changes wait; always off the sink's thread.
             if store.ann_needed() && store.pending_over(delta_max) {
                 fold_in_background(&store, &folding);
             }
-            for (kind, n) in [
-                ("inserted", stats.inserted),
-                ("merged", stats.merged),
-                ("feedback", stats.feedback),
-            ] {
-                metrics
-                    .memories_written
-                    .with_label_values(&[kind])
-                    .inc_by(n as u64);
-            }
-            for ((r, o), source) in replies.into_iter().zip(outcomes).zip(sources) {
-                let outcome = match &o {
-                    Outcome::Stored { .. } => "stored",
-                    Outcome::Duplicate { .. } => "duplicate",
-                    Outcome::DeadLettered { .. } => "dead_lettered",
-                    Outcome::Failed { .. } => "failed",
-                };
-                metrics.events.with_label_values(&[source, outcome]).inc();
-                if let Some(r) = r {
-                    let _ = r.send(o);
-                }
-            }
+            answer(
+                &metrics,
+                &stats,
+                started,
+                replies.into_iter().zip(outcomes).zip(sources),
+            );
         }
         drop(work_tx);
         if let Ok(w) = worker {
@@ -1225,6 +1281,49 @@ pub fn spawn(
         tracing::info!("pipeline stopped");
     });
     (PipelineHandle { tx, health }, task)
+}
+
+/// Records a committed batch in the metrics and sends every input its outcome.
+fn answer(
+    metrics: &crate::metrics::Metrics,
+    stats: &BatchStats,
+    started: Instant,
+    replies: impl Iterator<Item = ((Option<oneshot::Sender<Outcome>>, Outcome), &'static str)>,
+) {
+    tracing::debug!(
+        events = stats.events,
+        inserted = stats.inserted,
+        merged = stats.merged,
+        dead = stats.dead_lettered,
+        ms = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+    metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batch_events.observe(stats.events as f64);
+    for (kind, n) in [
+        ("inserted", stats.inserted),
+        ("merged", stats.merged),
+        ("feedback", stats.feedback),
+    ] {
+        metrics
+            .memories_written
+            .with_label_values(&[kind])
+            .inc_by(n as u64);
+    }
+    for ((r, o), source) in replies {
+        let outcome = match &o {
+            Outcome::Stored { .. } => "stored",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Failed { .. } => "failed",
+        };
+        metrics.events.with_label_values(&[source, outcome]).inc();
+        if let Some(r) = r {
+            let _ = r.send(o);
+        }
+    }
 }
 
 /// A batch for the pipeline thread and where its outcomes go.

@@ -273,78 +273,17 @@ impl Memos {
             ..Default::default()
         };
         let hits = self.search_hits(&search, p).await?;
-        let mut personal: Vec<&store::search::Hit> = hits
-            .buckets
-            .iter()
-            .filter(|b| b.name == "text_mem")
-            .flat_map(|b| b.hits.iter())
-            .filter(|h| h.record.memory_type != MemoryType::OuterMemory)
-            .collect();
-        personal.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let above = personal.iter().filter(|h| h.score >= req.threshold).count();
-        personal.truncate(above.max(3));
-        let tools: Vec<&store::search::Hit> = hits
-            .buckets
-            .iter()
-            .filter(|b| b.name == "tool_mem")
-            .flat_map(|b| b.hits.iter())
-            .collect();
-        // Memories already in the local model's cached prefix are not repeated.
-        if let Some(l) = &local {
-            personal.retain(|h| !l.prefix.memory_ids.contains(&h.record.id));
-        }
-        let mut system = String::new();
-        system.push_str(&format!(
-            "\n\nCurrent time: {}.",
-            store::time::micros_to_rfc3339(store::time::now_micros())
-        ));
-        let mut references = Vec::new();
-        if !personal.is_empty() {
-            system.push_str("\n\n# Memories\n");
-            for (i, h) in personal.iter().enumerate() {
-                let when = h
-                    .record
-                    .event_time
-                    .map(|t| format!("[{}] ", store::time::micros_to_rfc3339(t)))
-                    .unwrap_or_default();
-                system.push_str(&format!("{}. {when}{}\n", i + 1, h.record.memory));
-                references.push(json!({"id": h.record.id, "memory": h.record.memory,
-                    "memory_type": h.record.memory_type.as_str(), "cube_id": h.record.cube_id,
-                    "score": h.score}));
-            }
-        }
-        if !hits.pref_string.is_empty() {
-            system.push_str("\n# Preferences\n");
-            system.push_str(&hits.pref_string);
-            system.push('\n');
-        }
-        if !tools.is_empty() {
-            system.push_str("\n# Tool experience\n");
-            for h in &tools {
-                system.push_str(&format!("- {}\n", h.record.memory));
-            }
-        }
-        let context = system;
+        let (context, references) =
+            memory_context(&hits, local.as_ref().map(|l| &l.prefix), req.threshold);
         let system = format!(
             "{}{context}",
             base.unwrap_or_else(|| DEFAULT_SYSTEM.to_string())
         );
-        let mut messages = vec![Msg::new("system", system)];
-        let history = req.history.clone().unwrap_or_default();
-        let skip = history.len().saturating_sub(20);
-        for (i, m) in history.iter().enumerate().skip(skip) {
-            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-            if !matches!(role, "user" | "assistant" | "system") {
-                return Err(ServerError::BadRequest(format!(
-                    "history[{i}].role must be user, assistant or system"
-                )));
-            }
-            let content = m.get("content").and_then(Value::as_str).ok_or_else(|| {
-                ServerError::BadRequest(format!("history[{i}].content must be a string"))
-            })?;
-            messages.push(Msg::new(role, content));
-        }
-        messages.push(Msg::new("user", req.query.clone()));
+        let messages = conversation(
+            system,
+            req.history.as_deref().unwrap_or_default(),
+            &req.query,
+        )?;
         let local = local.map(|mut l| {
             let turns: Vec<(String, String)> = messages[1..]
                 .iter()
@@ -589,6 +528,89 @@ fn remote(plan: &ChatPlan) -> Result<Arc<LlmClient>, ServerError> {
     plan.client
         .clone()
         .ok_or_else(|| ServerError::Unavailable("no chat model".into()))
+}
+
+/// The memory part of the system prompt — memories (those above `threshold`, at least three;
+/// none already in the local model's cached `local` prefix), preferences, tool experience — and
+/// the references the answer cites.
+fn memory_context(
+    hits: &crate::service::SearchHits,
+    local: Option<&pipelines::activation::Prefix>,
+    threshold: f32,
+) -> (String, Vec<Value>) {
+    let mut personal: Vec<&store::search::Hit> = hits
+        .buckets
+        .iter()
+        .filter(|b| b.name == "text_mem")
+        .flat_map(|b| b.hits.iter())
+        .filter(|h| h.record.memory_type != MemoryType::OuterMemory)
+        .collect();
+    personal.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let above = personal.iter().filter(|h| h.score >= threshold).count();
+    personal.truncate(above.max(3));
+    let tools: Vec<&store::search::Hit> = hits
+        .buckets
+        .iter()
+        .filter(|b| b.name == "tool_mem")
+        .flat_map(|b| b.hits.iter())
+        .collect();
+    // Memories already in the local model's cached prefix are not repeated.
+    if let Some(prefix) = local {
+        personal.retain(|h| !prefix.memory_ids.contains(&h.record.id));
+    }
+    let mut system = String::new();
+    system.push_str(&format!(
+        "\n\nCurrent time: {}.",
+        store::time::micros_to_rfc3339(store::time::now_micros())
+    ));
+    let mut references = Vec::new();
+    if !personal.is_empty() {
+        system.push_str("\n\n# Memories\n");
+        for (i, h) in personal.iter().enumerate() {
+            let when = h
+                .record
+                .event_time
+                .map(|t| format!("[{}] ", store::time::micros_to_rfc3339(t)))
+                .unwrap_or_default();
+            system.push_str(&format!("{}. {when}{}\n", i + 1, h.record.memory));
+            references.push(json!({"id": h.record.id, "memory": h.record.memory,
+                "memory_type": h.record.memory_type.as_str(), "cube_id": h.record.cube_id,
+                "score": h.score}));
+        }
+    }
+    if !hits.pref_string.is_empty() {
+        system.push_str("\n# Preferences\n");
+        system.push_str(&hits.pref_string);
+        system.push('\n');
+    }
+    if !tools.is_empty() {
+        system.push_str("\n# Tool experience\n");
+        for h in &tools {
+            system.push_str(&format!("- {}\n", h.record.memory));
+        }
+    }
+    (system, references)
+}
+
+/// The messages sent to the model: the system prompt, the last 20 turns of `history` (roles
+/// checked), the question.
+fn conversation(system: String, history: &[Value], query: &str) -> Result<Vec<Msg>, ServerError> {
+    let mut messages = vec![Msg::new("system", system)];
+    let skip = history.len().saturating_sub(20);
+    for (i, m) in history.iter().enumerate().skip(skip) {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if !matches!(role, "user" | "assistant" | "system") {
+            return Err(ServerError::BadRequest(format!(
+                "history[{i}].role must be user, assistant or system"
+            )));
+        }
+        let content = m.get("content").and_then(Value::as_str).ok_or_else(|| {
+            ServerError::BadRequest(format!("history[{i}].content must be a string"))
+        })?;
+        messages.push(Msg::new(role, content));
+    }
+    messages.push(Msg::new("user", query.to_string()));
+    Ok(messages)
 }
 
 fn local_max_new(req: &ChatRequest, local: &pipelines::activation::LocalPlan) -> usize {

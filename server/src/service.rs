@@ -8,7 +8,7 @@ use operators::embed::Embedder;
 use operators::event::{Event, EventKind, Mode};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use store::search::{Dedup, SearchRequest as StoreSearch, search};
+use store::search::Dedup;
 use store::{Filter, MemoryType, Store};
 
 use crate::api::{
@@ -74,15 +74,7 @@ pub const BUCKETS: [&str; 4] = [
     store::Bucket::Skill.name(),
 ];
 
-/// One bucket of one cube.
-pub struct BucketHits {
-    /// text_mem | pref_mem | tool_mem | skill_mem.
-    pub name: &'static str,
-    /// Cube.
-    pub cube: String,
-    /// Hits, best first.
-    pub hits: Vec<store::search::Hit>,
-}
+pub use store::recall::BucketHits;
 
 /// What a search found.
 pub struct SearchHits {
@@ -666,12 +658,8 @@ impl Memos {
         }
     }
 
-    /// Search (§4): per cube, per bucket (text, preference, tool, skill), hybrid retrieval.
-    pub async fn search_hits(
-        &self,
-        req: &SearchRequest,
-        p: &Principal,
-    ) -> Result<SearchHits, ServerError> {
+    /// The request's own limits: query length, every top k, mode, relativity, ids.
+    fn check_search(&self, req: &SearchRequest) -> Result<(), ServerError> {
         if req.query.trim().is_empty() {
             return Err(ServerError::BadRequest("query is required".into()));
         }
@@ -716,6 +704,16 @@ impl Memos {
                 store::validate_key_part(what, v)?;
             }
         }
+        Ok(())
+    }
+
+    /// Search (§4): per cube, per bucket (text, preference, tool, skill), hybrid retrieval.
+    pub async fn search_hits(
+        &self,
+        req: &SearchRequest,
+        p: &Principal,
+    ) -> Result<SearchHits, ServerError> {
+        self.check_search(req)?;
         let cubes = req.cubes()?;
         self.cfg.limits.check_cubes(&cubes)?;
         p.check(Access::Read, &cubes, req.user_id.as_deref())?;
@@ -770,139 +768,50 @@ impl Memos {
         let scope = p.scope();
         let work = tokio::task::spawn_blocking(move || -> Result<SearchHits, ServerError> {
             let txn = store.read_txn()?;
-            let mut buckets: Vec<BucketHits> = Vec::new();
-            // The one bucket table (`store::Bucket`) with this request's top-k and switches.
-            let specs: Vec<(&'static str, Vec<MemoryType>, usize, bool)> = store::Bucket::ALL
-                .into_iter()
-                .map(|b| {
-                    let (k, on) = match b {
-                        store::Bucket::Text => (req2.top_k, true),
-                        store::Bucket::Pref => (req2.pref_top_k, req2.include_preference),
-                        store::Bucket::Tool => (req2.tool_mem_top_k, req2.search_tool_memory),
-                        store::Bucket::Skill => (req2.skill_mem_top_k, req2.include_skill_memory),
-                    };
-                    (b.name(), b.types(), k, on)
+            let cubes: Vec<(String, Filter)> = cubes.into_iter().zip(filters).collect();
+            let recall = store::recall::Recall {
+                cubes: &cubes,
+                query: &req2.query,
+                vector: &qv,
+                top_k: store::Bucket::ALL.map(|b| match b {
+                    store::Bucket::Text => req2.top_k,
+                    store::Bucket::Pref => req2.pref_top_k * req2.include_preference as usize,
+                    store::Bucket::Tool => req2.tool_mem_top_k * req2.search_tool_memory as usize,
+                    store::Bucket::Skill => {
+                        req2.skill_mem_top_k * req2.include_skill_memory as usize
+                    }
+                }),
+                only_type,
+                scope: &scope,
+                at,
+                session_id: req2.session_id.as_deref(),
+                relativity: req2.relativity.unwrap_or(0.0),
+                dedup,
+                fusion: cfg.fusion,
+                session_boost: cfg.session_boost,
+                pool: cfg.pool,
+                vector_pool: cfg.vector_pool,
+            };
+            let mut embed = |t: &[String]| {
+                embedder
+                    .embed(t)
+                    .map_err(|e| store::StoreError::InvalidArgument(e.to_string()))
+            };
+            let buckets = store::recall::recall(&store, &txn, &recall, &mut embed)?;
+            let pref_lines: Vec<(bool, String)> = buckets
+                .iter()
+                .filter(|b| b.name == store::Bucket::Pref.name())
+                .flat_map(|b| &b.hits)
+                .map(|h| {
+                    let implicit =
+                        h.record.info.get("preference_type") == Some(&json!("implicit_preference"));
+                    (implicit, h.record.memory.clone())
                 })
                 .collect();
-            let mut pref_lines = Vec::new();
-            for (cube, filter) in cubes.iter().zip(&filters) {
-                // BM25 once per cube over every requested bucket, shared by the bucket searches.
-                let wanted: Vec<MemoryType> = specs
-                    .iter()
-                    .filter(|(_, _, k, on)| *on && *k > 0)
-                    .flat_map(|(_, t, _, _)| t.iter().copied())
-                    .filter(|t| only_type.is_none_or(|o| o == *t))
-                    .collect();
-                let all = store.candidates(&txn, cube, Some(&wanted), filter)?;
-                // A user-scoped key searches only its users' memories (candidates, not results:
-                // the top k are the caller's own).
-                let all = store.restrict(&txn, cube, &scope, all)?;
-                let rewound = if at.is_set() {
-                    Some(store::search::Rewound::new(&store, &txn, cube, &scope, at)?)
-                } else {
-                    None
-                };
-                let lexical = store.bm25_scores(&txn, cube, &req2.query, &all)?;
-                for (name, types, k, on) in &specs {
-                    let types: Vec<MemoryType> = types
-                        .iter()
-                        .copied()
-                        .filter(|t| only_type.is_none_or(|o| o == *t))
-                        .collect();
-                    let mut hits = Vec::new();
-                    if *on && *k > 0 && !types.is_empty() {
-                        let mut s = StoreSearch::new(cube, &req2.query, Some(&qv), *k, filter);
-                        s.types = Some(&types);
-                        s.session_id = req2.session_id.as_deref();
-                        s.relativity = req2.relativity.unwrap_or(0.0);
-                        s.dedup = dedup;
-                        s.fusion = cfg.fusion;
-                        s.session_boost = cfg.session_boost;
-                        s.pool = cfg.pool;
-                        s.vector_pool = cfg.vector_pool;
-                        s.lexical = Some(&lexical);
-                        s.within = Some(&all);
-                        hits = if let Some(rw) = &rewound {
-                            let mut embed = |t: &[String]| {
-                                embedder
-                                    .embed(t)
-                                    .map_err(|e| store::StoreError::InvalidArgument(e.to_string()))
-                            };
-                            store::search::search_as_of(&store, &txn, &s, rw, &mut embed)?
-                        } else {
-                            search(&store, &txn, &s)?
-                        };
-                        if *name == "pref_mem" {
-                            pref_lines.extend(hits.iter().map(|h| {
-                                let implicit = h.record.info.get("preference_type")
-                                    == Some(&json!("implicit_preference"));
-                                (implicit, h.record.memory.clone())
-                            }));
-                        }
-                    }
-                    buckets.push(BucketHits {
-                        name,
-                        cube: cube.clone(),
-                        hits,
-                    });
-                }
-            }
-            // Knowledge-base chunks searched alongside a user's memories take at most half of
-            // top_k (MemOS allots documents half the results), best first.
-            let is_doc = |h: &store::search::Hit| h.record.memory_type == MemoryType::RawFileMemory;
-            let text = |b: &BucketHits| b.name == "text_mem";
-            if buckets
-                .iter()
-                .filter(|b| text(b))
-                .any(|b| b.hits.iter().any(|h| !is_doc(h)))
-            {
-                let cap = (req2.top_k / 2).max(1);
-                let mut docs: Vec<(f32, usize, u32)> = buckets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| text(b))
-                    .flat_map(|(i, b)| {
-                        b.hits
-                            .iter()
-                            .filter(|h| is_doc(h))
-                            .map(move |h| (h.score, i, h.id))
-                    })
-                    .collect();
-                docs.sort_by(|a, b| b.0.total_cmp(&a.0));
-                for (_, i, id) in docs.into_iter().skip(cap) {
-                    buckets[i].hits.retain(|h| h.id != id);
-                }
-            }
-            let note = "Follow the user's explicit preferences above; use the implicit ones (read from their habits) when they fit the request.";
-            let list = |implicit: bool| -> Vec<String> {
-                pref_lines
-                    .iter()
-                    .filter(|(i, _)| *i == implicit)
-                    .enumerate()
-                    .map(|(n, (_, p))| format!("{}. {p}", n + 1))
-                    .collect()
-            };
-            let mut parts = Vec::new();
-            for (title, items) in [
-                ("Explicit Preference:", list(false)),
-                ("Implicit Preference:", list(true)),
-            ] {
-                if !items.is_empty() {
-                    parts.push(format!("{title}\n{}", items.join("\n")));
-                }
-            }
-            let pref_string = if parts.is_empty() {
-                String::new()
-            } else {
-                format!("{}\n{note}", parts.join("\n"))
-            };
+            let (pref_note, pref_string) = preference_text(&pref_lines);
             Ok(SearchHits {
                 buckets,
-                pref_note: if pref_lines.is_empty() {
-                    String::new()
-                } else {
-                    note.to_string()
-                },
+                pref_note,
                 pref_string,
             })
         });
@@ -1248,6 +1157,40 @@ impl Memos {
             })
             .await
     }
+}
+
+/// MemOS's preference note and text: the explicit and the implicit preferences found, numbered,
+/// with the instruction how to use them (both empty when there are none).
+fn preference_text(pref_lines: &[(bool, String)]) -> (String, String) {
+    let note = "Follow the user's explicit preferences above; use the implicit ones (read from their habits) when they fit the request.";
+    let list = |implicit: bool| -> Vec<String> {
+        pref_lines
+            .iter()
+            .filter(|(i, _)| *i == implicit)
+            .enumerate()
+            .map(|(n, (_, p))| format!("{}. {p}", n + 1))
+            .collect()
+    };
+    let mut parts = Vec::new();
+    for (title, items) in [
+        ("Explicit Preference:", list(false)),
+        ("Implicit Preference:", list(true)),
+    ] {
+        if !items.is_empty() {
+            parts.push(format!("{title}\n{}", items.join("\n")));
+        }
+    }
+    let pref_string = if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{}\n{note}", parts.join("\n"))
+    };
+    let note = if pref_lines.is_empty() {
+        String::new()
+    } else {
+        note.to_string()
+    };
+    (note, pref_string)
 }
 
 /// Parses an `as_of`-style time parameter (RFC 3339 or `YYYY-MM-DD HH:MM`).

@@ -18,6 +18,7 @@ pub mod error;
 pub mod filter;
 pub mod lexical;
 pub mod model;
+pub mod recall;
 pub mod scope;
 pub mod search;
 pub mod text;
