@@ -533,7 +533,7 @@ async fn serve(cfg: &Config) -> Result<()> {
 
 /// `memos import FILE`: one event per line through the pipeline; dead letters are printed.
 async fn import_events(cfg: &Config, file: &std::path::Path) -> Result<()> {
-    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let lines: Vec<String> = std::io::BufReader::new(f)
         .lines()
         .collect::<std::io::Result<_>>()?;
@@ -591,7 +591,7 @@ async fn eval_locomo(
     let tmp = tempfile::tempdir()?;
     let mut cfg = cfg.clone();
     cfg.data_dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
-    let mut data = eval::load(&path)?;
+    let mut data = eval::load(path)?;
     if let Some(n) = limit {
         let cubes: Vec<String> = {
             let mut seen = Vec::new();

@@ -109,12 +109,12 @@ impl Memos {
         store::validate_key_part("record_id", &record_id)?;
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
         let scope = p.scope();
-        self.committer.run("soft_delete", move |store, mut wtxn| {
+        self.committer.run("soft_delete", move |store, wtxn| {
             wtxn.touch(&cube);
             let ids: Vec<String> = match memory_ids {
                 Some(ids) => {
                     for id in &ids {
-                        match store.get_visible(&wtxn, id, &scope)? {
+                        match store.get_visible(wtxn, id, &scope)? {
                             Some(r) if r.cube_id == cube => {}
                             _ => {
                                 return Err(ServerError::NotFound(format!(
@@ -125,17 +125,17 @@ impl Memos {
                     }
                     ids
                 }
-                None => store.matching_ids(&wtxn, &cube, &Filter::And(vec![]), &scope)?,
+                None => store.matching_ids(wtxn, &cube, &Filter::And(vec![]), &scope)?,
             };
             if hard {
-                let receipt = store.delete(&mut wtxn, &ids)?;
+                let receipt = store.delete(wtxn, &ids)?;
                 return Ok(json!({"status": "success", "hard_delete": true,
                     "deleted": receipt.ids.len(), "receipt": receipt}));
             }
             let now = store::time::now_micros();
             let mut n = 0;
             for id in &ids {
-                let Some(mut r) = store.get(&wtxn, id)? else {
+                let Some(mut r) = store.get(wtxn, id)? else {
                     continue;
                 };
                 if r.status != Status::Activated {
@@ -145,7 +145,7 @@ impl Memos {
                 r.info.insert(DELETE_RECORD_ID.into(), json!(record_id));
                 r.info
                     .insert(DELETE_TIME.into(), json!(store::time::micros_to_rfc3339(now)));
-                store.update(&mut wtxn, &r, None, "soft_delete", None)?;
+                store.update(wtxn, &r, None, "soft_delete", None)?;
                 n += 1;
             }
             Ok(json!({"status": "success", "hard_delete": false, "deleted": n, "record_id": record_id}))
@@ -163,13 +163,13 @@ impl Memos {
         p.check(Access::Write, std::slice::from_ref(&cube), None)?;
         let scope = p.scope();
         self.committer
-            .run("recover", move |store, mut wtxn| {
+            .run("recover", move |store, wtxn| {
                 wtxn.touch(&cube);
-                let deleted = store.field_ids(&wtxn, &cube, "status", Status::Deleted.as_str())?;
-                let deleted = store.restrict(&wtxn, &cube, &scope, deleted)?;
+                let deleted = store.field_ids(wtxn, &cube, "status", Status::Deleted.as_str())?;
+                let deleted = store.restrict(wtxn, &cube, &scope, deleted)?;
                 let mut n = 0;
                 for id in &deleted {
-                    let Some(mut r) = store.record(&wtxn, id)? else {
+                    let Some(mut r) = store.record(wtxn, id)? else {
                         continue;
                     };
                     if r.info.get(DELETE_RECORD_ID).and_then(Value::as_str) != Some(&record_id) {
@@ -178,7 +178,7 @@ impl Memos {
                     r.status = Status::Activated;
                     r.info.remove(DELETE_RECORD_ID);
                     r.info.remove(DELETE_TIME);
-                    store.update(&mut wtxn, &r, None, "recover", None)?;
+                    store.update(wtxn, &r, None, "recover", None)?;
                     n += 1;
                 }
                 if n == 0 {
@@ -378,7 +378,7 @@ impl Memos {
             return Err(ServerError::BadRequest("file_ids is empty".into()));
         }
         self.committer
-            .run("delete", move |store, mut wtxn| {
+            .run("delete", move |store, wtxn| {
                 let filter = Filter::Cond {
                     field: "file_ids".into(),
                     op: store::filter::Op::In,
@@ -393,7 +393,7 @@ impl Memos {
                     user: None,
                     missing: pipelines::delete::Missing::Refuse,
                 };
-                let receipt = pipelines::delete::apply(store, &mut wtxn, &deletion)?;
+                let receipt = pipelines::delete::apply(store, wtxn, &deletion)?;
                 for c in &receipt.cubes {
                     wtxn.touch(c);
                 }

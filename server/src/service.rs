@@ -891,14 +891,14 @@ impl Memos {
         let scope = p.scope();
         let receipt = self
             .committer
-            .run("delete", move |store, mut wtxn| {
+            .run("delete", move |store, wtxn| {
                 let target = if let Some(ids) = &req.memory_ids {
                     Target::Ids(ids.clone())
                 } else {
                     let cubes: Vec<String> = match &named_cubes {
                         Some(c) => c.clone(),
                         None => store
-                            .cubes(&wtxn)?
+                            .cubes(wtxn)?
                             .into_iter()
                             .map(|c| c.cube_id)
                             .filter(|c| scope.allows_cube(c))
@@ -942,7 +942,7 @@ impl Memos {
                     user: None,
                     missing: Missing::Refuse,
                 };
-                let receipt = pipelines::delete::apply(store, &mut wtxn, &deletion)?;
+                let receipt = pipelines::delete::apply(store, wtxn, &deletion)?;
                 for c in &receipt.cubes {
                     wtxn.touch(c);
                 }
@@ -1112,14 +1112,14 @@ impl Memos {
     /// Registers a cube or knowledge base; 409 if the id exists (as a cube or in memories).
     pub async fn create_cube(&self, info: store::CubeInfo) -> Result<store::CubeInfo, ServerError> {
         self.committer
-            .run("cube", move |store, mut wtxn| {
-                if store.cube(&wtxn, &info.cube_id)?.is_some() {
+            .run("cube", move |store, wtxn| {
+                if store.cube(wtxn, &info.cube_id)?.is_some() {
                     return Err(ServerError::Conflict(format!(
                         "cube \"{}\" already exists",
                         info.cube_id
                     )));
                 }
-                store.put_cube(&mut wtxn, &info)?;
+                store.put_cube(wtxn, &info)?;
                 Ok(info)
             })
             .await
@@ -1146,11 +1146,11 @@ impl Memos {
         p.check_whole_cube("deleting a whole cube")?;
         let cube = cube.to_string();
         self.committer
-            .run("cube", move |store, mut wtxn| {
+            .run("cube", move |store, wtxn| {
                 let ids =
-                    store.matching_ids(&wtxn, &cube, &Filter::And(vec![]), &store::Scope::all())?;
-                let receipt = store.delete(&mut wtxn, &ids)?;
-                store.remove_cube(&mut wtxn, &cube)?;
+                    store.matching_ids(wtxn, &cube, &Filter::And(vec![]), &store::Scope::all())?;
+                let receipt = store.delete(wtxn, &ids)?;
+                store.remove_cube(wtxn, &cube)?;
                 // The cube's KV cache goes with its memories.
                 wtxn.touch(&cube);
                 Ok(receipt)

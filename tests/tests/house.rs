@@ -33,8 +33,11 @@ fn metadata() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A workspace crate: name, source folder, dependencies (name, kind).
+type Crate = (String, PathBuf, Vec<(String, String)>);
+
 /// Workspace crates with their source folder, except the test and benchmark harnesses.
-fn library_crates(meta: &Value) -> Vec<(String, PathBuf, Vec<(String, String)>)> {
+fn library_crates(meta: &Value) -> Vec<Crate> {
     meta["packages"]
         .as_array()
         .unwrap()

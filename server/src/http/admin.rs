@@ -79,14 +79,14 @@ pub async fn create_key(
     };
     let r2 = rec.clone();
     m.committer
-        .run("api_key", move |store, mut wtxn| {
-            if store.api_keys(&wtxn)?.iter().any(|k| k.name == r2.name) {
+        .run("api_key", move |store, wtxn| {
+            if store.api_keys(wtxn)?.iter().any(|k| k.name == r2.name) {
                 return Err(ServerError::Conflict(format!(
                     "a key named \"{}\" exists",
                     r2.name
                 )));
             }
-            store.put_api_key(&mut wtxn, &r2)?;
+            store.put_api_key(wtxn, &r2)?;
             Ok::<_, ServerError>(())
         })
         .await?;
@@ -125,10 +125,10 @@ pub async fn revoke_key(State(m): State<AppState>, Extension(p): P, Path(id): Pa
     let id2 = id.clone();
     let rec = m
         .committer
-        .run("api_key", move |store, mut wtxn| {
-            let rec = store.api_keys(&wtxn)?.into_iter().find(|k| k.id == id2);
+        .run("api_key", move |store, wtxn| {
+            let rec = store.api_keys(wtxn)?.into_iter().find(|k| k.id == id2);
             if let Some(r) = &rec {
-                store.delete_api_key(&mut wtxn, &r.id)?;
+                store.delete_api_key(wtxn, &r.id)?;
             }
             Ok::<_, ServerError>(rec)
         })
