@@ -1011,44 +1011,7 @@ impl Processor {
         let mut out = SinkOut::default();
         match ev.kind {
             EventKind::Delete => out.ids = self.apply_delete(wtxn, ev)?,
-            EventKind::Feedback => {
-                // feedback-merge runs here, in the batch's transaction: it sees the memories
-                // this batch wrote and commits with them.
-                let outcome =
-                    self.feedback
-                        .apply(&self.store, wtxn, &p.ie)
-                        .map_err(|e| match e {
-                            e if e.retryable() => PipelineError::Operator(e),
-                            e => PipelineError::BadRequest(format!("feedback: {e}")),
-                        })?;
-                for c in outcome.add.iter().chain(&outcome.update) {
-                    out.ids.push(c.id.clone());
-                }
-                let text = |k: &str| ev.payload.get(k).and_then(|v| v.as_str()).map(String::from);
-                let f = store::FeedbackRecord {
-                    id: p.ie.id.clone(),
-                    cube_id: ev.cube_id.clone(),
-                    user_id: ev.user_id.clone(),
-                    session_id: ev.session_id.clone(),
-                    feedback_content: text("feedback_content").unwrap_or_default(),
-                    history: ev
-                        .payload
-                        .get("history")
-                        .map(|h| h.to_string())
-                        .unwrap_or_default(),
-                    retrieved_memory_ids: ev
-                        .payload
-                        .get("retrieved_memory_ids")
-                        .and_then(|v| serde_json::from_value(v.clone()).ok())
-                        .unwrap_or_default(),
-                    feedback_time: text("feedback_time"),
-                    status: "processed".into(),
-                    created_at: now,
-                    result: serde_json::to_string(&outcome).ok(),
-                };
-                self.store.put_feedback(wtxn, &f)?;
-                out.feedback_intent = Some(outcome.intent.clone());
-            }
+            EventKind::Feedback => self.apply_feedback(wtxn, p, now, &mut out)?,
             _ => {
                 let mut fast_turns = Vec::new();
                 for d in drafts {
@@ -1121,6 +1084,56 @@ impl Processor {
             },
         )?;
         Ok(out)
+    }
+
+    /// A feedback event: feedback-merge runs here, in the batch's transaction (it sees the
+    /// memories this batch wrote and commits with them); the feedback is kept as processed
+    /// with its outcome.
+    fn apply_feedback(
+        &self,
+        wtxn: &mut store::heed::RwTxn,
+        p: &Pending,
+        now: i64,
+        out: &mut SinkOut,
+    ) -> Result<(), PipelineError> {
+        let ev = &p.ie.event;
+        // feedback-merge runs here, in the batch's transaction: it sees the memories
+        // this batch wrote and commits with them.
+        let outcome = self
+            .feedback
+            .apply(&self.store, wtxn, &p.ie)
+            .map_err(|e| match e {
+                e if e.retryable() => PipelineError::Operator(e),
+                e => PipelineError::BadRequest(format!("feedback: {e}")),
+            })?;
+        for c in outcome.add.iter().chain(&outcome.update) {
+            out.ids.push(c.id.clone());
+        }
+        let text = |k: &str| ev.payload.get(k).and_then(|v| v.as_str()).map(String::from);
+        let f = store::FeedbackRecord {
+            id: p.ie.id.clone(),
+            cube_id: ev.cube_id.clone(),
+            user_id: ev.user_id.clone(),
+            session_id: ev.session_id.clone(),
+            feedback_content: text("feedback_content").unwrap_or_default(),
+            history: ev
+                .payload
+                .get("history")
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
+            retrieved_memory_ids: ev
+                .payload
+                .get("retrieved_memory_ids")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default(),
+            feedback_time: text("feedback_time"),
+            status: "processed".into(),
+            created_at: now,
+            result: serde_json::to_string(&outcome).ok(),
+        };
+        self.store.put_feedback(wtxn, &f)?;
+        out.feedback_intent = Some(outcome.intent.clone());
+        Ok(())
     }
 
     /// A delete event: by ids or by a filter, only in its own cube and only its own user's

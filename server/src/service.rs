@@ -906,31 +906,7 @@ impl Memos {
                     };
                     let mut per_cube = Vec::new();
                     for cube in &cubes {
-                        let filter = if let Some(f) = &req.file_ids {
-                            Filter::Cond {
-                                field: "file_ids".into(),
-                                op: store::filter::Op::In,
-                                value: json!(f),
-                            }
-                        } else {
-                            let mut parts = vec![];
-                            if let Some(f) = req.filter.as_ref().filter(|f| !f.is_null()) {
-                                let f = Filter::parse_for_cube(f, cube, &cubes)?;
-                                if f.is_true() && req.user_id.is_none() && session.is_none() {
-                                    return Err(ServerError::BadRequest(
-                                        "an empty filter would delete everything; refused".into(),
-                                    ));
-                                }
-                                parts.push(f);
-                            }
-                            if let Some(u) = &req.user_id {
-                                parts.push(eq("user_id", u));
-                            }
-                            if let Some(s) = &session {
-                                parts.push(eq("session_id", s));
-                            }
-                            Filter::And(parts)
-                        };
+                        let filter = delete_filter(&req, session.as_deref(), cube, &cubes)?;
                         per_cube.push((cube.clone(), filter));
                     }
                     Target::Filters(per_cube)
@@ -946,7 +922,7 @@ impl Memos {
                 for c in &receipt.cubes {
                     wtxn.touch(c);
                 }
-                Ok(receipt)
+                Ok::<_, ServerError>(receipt)
             })
             .await?;
         Ok(json!({"status": "success", "deleted": receipt.ids.len(), "receipt": receipt}))
@@ -1191,6 +1167,41 @@ fn preference_text(pref_lines: &[(bool, String)]) -> (String, String) {
         note.to_string()
     };
     (note, pref_string)
+}
+
+/// A REST delete's filter in one cube: the files named, or the filter (never an empty one on
+/// its own) with the user and session constraints.
+fn delete_filter(
+    req: &DeleteRequest,
+    session: Option<&str>,
+    cube: &str,
+    cubes: &[String],
+) -> Result<Filter, ServerError> {
+    Ok(if let Some(f) = &req.file_ids {
+        Filter::Cond {
+            field: "file_ids".into(),
+            op: store::filter::Op::In,
+            value: json!(f),
+        }
+    } else {
+        let mut parts = vec![];
+        if let Some(f) = req.filter.as_ref().filter(|f| !f.is_null()) {
+            let f = Filter::parse_for_cube(f, cube, cubes)?;
+            if f.is_true() && req.user_id.is_none() && session.is_none() {
+                return Err(ServerError::BadRequest(
+                    "an empty filter would delete everything; refused".into(),
+                ));
+            }
+            parts.push(f);
+        }
+        if let Some(u) = &req.user_id {
+            parts.push(eq("user_id", u));
+        }
+        if let Some(s) = session {
+            parts.push(eq("session_id", s));
+        }
+        Filter::And(parts)
+    })
 }
 
 /// Parses an `as_of`-style time parameter (RFC 3339 or `YYYY-MM-DD HH:MM`).
