@@ -12,11 +12,14 @@
 //!    knowledge bases in `allow_knowledgebase_ids`; no other knowledge base is ever touched):
 //!    lexical containment for *replace*/*retract*, semantic similarity above
 //!    `min_similarity` for *set*/*forget*.
-//! 3. **Apply** (in the sink's write transaction, so one commit covers the feedback and
-//!    everything it changed): an *update* writes a successor memory (new id, the new text, the
-//!    old one's history plus the replaced version, `info.covered_history` = the old id) and
-//!    archives the old one with `info.successor_id`; *forget* archives; *retract* archives the
-//!    preference and records the new one. Nothing is hard-deleted: archived memories stay
+//! 3. **Plan, then apply.** The stage ([`Operator::process`]) reads each feedback and embeds
+//!    its similarity query off the write path. In the sink's write transaction,
+//!    [`FeedbackMergeOperator::resolve`] finds the targets (seeing what the same batch wrote
+//!    before the feedback) and returns actions; the sink applies them in event order, so one
+//!    commit covers the feedback and everything it changed. An *update* writes a successor
+//!    memory (new id, the new text, the old one's history plus the replaced version,
+//!    `info.covered_history` = the old id) and archives the old one with `info.successor_id`;
+//!    *forget* archives; *retract* archives the preference and records the new one. Nothing is hard-deleted: archived memories stay
 //!    readable through history and `as_of`.
 
 use std::collections::HashSet;
@@ -25,13 +28,13 @@ use std::sync::Arc;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use store::heed::RwTxn;
+use store::heed::RoTxn;
 use store::{HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status, Store, model};
 
 use crate::embed::Embedder;
 use crate::event::{EventKind, memory_id};
 use crate::window::key_of;
-use crate::{IdentifiedEvent, OperatorError, Result};
+use crate::{Collector, IdentifiedEvent, OpContext, Operator, OperatorError, Result};
 
 /// Config of the feedback stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,7 +269,59 @@ pub struct FeedbackOutcome {
     pub archive: Vec<Change>,
 }
 
-/// The feedback stage. It runs inside the sink's write transaction (see the module docs).
+/// One feedback event as the stage read it (out of the sink's transaction): what it says, the
+/// intent the rules found and, when the intent searches by similarity, the query's embedding.
+/// The sink resolves it against the batch's transaction with
+/// [`FeedbackMergeOperator::resolve`].
+#[derive(Debug, Clone)]
+pub struct FeedbackRequest {
+    /// The feedback event.
+    pub ie: IdentifiedEvent,
+    /// `feedback_content`, trimmed.
+    pub content: String,
+    /// The intent the rules read from it.
+    pub intent: Intent,
+    /// `retrieved_memory_ids`: the memories the feedback names.
+    pub retrieved: Vec<String>,
+    /// `allow_knowledgebase_ids`: the knowledge bases it may touch besides its own cube.
+    pub allowed_kbs: Vec<String>,
+    /// The similarity query's embedding (*set*: the last messages of `history`, else the
+    /// content; *forget*: what to forget).
+    query: Option<Vec<f32>>,
+}
+
+/// One change a feedback makes, for the sink to apply in its transaction.
+#[derive(Debug, Clone)]
+pub enum FeedbackAction {
+    /// Rewrite a memory as archived; `reason` goes to its history.
+    Archive {
+        /// The archived version of the memory.
+        record: MemoryRecord,
+        /// The history entry's update type.
+        reason: &'static str,
+    },
+    /// Write a new memory (a successor or a new fact).
+    Insert {
+        /// The record.
+        record: MemoryRecord,
+        /// Its embedding.
+        embedding: Vec<f32>,
+    },
+}
+
+/// What one feedback will do: the report and the changes, in the order they apply.
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackPlan {
+    /// The report kept with the feedback record (MemOS `record` plus `archive`).
+    pub outcome: FeedbackOutcome,
+    /// The changes, in order.
+    pub actions: Vec<FeedbackAction>,
+}
+
+/// The feedback stage. Through [`Operator::process`] it reads each feedback event and embeds
+/// its similarity query (batched, off the write path); the sink then calls
+/// [`FeedbackMergeOperator::resolve`] in its transaction, so the targets include the memories
+/// the same batch wrote before the feedback, and applies the returned actions in event order.
 pub struct FeedbackMergeOperator {
     cfg: FeedbackConfig,
     embedder: Arc<dyn Embedder>,
@@ -292,35 +347,143 @@ pub fn set_value(text: &str, new: &str) -> String {
     }
 }
 
+/// A list of strings in the payload, or empty.
+fn strings(p: &Value, field: &str) -> Vec<String> {
+    p.get(field)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+impl Operator for FeedbackMergeOperator {
+    type In = IdentifiedEvent;
+    type Out = FeedbackRequest;
+
+    fn name(&self) -> &'static str {
+        "feedback"
+    }
+
+    fn process(
+        &mut self,
+        batch: Vec<IdentifiedEvent>,
+        _ctx: &OpContext,
+        out: &mut Collector<FeedbackRequest>,
+    ) -> Result<()> {
+        let mut reqs = Vec::with_capacity(batch.len());
+        let mut queries = Vec::new();
+        for ie in batch {
+            if ie.event.kind != EventKind::Feedback {
+                out.fail(
+                    &ie.id,
+                    OperatorError::Invalid("not a feedback event".into()),
+                );
+                continue;
+            }
+            let req = self.read(ie);
+            if let Some(q) = query_text(&req) {
+                queries.push(q);
+            }
+            reqs.push(req);
+        }
+        // One embedder call for the batch's similarity queries.
+        let mut vecs = if queries.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed(&queries)?
+        }
+        .into_iter();
+        for mut req in reqs {
+            if query_text(&req).is_some() {
+                req.query = vecs.next();
+            }
+            out.collect(req);
+        }
+        Ok(())
+    }
+}
+
+/// The text a request's similarity search embeds, when its intent searches by similarity.
+fn query_text(req: &FeedbackRequest) -> Option<String> {
+    if req.content.is_empty() {
+        return None;
+    }
+    match &req.intent {
+        Intent::Set { .. } => {
+            // The conversation being corrected: the last messages of `history`.
+            let context = req
+                .ie
+                .event
+                .payload
+                .get("history")
+                .and_then(Value::as_array)
+                .map(|h| {
+                    h.iter()
+                        .rev()
+                        .take(2)
+                        .filter_map(|m| m.get("content").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            Some(if context.is_empty() {
+                req.content.clone()
+            } else {
+                context
+            })
+        }
+        Intent::Forget { what } => Some(what.clone()),
+        _ => None,
+    }
+}
+
+/// Builds one feedback's plan: record ids in order, each target changed once.
+struct Planner<'a> {
+    ie: &'a IdentifiedEvent,
+    seq: u32,
+    now: i64,
+    done: HashSet<String>,
+    plan: FeedbackPlan,
+}
+
 impl FeedbackMergeOperator {
     /// Reads the intent of a feedback text.
     pub fn intent(&self, text: &str) -> Intent {
         self.rules.parse(text)
     }
 
-    fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
-        self.embedder
-            .embed(&[text.to_string()])?
-            .pop()
-            .ok_or_else(|| OperatorError::Model("embedder returned nothing".into()))
+    /// Reads a feedback event's fields and intent.
+    fn read(&self, ie: IdentifiedEvent) -> FeedbackRequest {
+        let p = &ie.event.payload;
+        let content = p
+            .get("feedback_content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        FeedbackRequest {
+            intent: self.rules.parse(&content),
+            retrieved: strings(p, "retrieved_memory_ids"),
+            allowed_kbs: strings(p, "allow_knowledgebase_ids"),
+            content,
+            query: None,
+            ie,
+        }
     }
 
     /// Activated memories of `cubes` by semantic similarity to `query`, best first.
     fn similar(
         &self,
         store: &Store,
-        txn: &RwTxn,
+        txn: &RoTxn,
         cubes: &[String],
         owner: (&str, &str),
-        query: &str,
-    ) -> Result<Vec<(MemoryRecord, f32)>> {
-        let q = self.embed_one(query)?;
+        query: &[f32],
+    ) -> Result<Vec<MemoryRecord>> {
         let mut out = Vec::new();
         for cube in cubes {
             let cand = targets(store, txn, cube, owner)?;
             // Inside the sink's transaction: the exact/ANN path, not the RAM codes (which must
             // only ever learn committed vectors).
-            for (id, score) in store.vector_search(txn, &q, self.cfg.search_k, &cand)? {
+            for (id, score) in store.vector_search(txn, query, self.cfg.search_k, &cand)? {
                 if score >= self.cfg.min_similarity
                     && let Some(r) = store.record(txn, id)?
                 {
@@ -329,14 +492,14 @@ impl FeedbackMergeOperator {
             }
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(out)
+        Ok(out.into_iter().map(|(r, _)| r).collect())
     }
 
     /// Activated memories of `cubes` that contain `phrase` (BM25 candidates, then checked).
     fn containing(
         &self,
         store: &Store,
-        txn: &RwTxn,
+        txn: &RoTxn,
         cubes: &[String],
         owner: (&str, &str),
         phrase: &str,
@@ -356,120 +519,108 @@ impl FeedbackMergeOperator {
         Ok(out)
     }
 
-    /// Processes one feedback event in the sink's transaction and returns what it changed.
-    pub fn apply(
+    /// The similarity search of a request (its query embedded by the stage).
+    fn similar_to(
         &self,
         store: &Store,
-        wtxn: &mut RwTxn,
-        ie: &IdentifiedEvent,
-    ) -> Result<FeedbackOutcome> {
-        let ev = &ie.event;
-        if ev.kind != EventKind::Feedback {
-            return Err(OperatorError::Invalid("not a feedback event".into()));
+        txn: &RoTxn,
+        cubes: &[String],
+        owner: (&str, &str),
+        req: &FeedbackRequest,
+    ) -> Result<Vec<MemoryRecord>> {
+        let query = match (&req.query, query_text(req)) {
+            (Some(q), _) => q.clone(),
+            (None, Some(text)) => self.embed(vec![text])?.pop().unwrap_or_default(),
+            (None, None) => return Ok(Vec::new()),
+        };
+        self.similar(store, txn, cubes, owner, &query)
+    }
+
+    fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let n = texts.len();
+        let vecs = self.embedder.embed(&texts)?;
+        if vecs.len() != n {
+            return Err(OperatorError::Model(format!(
+                "embedder returned {} vectors for {n} texts",
+                vecs.len()
+            )));
         }
-        let p = &ev.payload;
-        let content = p
-            .get("feedback_content")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let retrieved: Vec<String> = p
-            .get("retrieved_memory_ids")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
-        let allowed_kbs: Vec<String> = p
-            .get("allow_knowledgebase_ids")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        Ok(vecs)
+    }
+
+    /// Decides what one feedback changes, reading the store in `txn` (the sink's transaction,
+    /// which holds what the batch wrote before it) and writing nothing: the sink applies the
+    /// plan's actions in order.
+    pub fn resolve(
+        &self,
+        store: &Store,
+        txn: &RoTxn,
+        req: &FeedbackRequest,
+    ) -> Result<FeedbackPlan> {
+        let ev = &req.ie.event;
         // The cubes feedback may touch: its own and the allowed knowledge bases.
         let mut cubes = vec![ev.cube_id.clone()];
-        cubes.extend(allowed_kbs.iter().cloned());
+        cubes.extend(req.allowed_kbs.iter().cloned());
         // In its own cube, feedback touches only its user's memories (a user's feedback never
         // rewrites another user's); knowledge-base chunks are shared.
         let may_touch = |r: &MemoryRecord| {
             cubes.contains(&r.cube_id) && (r.cube_id != ev.cube_id || r.user_id == ev.user_id)
         };
         let owner = (ev.cube_id.as_str(), ev.user_id.as_str());
-        let intent = self.rules.parse(&content);
-        let mut outcome = FeedbackOutcome {
-            intent: intent.name().into(),
-            ..Default::default()
+        let mut p = Planner {
+            ie: &req.ie,
+            seq: 0,
+            now: store::time::now_micros(),
+            done: HashSet::new(),
+            plan: FeedbackPlan::default(),
         };
-        if content.is_empty() {
-            return Ok(outcome);
+        p.plan.outcome.intent = req.intent.name().into();
+        if req.content.is_empty() {
+            return Ok(p.plan);
         }
         // Memories named by the request, if any (only those feedback may touch).
         let mut named = Vec::new();
-        for id in &retrieved {
-            if let Some(r) = store.get(wtxn, id)?
+        for id in &req.retrieved {
+            if let Some(r) = store.get(txn, id)?
                 && r.status == Status::Activated
                 && may_touch(&r)
             {
                 named.push(r);
             }
         }
-        // The conversation being corrected: the last messages of `history`.
-        let context = p
-            .get("history")
-            .and_then(Value::as_array)
-            .map(|h| {
-                h.iter()
-                    .rev()
-                    .take(2)
-                    .filter_map(|m| m.get("content").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        let now = store::time::now_micros();
-        let mut seq = 0u32;
-        let mut done: HashSet<String> = HashSet::new();
-        match &intent {
+        let max = self.cfg.max_targets;
+        match &req.intent {
             Intent::Replace { old, new } => {
                 let targets = if named.is_empty() {
-                    self.containing(store, wtxn, &cubes, owner, old)?
+                    self.containing(store, txn, &cubes, owner, old)?
                 } else {
                     named.clone()
                 };
-                for t in targets.into_iter().take(self.cfg.max_targets) {
-                    if !done.insert(t.id.clone()) {
-                        continue;
-                    }
-                    if let Some(text) = replace_ci(&t.memory, old, new) {
-                        outcome
-                            .update
-                            .push(self.supersede(store, wtxn, ie, &mut seq, &t, text, now)?);
+                for t in targets.into_iter().take(max) {
+                    if !p.done.contains(&t.id)
+                        && let Some(text) = replace_ci(&t.memory, old, new)
+                    {
+                        p.supersede(store, txn, &t, text)?;
                     }
                 }
             }
             Intent::Set { new } => {
                 let targets = if named.is_empty() {
-                    let q = if context.is_empty() {
-                        &content
-                    } else {
-                        &context
-                    };
-                    self.similar(store, wtxn, &cubes, owner, q)?
-                        .into_iter()
-                        .take(1)
-                        .map(|(r, _)| r)
-                        .collect()
+                    let found = self.similar_to(store, txn, &cubes, owner, req)?;
+                    found.into_iter().take(1).collect()
                 } else {
                     named.clone()
                 };
-                for t in targets.into_iter().take(self.cfg.max_targets) {
+                for t in targets.into_iter().take(max) {
                     let text = set_value(&t.memory, new);
-                    if text != t.memory && done.insert(t.id.clone()) {
-                        outcome
-                            .update
-                            .push(self.supersede(store, wtxn, ie, &mut seq, &t, text, now)?);
+                    if text != t.memory && !p.done.contains(&t.id) {
+                        p.supersede(store, txn, &t, text)?;
                     }
                 }
             }
             Intent::Retract { topic } => {
                 let mut targets: Vec<MemoryRecord> = self
-                    .containing(store, wtxn, &cubes, owner, topic)?
+                    .containing(store, txn, &cubes, owner, topic)?
                     .into_iter()
                     .filter(|r| {
                         r.memory_type == MemoryType::PreferenceMemory
@@ -477,66 +628,73 @@ impl FeedbackMergeOperator {
                     })
                     .collect();
                 targets.extend(named.iter().cloned());
-                for t in targets.into_iter().take(self.cfg.max_targets) {
-                    if done.insert(t.id.clone()) {
-                        outcome
-                            .archive
-                            .push(self.archive(store, wtxn, &t, "feedback:retract")?);
-                    }
+                for t in targets.into_iter().take(max) {
+                    p.archive(&t, "feedback:retract");
                 }
                 let text = format!("{}: I no longer like {topic}", speaker(ev));
-                let mut r = self.new_record(ie, &mut seq, text, MemoryType::PreferenceMemory, now);
+                let mut r = p.new_record(text, MemoryType::PreferenceMemory);
                 r.info
                     .insert("preference_type".into(), json!("explicit_preference"));
                 r.info.insert("preference".into(), json!("dislike"));
-                outcome.add.push(self.add(store, wtxn, r)?);
+                p.add(store, txn, r)?;
             }
             Intent::Forget { what } => {
                 // Named memories, else those that say it, else the most similar ones.
                 let mut targets = named.clone();
                 if targets.is_empty() {
-                    targets = self.containing(store, wtxn, &cubes, owner, what)?;
+                    targets = self.containing(store, txn, &cubes, owner, what)?;
                 }
                 if targets.is_empty() {
-                    targets = self
-                        .similar(store, wtxn, &cubes, owner, what)?
-                        .into_iter()
-                        .map(|(r, _)| r)
-                        .collect();
+                    targets = self.similar_to(store, txn, &cubes, owner, req)?;
                 }
-                for t in targets.into_iter().take(self.cfg.max_targets) {
-                    if done.insert(t.id.clone()) {
-                        outcome
-                            .archive
-                            .push(self.archive(store, wtxn, &t, "feedback:forget")?);
-                    }
+                for t in targets.into_iter().take(max) {
+                    p.archive(&t, "feedback:forget");
                 }
             }
             Intent::Supplement => {}
         }
         // Nothing to change (or new information): keep what the user said as a memory.
-        if outcome.update.is_empty() && outcome.archive.is_empty() && outcome.add.is_empty() {
-            let text = format!("{}: {content}", speaker(ev));
-            let mut r = self.new_record(ie, &mut seq, text, MemoryType::UserMemory, now);
+        let o = &p.plan.outcome;
+        if o.update.is_empty() && o.archive.is_empty() && o.add.is_empty() {
+            let text = format!("{}: {}", speaker(ev), req.content);
+            let mut r = p.new_record(text, MemoryType::UserMemory);
             if let Some(first) = named.first() {
                 r.info.insert("supplements".into(), json!(first.id));
             }
-            outcome.add.push(self.add(store, wtxn, r)?);
+            p.add(store, txn, r)?;
         }
-        Ok(outcome)
+        self.embed_inserts(p.plan)
     }
 
-    fn new_record(
-        &self,
-        ie: &IdentifiedEvent,
-        seq: &mut u32,
-        text: String,
-        ty: MemoryType,
-        now: i64,
-    ) -> MemoryRecord {
+    /// Fills the embeddings of the plan's new memories, in one embedder call.
+    fn embed_inserts(&self, mut plan: FeedbackPlan) -> Result<FeedbackPlan> {
+        let texts: Vec<String> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                FeedbackAction::Insert { record, .. } => Some(record.memory.clone()),
+                FeedbackAction::Archive { .. } => None,
+            })
+            .collect();
+        if texts.is_empty() {
+            return Ok(plan);
+        }
+        let mut vecs = self.embed(texts)?.into_iter();
+        for a in &mut plan.actions {
+            if let FeedbackAction::Insert { embedding, .. } = a {
+                *embedding = vecs.next().unwrap_or_default();
+            }
+        }
+        Ok(plan)
+    }
+}
+
+impl Planner<'_> {
+    fn new_record(&mut self, text: String, ty: MemoryType) -> MemoryRecord {
+        let ie = self.ie;
         let ev = &ie.event;
-        let id = memory_id(&ev.cube_id, &ie.id, *seq);
-        *seq += 1;
+        let id = memory_id(&ev.cube_id, &ie.id, self.seq);
+        self.seq += 1;
         let mut tags = ev.tags.clone();
         tags.push("feedback".into());
         MemoryRecord {
@@ -558,8 +716,8 @@ impl FeedbackMergeOperator {
             source: Some("feedback".into()),
             sources: vec![feedback_source(ev)],
             confidence: 0.99,
-            created_at: now,
-            updated_at: now,
+            created_at: self.now,
+            updated_at: self.now,
             event_time: ev.time.as_deref().and_then(store::time::parse_time),
             version: 1,
             history: Vec::new(),
@@ -569,44 +727,48 @@ impl FeedbackMergeOperator {
         }
     }
 
-    fn add(&self, store: &Store, wtxn: &mut RwTxn, r: MemoryRecord) -> Result<Change> {
+    /// A new memory, unless the same text is stored already (then that one is reported).
+    fn add(&mut self, store: &Store, txn: &RoTxn, r: MemoryRecord) -> Result<()> {
         if let Some(existing) =
-            store.find_by_content(wtxn, &r.cube_id, r.memory_type.bucket(), &r.memory)?
-            && let Some(e) = store.record(wtxn, existing)?
+            store.find_by_content(txn, &r.cube_id, r.memory_type.bucket(), &r.memory)?
+            && let Some(e) = store.record(txn, existing)?
         {
-            return Ok(Change {
+            self.plan.outcome.add.push(Change {
                 id: e.id,
                 text: e.memory,
                 ..Default::default()
             });
+            return Ok(());
         }
-        if store.get(wtxn, &r.id)?.is_none() {
-            let v = self.embed_one(&r.memory)?;
-            store.insert(wtxn, &r, &v)?;
-        }
-        Ok(Change {
-            id: r.id,
-            text: r.memory,
+        self.plan.outcome.add.push(Change {
+            id: r.id.clone(),
+            text: r.memory.clone(),
             ..Default::default()
-        })
+        });
+        if store.get(txn, &r.id)?.is_none() {
+            self.plan.actions.push(FeedbackAction::Insert {
+                record: r,
+                embedding: Vec::new(),
+            });
+        }
+        Ok(())
     }
 
-    /// Writes a successor of `old` with `text` and archives `old`.
-    #[allow(clippy::too_many_arguments)]
+    /// A successor of `old` with `text`; `old` is archived.
     fn supersede(
-        &self,
+        &mut self,
         store: &Store,
-        wtxn: &mut RwTxn,
-        ie: &IdentifiedEvent,
-        seq: &mut u32,
+        txn: &RoTxn,
         old: &MemoryRecord,
         text: String,
-        now: i64,
-    ) -> Result<Change> {
+    ) -> Result<()> {
+        self.done.insert(old.id.clone());
+        let ie = self.ie;
         let ev = &ie.event;
+        let now = self.now;
         let mut r = old.clone();
-        r.id = memory_id(&old.cube_id, &ie.id, *seq);
-        *seq += 1;
+        r.id = memory_id(&old.cube_id, &ie.id, self.seq);
+        self.seq += 1;
         r.key = Some(key_of(&text));
         r.memory = text;
         r.version = old.version + 1;
@@ -639,35 +801,42 @@ impl FeedbackMergeOperator {
         archived
             .info
             .insert(model::SUCCESSOR.into(), json!(r.id.clone()));
-        store.update(wtxn, &archived, None, "feedback", None)?;
-        if store.get(wtxn, &r.id)?.is_none() {
-            let v = self.embed_one(&r.memory)?;
-            store.insert(wtxn, &r, &v)?;
-        }
-        Ok(Change {
-            id: r.id,
-            text: r.memory,
+        self.plan.actions.push(FeedbackAction::Archive {
+            record: archived,
+            reason: "feedback",
+        });
+        self.plan.outcome.update.push(Change {
+            id: r.id.clone(),
+            text: r.memory.clone(),
             archived_id: Some(old.id.clone()),
             origin_memory: Some(old.memory.clone()),
-        })
+        });
+        if store.get(txn, &r.id)?.is_none() {
+            self.plan.actions.push(FeedbackAction::Insert {
+                record: r,
+                embedding: Vec::new(),
+            });
+        }
+        Ok(())
     }
 
-    fn archive(
-        &self,
-        store: &Store,
-        wtxn: &mut RwTxn,
-        old: &MemoryRecord,
-        why: &str,
-    ) -> Result<Change> {
+    /// `old` archived (once per feedback) with `why` as its reason.
+    fn archive(&mut self, old: &MemoryRecord, why: &'static str) {
+        if !self.done.insert(old.id.clone()) {
+            return;
+        }
         let mut archived = old.clone();
         archived.status = Status::Archived;
         archived.info.insert("archived_reason".into(), json!(why));
-        store.update(wtxn, &archived, None, why, None)?;
-        Ok(Change {
+        self.plan.actions.push(FeedbackAction::Archive {
+            record: archived,
+            reason: why,
+        });
+        self.plan.outcome.archive.push(Change {
             id: old.id.clone(),
             text: old.memory.clone(),
             ..Default::default()
-        })
+        });
     }
 }
 
@@ -696,7 +865,7 @@ fn feedback_source(ev: &crate::event::Event) -> SourceMessage {
 /// (cube, user)) only its user's.
 fn targets(
     store: &Store,
-    txn: &RwTxn,
+    txn: &RoTxn,
     cube: &str,
     owner: (&str, &str),
 ) -> Result<store::roaring::RoaringBitmap> {

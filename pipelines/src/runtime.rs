@@ -12,6 +12,7 @@ use operators::dedupe::{DedupeOperator, merge_records};
 use operators::embed::Embedder;
 use operators::event::{Event, EventKind};
 use operators::extract::ExtractOperator;
+use operators::feedback::{FeedbackAction, FeedbackMergeOperator, FeedbackRequest};
 use operators::window::WindowOperator;
 use operators::{
     Action, Draft, EmbedOperator, IdentifiedEvent, OpContext, Operator, OperatorError, run_stage,
@@ -162,7 +163,7 @@ pub struct Processor {
     extract: ExtractOperator,
     embed: EmbedOperator,
     dedupe: DedupeOperator,
-    feedback: operators::feedback::FeedbackMergeOperator,
+    feedback: FeedbackMergeOperator,
     /// Opens the batch's write transaction; its hooks queue fine jobs and KV-cache builds.
     committer: Committer,
     /// Whether fine-mode events queue extraction jobs (an extraction model is configured).
@@ -213,6 +214,12 @@ fn stage<O: Operator + ?Sized>(
             .inc_by(out.len() as u64);
     }
     r
+}
+
+/// What the stages produced for one event: its drafts, or its feedback as read.
+struct EventInput {
+    drafts: Vec<Draft>,
+    feedback: Option<FeedbackRequest>,
 }
 
 /// What the sink did with one event.
@@ -334,6 +341,8 @@ struct Decoded {
 /// The operator chain's output: drafts, the events that failed (id → reason), timings.
 struct Staged {
     drafts: Vec<Draft>,
+    /// Feedback events as the feedback stage read them, by event id.
+    feedback: HashMap<String, FeedbackRequest>,
     failed: HashMap<String, String>,
     t_ops: Instant,
     t_embed: Duration,
@@ -417,6 +426,7 @@ impl Processor {
     /// Runs every stage's `on_start` hook (once, before the first batch).
     pub fn start(&mut self) -> Result<(), OperatorError> {
         let ctx = &self.ctx;
+        self.feedback.on_start(ctx)?;
         self.window.on_start(ctx)?;
         self.extract.on_start(ctx)?;
         for st in &mut self.stages {
@@ -429,7 +439,11 @@ impl Processor {
     /// Runs every stage's `on_close` hook (after the last batch); failures are logged.
     pub fn close(&mut self) {
         let ctx = &self.ctx;
-        let mut results = vec![self.window.on_close(ctx), self.extract.on_close(ctx)];
+        let mut results = vec![
+            self.feedback.on_close(ctx),
+            self.window.on_close(ctx),
+            self.extract.on_close(ctx),
+        ];
         for st in &mut self.stages {
             results.push(st.on_close(ctx));
         }
@@ -700,6 +714,18 @@ impl Processor {
         let events: Vec<IdentifiedEvent> = pending.iter().map(|p| p.ie.clone()).collect();
         let t_ops = Instant::now();
         let m = self.metrics.clone();
+        let feedback_events: Vec<IdentifiedEvent> = events
+            .iter()
+            .filter(|ie| ie.event.kind == EventKind::Feedback)
+            .cloned()
+            .collect();
+        let feedback = if feedback_events.is_empty() {
+            HashMap::new()
+        } else {
+            let (reqs, f) = guarded(&m, &mut self.feedback, feedback_events, &self.ctx)?;
+            failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+            reqs.into_iter().map(|r| (r.ie.id.clone(), r)).collect()
+        };
         let (drafts, f) = guarded(&m, &mut self.window, events, &self.ctx)?;
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
         let (mut drafts, f) = guarded(&m, &mut self.extract, drafts, &self.ctx)?;
@@ -736,6 +762,7 @@ impl Processor {
         failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
         Ok(Staged {
             drafts,
+            feedback,
             failed,
             t_ops,
             t_embed,
@@ -754,6 +781,7 @@ impl Processor {
     ) -> Result<HashMap<usize, (String, Vec<String>)>, PipelineError> {
         let Staged {
             drafts,
+            mut feedback,
             failed,
             t_ops,
             t_embed,
@@ -788,7 +816,11 @@ impl Processor {
                 self.store
                     .flush_index(&mut wtxn, std::mem::take(&mut index))?;
             }
-            let applied = self.apply_isolated(&mut wtxn, p, drafts, now, &mut index)?;
+            let input = EventInput {
+                drafts,
+                feedback: feedback.remove(&p.ie.id),
+            };
+            let applied = self.apply_isolated(&mut wtxn, p, input, now, &mut index)?;
             match applied {
                 Ok(out) => {
                     stats.inserted += out.inserted;
@@ -863,14 +895,14 @@ impl Processor {
         &self,
         wtxn: &mut store::heed::RwTxn,
         p: &Pending,
-        drafts: Vec<Draft>,
+        input: EventInput,
         now: i64,
         index: &mut store::IndexBuffer,
     ) -> Result<Result<SinkOut, String>, PipelineError> {
         let mut event_index = store::IndexBuffer::default();
         let mut child = self.store.child_txn(wtxn)?;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.sink_event(&mut child, p, drafts, now, &mut event_index)
+            self.sink_event(&mut child, p, input, now, &mut event_index)
         }));
         Ok(match r {
             Ok(Ok(out)) => {
@@ -1003,7 +1035,7 @@ impl Processor {
         &self,
         wtxn: &mut store::heed::RwTxn,
         p: &Pending,
-        drafts: Vec<Draft>,
+        input: EventInput,
         now: i64,
         index: &mut store::IndexBuffer,
     ) -> Result<SinkOut, PipelineError> {
@@ -1011,10 +1043,10 @@ impl Processor {
         let mut out = SinkOut::default();
         match ev.kind {
             EventKind::Delete => out.ids = self.apply_delete(wtxn, ev)?,
-            EventKind::Feedback => self.apply_feedback(wtxn, p, now, &mut out)?,
+            EventKind::Feedback => self.apply_feedback(wtxn, p, input.feedback, now, &mut out)?,
             _ => {
                 let mut fast_turns = Vec::new();
-                for d in drafts {
+                for d in input.drafts {
                     match d.action {
                         Action::Skip => out.ids.push(d.record.id.clone()),
                         Action::Insert => {
@@ -1086,26 +1118,40 @@ impl Processor {
         Ok(out)
     }
 
-    /// A feedback event: feedback-merge runs here, in the batch's transaction (it sees the
-    /// memories this batch wrote and commits with them); the feedback is kept as processed
-    /// with its outcome.
+    /// A feedback event: the feedback stage read it; here, in the batch's transaction, its
+    /// plan is resolved (seeing the memories this batch wrote before it) and its actions are
+    /// applied in order, committing with the batch; the feedback is kept as processed with its
+    /// outcome.
     fn apply_feedback(
         &self,
         wtxn: &mut store::heed::RwTxn,
         p: &Pending,
+        req: Option<FeedbackRequest>,
         now: i64,
         out: &mut SinkOut,
     ) -> Result<(), PipelineError> {
         let ev = &p.ie.event;
-        // feedback-merge runs here, in the batch's transaction: it sees the memories
-        // this batch wrote and commits with them.
-        let outcome = self
+        let req = req.ok_or_else(|| {
+            PipelineError::BadRequest("feedback: the feedback stage did not read it".into())
+        })?;
+        let plan = self
             .feedback
-            .apply(&self.store, wtxn, &p.ie)
+            .resolve(&self.store, wtxn, &req)
             .map_err(|e| match e {
                 e if e.retryable() => PipelineError::Operator(e),
                 e => PipelineError::BadRequest(format!("feedback: {e}")),
             })?;
+        for action in &plan.actions {
+            match action {
+                FeedbackAction::Archive { record, reason } => {
+                    self.store.update(wtxn, record, None, reason, None)?;
+                }
+                FeedbackAction::Insert { record, embedding } => {
+                    self.store.insert(wtxn, record, embedding)?;
+                }
+            }
+        }
+        let outcome = plan.outcome;
         for c in outcome.add.iter().chain(&outcome.update) {
             out.ids.push(c.id.clone());
         }
