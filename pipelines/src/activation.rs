@@ -5,8 +5,10 @@
 //! removed with the memories it covers. Chat with the local model prefills only the rest of the
 //! prompt on top of it.
 //!
-//! The worker runs beside the pipeline: the sink and the control paths notify it of the cubes
-//! they touched after their commit; builds never hold the pipeline's write transaction.
+//! The worker runs beside the pipeline: the commit hook notifies it of the cubes each commit
+//! touched; it reads the selection, runs the `kv_precompute` operator ([`KvPrecomputeOperator`],
+//! through the `Operator` trait) and commits the entry through the commit path. Builds never
+//! hold the pipeline's write transaction.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use activation::{CacheMeta, DevicePref, KvCache, LocalLm};
+use operators::{Collector, OpContext, Operator, OperatorError};
 use serde::{Deserialize, Serialize};
 use store::{KvEntry, MemoryRecord, MemoryType, Status, Store};
 use tokio::sync::mpsc;
@@ -217,10 +220,17 @@ impl Activation {
         Ok(Some(cache))
     }
 
-    /// Brings one cube's cache up to date: builds it when the selection changed, removes it when
-    /// nothing is selected. Returns the outcome label.
-    pub fn refresh(&self, commits: &Committer, cube: &str) -> Result<&'static str, PipelineError> {
-        let (store, metrics) = (commits.store(), commits.metrics());
+    /// Brings one cube's cache up to date: builds it (through the `kv_precompute` operator)
+    /// when the selection changed, removes it when nothing is selected. Returns the outcome
+    /// label.
+    pub fn refresh(
+        &self,
+        commits: &Committer,
+        op: &mut KvPrecomputeOperator,
+        ctx: &OpContext,
+        cube: &str,
+    ) -> Result<&'static str, PipelineError> {
+        let store = commits.store();
         self.queued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -244,18 +254,70 @@ impl Activation {
         if current {
             return Ok("unchanged");
         }
+        let job = KvJob {
+            cube: cube.to_string(),
+            prefix,
+        };
+        let hash = job.prefix.hash.clone();
+        let (mut built, failed) = operators::run_stage(op, vec![job], ctx)?;
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(PipelineError::Operator(e));
+        }
+        let entry = built
+            .pop()
+            .ok_or_else(|| PipelineError::Unavailable("kv_precompute built nothing".into()))?;
+        // Commit only if the selection is still what was built (a delete or an update in the
+        // meantime queued another refresh).
+        let mut w = commits.begin("kv_cache")?;
+        let sel = self.selection(store, &w, cube)?;
+        if sel.is_empty() || self.compose(&self.cfg.system, &sel)?.hash != hash {
+            drop(w);
+            self.notify(cube);
+            return Ok("stale");
+        }
+        store.put_kv(&mut w, &entry)?;
+        w.commit()?;
+        Ok("built")
+    }
+}
+
+/// A cube whose cache is to be built, with its composed prefix.
+#[derive(Debug, Clone)]
+pub struct KvJob {
+    /// The cube.
+    pub cube: String,
+    /// Its memory prefix.
+    pub prefix: Prefix,
+}
+
+/// The `kv_precompute` operator: prefills each job's prefix with the local model (CUDA when
+/// available, else CPU) and emits the cache entry to store, f16 safetensors. It writes nothing:
+/// the worker commits the entry after checking that the selection did not change meanwhile.
+pub struct KvPrecomputeOperator {
+    lm: Arc<LocalLm>,
+    metrics: Arc<Metrics>,
+}
+
+impl KvPrecomputeOperator {
+    /// The operator over `lm`.
+    pub fn new(lm: Arc<LocalLm>, metrics: Arc<Metrics>) -> Self {
+        KvPrecomputeOperator { lm, metrics }
+    }
+
+    fn build(&self, job: &KvJob) -> Result<KvEntry, activation::ActivationError> {
+        let prefix = &job.prefix;
         let t = Instant::now();
-        let cache = self.lm.prefill(&prefix.tokens).map_err(act_error)?;
+        let cache = self.lm.prefill(&prefix.tokens)?;
         let device = if self.lm.cuda().is_some() {
             "cuda"
         } else {
             "cpu"
         };
-        metrics
+        self.metrics
             .kv_prefill_seconds
             .with_label_values(&[device])
             .observe(t.elapsed().as_secs_f64());
-        metrics
+        self.metrics
             .kv_tokens
             .with_label_values(&["cache"])
             .inc_by(prefix.tokens.len() as u64);
@@ -266,42 +328,50 @@ impl Activation {
             memory_ids: prefix.memory_ids.clone(),
             text_hash: prefix.hash.clone(),
         };
-        let data = cache
-            .to_safetensors(self.lm.config(), &meta)
-            .map_err(act_error)?;
-        // Commit only if the selection is still what was built (a delete or an update in the
-        // meantime queued another refresh).
-        let mut w = commits.begin("kv_cache")?;
-        let sel = self.selection(store, &w, cube)?;
-        if sel.is_empty() || self.compose(&self.cfg.system, &sel)?.hash != prefix.hash {
-            drop(w);
-            self.notify(cube);
-            return Ok("stale");
-        }
-        store.put_kv(
-            &mut w,
-            &KvEntry {
-                cube_id: cube.to_string(),
-                name: ENTRY.to_string(),
-                memory_ids: meta.memory_ids,
-                model_id: meta.model_id,
-                tokenizer_hash: meta.tokenizer_hash,
-                token_count: meta.token_count,
-                text_hash: meta.text_hash,
-                created_at: store::time::now_micros(),
-                data,
-            },
-        )?;
-        w.commit()?;
+        let data = cache.to_safetensors(self.lm.config(), &meta)?;
         tracing::info!(
-            cube,
+            cube = %job.cube,
             tokens = prefix.tokens.len(),
             memories = prefix.memory_ids.len(),
             device,
             ms = t.elapsed().as_millis() as u64,
             "activation: KV cache built"
         );
-        Ok("built")
+        Ok(KvEntry {
+            cube_id: job.cube.clone(),
+            name: ENTRY.to_string(),
+            memory_ids: meta.memory_ids,
+            model_id: meta.model_id,
+            tokenizer_hash: meta.tokenizer_hash,
+            token_count: meta.token_count,
+            text_hash: meta.text_hash,
+            created_at: store::time::now_micros(),
+            data,
+        })
+    }
+}
+
+impl Operator for KvPrecomputeOperator {
+    type In = KvJob;
+    type Out = KvEntry;
+
+    fn name(&self) -> &'static str {
+        "kv_precompute"
+    }
+
+    fn process(
+        &mut self,
+        batch: Vec<KvJob>,
+        _ctx: &OpContext,
+        out: &mut Collector<KvEntry>,
+    ) -> operators::Result<()> {
+        for job in batch {
+            match self.build(&job) {
+                Ok(entry) => out.collect(entry),
+                Err(e) => out.fail(&job.cube, OperatorError::Model(e.to_string())),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -320,8 +390,9 @@ pub fn act_error(e: activation::ActivationError) -> PipelineError {
 }
 
 /// Starts the worker: refreshes queued cubes one at a time on a blocking thread, and every cube
-/// once at start. It holds the activation service weakly and ends when that is dropped (the
-/// engine stopped).
+/// once at start, building caches through its `kv_precompute` operator (whose `on_start` runs
+/// first and `on_close` when the worker ends). It holds the activation service weakly and ends
+/// when that is dropped (the engine stopped).
 pub fn spawn_worker(
     act: &Arc<Activation>,
     commits: Committer,
@@ -335,14 +406,24 @@ pub fn spawn_worker(
             act.notify(&c.cube_id);
         }
     }
+    let ctx = Arc::new(OpContext {
+        store: store.clone(),
+    });
+    let mut op = KvPrecomputeOperator::new(act.lm.clone(), commits.metrics().clone());
+    if let Err(e) = op.on_start(&ctx) {
+        tracing::warn!(error = %e, "activation: kv_precompute did not start; no caches are built");
+        return;
+    }
+    let op = Arc::new(Mutex::new(op));
     let act: Weak<Activation> = Arc::downgrade(act);
     tokio::spawn(async move {
         while let Some(cube) = rx.recv().await {
-            let Some(a) = act.upgrade() else { return };
-            let commits = commits.clone();
+            let Some(a) = act.upgrade() else { break };
+            let (commits, op, ctx) = (commits.clone(), op.clone(), ctx.clone());
             let res = tokio::task::spawn_blocking(move || {
                 let metrics = commits.metrics().clone();
-                a.refresh(&commits, &cube)
+                let mut op = op.lock().unwrap_or_else(|e| e.into_inner());
+                a.refresh(&commits, &mut op, &ctx, &cube)
                     .inspect(|o| metrics.kv_builds.with_label_values(&[o]).inc())
                     .inspect_err(|e| {
                         metrics.kv_builds.with_label_values(&["failed"]).inc();
@@ -353,6 +434,10 @@ pub fn spawn_worker(
             if let Err(e) = res {
                 tracing::warn!(error = %e, "activation worker task failed");
             }
+        }
+        let mut op = op.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = op.on_close(&ctx) {
+            tracing::warn!(error = %e, "activation: kv_precompute on_close failed");
         }
     });
 }

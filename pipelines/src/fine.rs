@@ -2,10 +2,12 @@
 //! (memos-spec §3.3/§3.5), never on the request path.
 //!
 //! The pipeline's sink queues a [`FineJob`] for every stored `messages` event in `fine` mode
-//! (after its commit). The worker asks the extraction model for memories (third person,
-//! pronouns and relative dates resolved, key + tags + memory_type), validates the JSON
-//! (repairing the usual damage), embeds the values, and in **one** LMDB transaction writes the
-//! extracted memories and archives the fast ones (`info.evolve_to` → the new ids). Unlike MemOS
+//! (after its commit). The worker reads the job's fast memories and runs the `fine_extract`
+//! operator ([`FineExtractOperator`], through the `Operator` trait, on a blocking thread): it
+//! asks the extraction model for memories (third person, pronouns and relative dates resolved,
+//! key + tags + memory_type), validates the JSON (repairing the usual damage) and embeds the
+//! values. The worker then, in **one** LMDB transaction on the commit path, writes the extracted
+//! memories and archives the fast ones (`info.evolve_to` → the new ids). Unlike MemOS
 //! (its issue #1950) a failed, timed-out or unusable extraction changes nothing: the fast
 //! memories stay searchable, the job is `failed` in `scheduler/status` with its reason, and the
 //! reason and the model's reply are kept as a dead letter (`source = "fine"`).
@@ -77,19 +79,19 @@ one sentence\", \"preference_type\": \"explicit_preference\" (said outright) or 
 \"correctness\": \"success\" or \"failed\", \"experience\": \"when ... then ...\"}], \"summary\": \
 \"one or two sentences\"}. Use empty lists when nothing is worth remembering.";
 
-/// One validated extracted memory.
+/// One validated extracted memory (the model's JSON, checked; it never leaves the engine).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Extracted {
+pub(crate) struct Extracted {
     /// Title.
-    pub key: String,
+    pub(crate) key: String,
     /// UserMemory or LongTermMemory.
-    pub memory_type: MemoryType,
+    pub(crate) memory_type: MemoryType,
     /// The memory.
-    pub value: String,
+    pub(crate) value: String,
     /// Tags.
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     /// Extra `info` (preference type and reasoning, tool name and outcome).
-    pub info: serde_json::Map<String, Value>,
+    pub(crate) info: serde_json::Map<String, Value>,
 }
 
 /// Validates the model's answer: `{"memory list": [...]}` (or `memories`), each with a
@@ -351,7 +353,141 @@ fn extracted_record(
     r
 }
 
-/// Runs one job; on failure returns the reason and the model's reply when there was one.
+/// A fine job with the fast memories it extracts from.
+pub(crate) struct FineInput {
+    job: FineJob,
+    fast: Vec<MemoryRecord>,
+}
+
+/// What the extraction made of a job.
+pub(crate) enum FineOutput {
+    /// Validated memories with their embeddings, and the model that wrote them.
+    Extracted {
+        fast: Vec<MemoryRecord>,
+        items: Vec<(Extracted, Vec<f32>)>,
+        model: String,
+    },
+    /// Nothing usable: the reason, and the model's reply when there was one.
+    Unusable {
+        reason: String,
+        reply: Option<String>,
+    },
+}
+
+/// The `fine_extract` operator: asks the extraction model for memories, validates its JSON
+/// (repairing the usual damage) and embeds the values. It runs on a blocking thread (the model
+/// call is awaited on the runtime's handle) and writes nothing: the worker commits.
+pub(crate) struct FineExtractOperator {
+    client: Arc<operators::llm::LlmClient>,
+    embedder: Arc<dyn operators::embed::Embedder>,
+    rt: tokio::runtime::Handle,
+}
+
+impl FineExtractOperator {
+    fn extract(&self, input: FineInput) -> FineOutput {
+        let unusable =
+            |reason: String, reply: Option<String>| FineOutput::Unusable { reason, reply };
+        let FineInput { job, fast } = input;
+        let conversation: String = fast
+            .iter()
+            .map(|r| r.memory.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut user = format!("Conversation:\n{conversation}");
+        if !job.tags.is_empty() {
+            user.push_str(&format!(
+                "\n\nPrefer these tags where they fit: {}",
+                job.tags.join(", ")
+            ));
+        }
+        let messages = [Msg::new("system", PROMPT), Msg::new("user", user)];
+        let opts = ChatOptions {
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let c = match self
+            .rt
+            .block_on(self.client.complete_json_mode(&messages, &opts))
+        {
+            Ok(c) => c,
+            Err(e) => return unusable(format!("extraction: {e}"), None),
+        };
+        let v = match operators::llm::repair_json(&c.text) {
+            Ok(v) => v,
+            Err(why) => {
+                let reason = format!("extraction: malformed JSON ({why})");
+                return unusable(reason, Some(c.text));
+            }
+        };
+        let items = match validate(&v) {
+            Ok(items) => items,
+            Err(why) => return unusable(format!("extraction: {why}"), Some(c.text)),
+        };
+        let texts: Vec<String> = items.iter().map(|e| e.value.clone()).collect();
+        let vecs = if texts.is_empty() {
+            Vec::new()
+        } else {
+            match self.embedder.embed(&texts) {
+                Ok(v) => v,
+                Err(e) => return unusable(format!("embedding: {e}"), None),
+            }
+        };
+        FineOutput::Extracted {
+            fast,
+            items: items.into_iter().zip(vecs).collect(),
+            model: self.client.name().to_string(),
+        }
+    }
+}
+
+impl operators::Operator for FineExtractOperator {
+    type In = FineInput;
+    type Out = FineOutput;
+
+    fn name(&self) -> &'static str {
+        "fine_extract"
+    }
+
+    fn process(
+        &mut self,
+        batch: Vec<FineInput>,
+        _ctx: &operators::OpContext,
+        out: &mut operators::Collector<FineOutput>,
+    ) -> operators::Result<()> {
+        for input in batch {
+            out.collect(self.extract(input));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the `fine_extract` operator over one input on a blocking thread, its lifecycle hooks
+/// around it.
+async fn run_operator(
+    mut op: FineExtractOperator,
+    ctx: operators::OpContext,
+    input: FineInput,
+) -> Result<FineOutput, String> {
+    use operators::Operator;
+    tokio::task::spawn_blocking(move || {
+        op.on_start(&ctx).map_err(|e| format!("extraction: {e}"))?;
+        let r = operators::run_stage(&mut op, vec![input], &ctx);
+        if let Err(e) = op.on_close(&ctx) {
+            tracing::warn!(error = %e, "fine_extract on_close failed");
+        }
+        let (mut out, failed) = r.map_err(|e| format!("extraction: {e}"))?;
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(format!("extraction: {e}"));
+        }
+        out.pop()
+            .ok_or_else(|| "extraction: the operator produced nothing".to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Runs one job: reads its fast memories, extracts through the `fine_extract` operator and
+/// commits the result. On failure returns the reason and the model's reply when there was one.
 async fn extract(
     m: &FineWorker,
     job: &FineJob,
@@ -379,52 +515,34 @@ async fn extract(
     if fast.is_empty() {
         return Ok(vec![]);
     }
-    let conversation: String = fast
-        .iter()
-        .map(|r| r.memory.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut user = format!("Conversation:\n{conversation}");
-    if !job.tags.is_empty() {
-        user.push_str(&format!(
-            "\n\nPrefer these tags where they fit: {}",
-            job.tags.join(", ")
-        ));
-    }
-    let messages = [Msg::new("system", PROMPT), Msg::new("user", user)];
-    let opts = ChatOptions {
-        temperature: Some(0.0),
-        ..Default::default()
+    let op = FineExtractOperator {
+        client,
+        embedder: m.embedder.clone(),
+        rt: tokio::runtime::Handle::current(),
     };
-    let c = client
-        .complete_json_mode(&messages, &opts)
-        .await
-        .map_err(|e| (format!("extraction: {e}"), None))?;
-    let v = operators::llm::repair_json(&c.text).map_err(|why| {
-        (
-            format!("extraction: malformed JSON ({why})"),
-            Some(c.text.clone()),
-        )
-    })?;
-    let items = validate(&v).map_err(|why| (format!("extraction: {why}"), Some(c.text.clone())))?;
+    let ctx = operators::OpContext {
+        store: m.commits.store().clone(),
+    };
+    let input = FineInput {
+        job: job.clone(),
+        fast,
+    };
+    let (fast, items, model_name) = match run_operator(op, ctx, input).await {
+        Err(reason) => return Err((reason, None)),
+        Ok(FineOutput::Unusable { reason, reply }) => return Err((reason, reply)),
+        Ok(FineOutput::Extracted { fast, items, model }) => (fast, items, model),
+    };
     if items.is_empty() {
         return Ok(vec![]);
     }
-    let texts: Vec<String> = items.iter().map(|e| e.value.clone()).collect();
-    let embedder = m.embedder.clone();
-    let vecs = tokio::task::spawn_blocking(move || embedder.embed(&texts))
-        .await
-        .map_err(|e| (e.to_string(), None))?
-        .map_err(|e| (format!("embedding: {e}"), None))?;
     let job2 = job.clone();
-    let model_name = client.name().to_string();
     m.commits
         .run("fine", move |store, w| {
             let first = &fast[0];
             let now = store::time::now_micros();
             let mut added = Vec::new();
             let mut new_ids = Vec::new();
-            for (i, (e, v)) in items.iter().zip(&vecs).enumerate() {
+            for (i, (e, v)) in items.iter().enumerate() {
                 let id =
                     operators::event::memory_id(&job2.cube_id, &job2.event_id, 20_000 + i as u32);
                 new_ids.push(id.clone());
