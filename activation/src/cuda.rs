@@ -145,6 +145,47 @@ fn host(t: &candle_core::Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// The scratch buffers of one forward pass.
+struct Scratch {
+    x: CudaSlice<f32>,
+    hb: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    kt: CudaSlice<f32>,
+    vt: CudaSlice<f32>,
+    qh: CudaSlice<f32>,
+    scores: CudaSlice<f32>,
+    oh: CudaSlice<f32>,
+    o: CudaSlice<f32>,
+    proj: CudaSlice<f32>,
+    gate: CudaSlice<f32>,
+    up: CudaSlice<f32>,
+}
+
+/// The sizes of one forward pass, and the kernels' integer and float arguments.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    h: usize,
+    hd: usize,
+    nh: usize,
+    nkv: usize,
+    kvd: usize,
+    inter: usize,
+    rep: usize,
+    total: usize,
+    cap: usize,
+    n_i: i32,
+    h_i: i32,
+    hd_i: i32,
+    nh_i: i32,
+    nkv_i: i32,
+    off_i: i32,
+    cap_i: i32,
+    total_i: i32,
+    eps: f32,
+    scale: f32,
+}
+
 fn grid(len: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((len as u32).div_ceil(BLOCK), 1, 1),
@@ -295,6 +336,258 @@ impl CudaModel {
         unsafe { self.blas.gemm(cfg, w, x, y) }.map_err(cuda("gemm"))
     }
 
+    /// One decoder block over the pass's tokens: attention, then the MLP.
+    fn layer(
+        &self,
+        li: usize,
+        w: &GpuLayer,
+        sc: &mut Scratch,
+        cache: &mut CudaCache,
+        d: &Dims,
+    ) -> Result<()> {
+        self.attention(li, w, sc, cache, d)?;
+        self.mlp(w, sc, d)
+    }
+
+    /// Self-attention with its residual: projections, then attention over the cache.
+    fn attention(
+        &self,
+        li: usize,
+        w: &GpuLayer,
+        sc: &mut Scratch,
+        cache: &mut CudaCache,
+        d: &Dims,
+    ) -> Result<()> {
+        self.project_qkv(li, w, sc, cache, d)?;
+        self.attend(li, w, sc, cache, d)
+    }
+
+    /// Q, K and V of the tokens, RoPE applied: Q into `[heads, n, hd]`, K and V into the cache
+    /// rows `offset..total`.
+    fn project_qkv(
+        &self,
+        li: usize,
+        w: &GpuLayer,
+        sc: &mut Scratch,
+        cache: &mut CudaCache,
+        d: &Dims,
+    ) -> Result<()> {
+        let Dims {
+            n,
+            h,
+            kvd,
+            n_i,
+            h_i,
+            hd_i,
+            nh_i,
+            nkv_i,
+            off_i,
+            cap_i,
+            eps,
+            ..
+        } = *d;
+        let (zero, one) = (0i32, 1i32);
+        launch!(
+            self,
+            &self.k.rms_norm,
+            rows(n),
+            &sc.x,
+            &w.attn_norm,
+            &mut sc.hb,
+            &h_i,
+            &eps
+        );
+        self.linear(&sc.hb, &w.wq, &mut sc.q, n, h, h)?;
+        self.linear(&sc.hb, &w.wk, &mut sc.kt, n, h, kvd)?;
+        self.linear(&sc.hb, &w.wv, &mut sc.vt, n, h, kvd)?;
+        // Q → [heads, n, hd] with RoPE; K (RoPE) and V → the cache rows offset..total.
+        launch!(
+            self,
+            &self.k.rope_scatter,
+            grid(n * h),
+            &sc.q,
+            &h_i,
+            &mut sc.qh,
+            &n_i,
+            &self.cos,
+            &self.sin,
+            &n_i,
+            &nh_i,
+            &hd_i,
+            &off_i,
+            &zero,
+            &one
+        );
+        let kvd_i = kvd as i32;
+        let kc = &mut cache.k[li];
+        launch!(
+            self,
+            &self.k.rope_scatter,
+            grid(n * kvd),
+            &sc.kt,
+            &kvd_i,
+            kc,
+            &cap_i,
+            &self.cos,
+            &self.sin,
+            &n_i,
+            &nkv_i,
+            &hd_i,
+            &off_i,
+            &off_i,
+            &one
+        );
+        let vc = &mut cache.v[li];
+        launch!(
+            self,
+            &self.k.rope_scatter,
+            grid(n * kvd),
+            &sc.vt,
+            &kvd_i,
+            vc,
+            &cap_i,
+            &self.cos,
+            &self.sin,
+            &n_i,
+            &nkv_i,
+            &hd_i,
+            &off_i,
+            &off_i,
+            &zero
+        );
+        Ok(())
+    }
+
+    /// Scores against every cached key, causal softmax, the weighted values, the output
+    /// projection and the residual.
+    fn attend(
+        &self,
+        li: usize,
+        w: &GpuLayer,
+        sc: &mut Scratch,
+        cache: &mut CudaCache,
+        d: &Dims,
+    ) -> Result<()> {
+        let Dims {
+            n,
+            h,
+            hd,
+            nh,
+            nkv,
+            rep,
+            total,
+            cap,
+            n_i,
+            hd_i,
+            nh_i,
+            off_i,
+            total_i,
+            scale,
+            ..
+        } = *d;
+        // Scores per KV group g: S_g[rep·n, total] = Q_g[rep·n, hd] · K_g[total, hd]ᵀ.
+        let cfg = per_group(
+            (CUBLAS_OP_T, total, rep * n, hd),
+            (hd, hd, total),
+            (cap * hd, rep * n * hd, rep * n * total),
+            nkv,
+        );
+        // SAFETY: K holds nkv·cap·hd, Q nh·n·hd, scores nh·n·total elements.
+        unsafe {
+            self.blas
+                .gemm_strided_batched(cfg, &cache.k[li], &sc.qh, &mut sc.scores)
+        }
+        .map_err(cuda("attention scores"))?;
+        launch!(
+            self,
+            &self.k.causal_softmax,
+            rows(nh * n),
+            &mut sc.scores,
+            &n_i,
+            &total_i,
+            &off_i,
+            &scale
+        );
+        // O_g[rep·n, hd] = P_g[rep·n, total] · V_g[total, hd].
+        let cfg = per_group(
+            (CUBLAS_OP_N, hd, rep * n, total),
+            (hd, total, hd),
+            (cap * hd, rep * n * total, rep * n * hd),
+            nkv,
+        );
+        // SAFETY: V holds nkv·cap·hd, P nh·n·total, O nh·n·hd elements.
+        unsafe {
+            self.blas
+                .gemm_strided_batched(cfg, &cache.v[li], &sc.scores, &mut sc.oh)
+        }
+        .map_err(cuda("attention values"))?;
+        launch!(
+            self,
+            &self.k.merge_heads,
+            grid(n * h),
+            &sc.oh,
+            &mut sc.o,
+            &nh_i,
+            &n_i,
+            &hd_i
+        );
+        self.linear(&sc.o, &w.wo, &mut sc.proj, n, h, h)?;
+        let len = (n * h) as i32;
+        launch!(
+            self,
+            &self.k.residual_add,
+            grid(n * h),
+            &mut sc.x,
+            &sc.proj,
+            &len
+        );
+        Ok(())
+    }
+
+    /// The gated MLP with its residual.
+    fn mlp(&self, w: &GpuLayer, sc: &mut Scratch, d: &Dims) -> Result<()> {
+        let Dims {
+            n,
+            h,
+            inter,
+            h_i,
+            eps,
+            ..
+        } = *d;
+        let len = (n * h) as i32;
+        launch!(
+            self,
+            &self.k.rms_norm,
+            rows(n),
+            &sc.x,
+            &w.ffn_norm,
+            &mut sc.hb,
+            &h_i,
+            &eps
+        );
+        self.linear(&sc.hb, &w.w_gate, &mut sc.gate, n, h, inter)?;
+        self.linear(&sc.hb, &w.w_up, &mut sc.up, n, h, inter)?;
+        let ilen = (n * inter) as i32;
+        launch!(
+            self,
+            &self.k.silu_mul,
+            grid(n * inter),
+            &mut sc.gate,
+            &sc.up,
+            &ilen
+        );
+        self.linear(&sc.gate, &w.w_down, &mut sc.proj, n, inter, h)?;
+        launch!(
+            self,
+            &self.k.residual_add,
+            grid(n * h),
+            &mut sc.x,
+            &sc.proj,
+            &len
+        );
+        Ok(())
+    }
+
     /// Runs `tokens` after the prefix in `cache`, writing their keys and values into it.
     /// Returns the last token's logits.
     pub fn forward(&self, tokens: &[u32], cache: &mut CudaCache) -> Result<Vec<f32>> {
@@ -315,179 +608,59 @@ impl CudaModel {
         let s = &self.stream;
         let alloc = |len: usize| s.alloc_zeros::<f32>(len).map_err(cuda("alloc"));
         let ids = s.clone_htod(tokens).map_err(cuda("upload"))?;
-        let mut x = alloc(n * h)?;
-        let mut hb = alloc(n * h)?;
-        let mut q = alloc(n * h)?;
-        let mut kt = alloc(n * kvd)?;
-        let mut vt = alloc(n * kvd)?;
-        let mut qh = alloc(nh * n * hd)?;
-        let mut scores = alloc(nh * n * total)?;
-        let mut oh = alloc(nh * n * hd)?;
-        let mut o = alloc(n * h)?;
-        let mut proj = alloc(n * h)?;
-        let mut gate = alloc(n * inter)?;
-        let mut up = alloc(n * inter)?;
-        let (n_i, h_i, hd_i, nh_i, nkv_i) = (n as i32, h as i32, hd as i32, nh as i32, nkv as i32);
-        let (off_i, cap_i, total_i, zero, one) =
-            (offset as i32, cap as i32, total as i32, 0i32, 1i32);
-        let eps = c.rms_eps;
-        let scale = 1.0f32 / (hd as f32).sqrt();
-
+        let mut sc = Scratch {
+            x: alloc(n * h)?,
+            hb: alloc(n * h)?,
+            q: alloc(n * h)?,
+            kt: alloc(n * kvd)?,
+            vt: alloc(n * kvd)?,
+            qh: alloc(nh * n * hd)?,
+            scores: alloc(nh * n * total)?,
+            oh: alloc(nh * n * hd)?,
+            o: alloc(n * h)?,
+            proj: alloc(n * h)?,
+            gate: alloc(n * inter)?,
+            up: alloc(n * inter)?,
+        };
+        let d = Dims {
+            n,
+            h,
+            hd,
+            nh,
+            nkv,
+            kvd,
+            inter,
+            rep,
+            total,
+            cap,
+            n_i: n as i32,
+            h_i: h as i32,
+            hd_i: hd as i32,
+            nh_i: nh as i32,
+            nkv_i: nkv as i32,
+            off_i: offset as i32,
+            cap_i: cap as i32,
+            total_i: total as i32,
+            eps: c.rms_eps,
+            scale: 1.0f32 / (hd as f32).sqrt(),
+        };
+        let (n_i, h_i, eps) = (d.n_i, d.h_i, d.eps);
         launch!(
             self,
             &self.k.embed_gather,
             grid(n * h),
             &self.embed,
             &ids,
-            &mut x,
+            &mut sc.x,
             &n_i,
             &h_i
         );
         for (li, w) in self.layers.iter().enumerate() {
-            launch!(
-                self,
-                &self.k.rms_norm,
-                rows(n),
-                &x,
-                &w.attn_norm,
-                &mut hb,
-                &h_i,
-                &eps
-            );
-            self.linear(&hb, &w.wq, &mut q, n, h, h)?;
-            self.linear(&hb, &w.wk, &mut kt, n, h, kvd)?;
-            self.linear(&hb, &w.wv, &mut vt, n, h, kvd)?;
-            // Q → [heads, n, hd] with RoPE; K (RoPE) and V → the cache rows offset..total.
-            launch!(
-                self,
-                &self.k.rope_scatter,
-                grid(n * h),
-                &q,
-                &h_i,
-                &mut qh,
-                &n_i,
-                &self.cos,
-                &self.sin,
-                &n_i,
-                &nh_i,
-                &hd_i,
-                &off_i,
-                &zero,
-                &one
-            );
-            let kvd_i = kvd as i32;
-            let kc = &mut cache.k[li];
-            launch!(
-                self,
-                &self.k.rope_scatter,
-                grid(n * kvd),
-                &kt,
-                &kvd_i,
-                kc,
-                &cap_i,
-                &self.cos,
-                &self.sin,
-                &n_i,
-                &nkv_i,
-                &hd_i,
-                &off_i,
-                &off_i,
-                &one
-            );
-            let vc = &mut cache.v[li];
-            launch!(
-                self,
-                &self.k.rope_scatter,
-                grid(n * kvd),
-                &vt,
-                &kvd_i,
-                vc,
-                &cap_i,
-                &self.cos,
-                &self.sin,
-                &n_i,
-                &nkv_i,
-                &hd_i,
-                &off_i,
-                &off_i,
-                &zero
-            );
-            // Scores per KV group g: S_g[rep·n, total] = Q_g[rep·n, hd] · K_g[total, hd]ᵀ.
-            let cfg = per_group(
-                (CUBLAS_OP_T, total, rep * n, hd),
-                (hd, hd, total),
-                (cap * hd, rep * n * hd, rep * n * total),
-                nkv,
-            );
-            // SAFETY: K holds nkv·cap·hd, Q nh·n·hd, scores nh·n·total elements.
-            unsafe {
-                self.blas
-                    .gemm_strided_batched(cfg, &cache.k[li], &qh, &mut scores)
-            }
-            .map_err(cuda("attention scores"))?;
-            launch!(
-                self,
-                &self.k.causal_softmax,
-                rows(nh * n),
-                &mut scores,
-                &n_i,
-                &total_i,
-                &off_i,
-                &scale
-            );
-            // O_g[rep·n, hd] = P_g[rep·n, total] · V_g[total, hd].
-            let cfg = per_group(
-                (CUBLAS_OP_N, hd, rep * n, total),
-                (hd, total, hd),
-                (cap * hd, rep * n * total, rep * n * hd),
-                nkv,
-            );
-            // SAFETY: V holds nkv·cap·hd, P nh·n·total, O nh·n·hd elements.
-            unsafe {
-                self.blas
-                    .gemm_strided_batched(cfg, &cache.v[li], &scores, &mut oh)
-            }
-            .map_err(cuda("attention values"))?;
-            launch!(
-                self,
-                &self.k.merge_heads,
-                grid(n * h),
-                &oh,
-                &mut o,
-                &nh_i,
-                &n_i,
-                &hd_i
-            );
-            self.linear(&o, &w.wo, &mut proj, n, h, h)?;
-            let len = (n * h) as i32;
-            launch!(self, &self.k.residual_add, grid(n * h), &mut x, &proj, &len);
-            launch!(
-                self,
-                &self.k.rms_norm,
-                rows(n),
-                &x,
-                &w.ffn_norm,
-                &mut hb,
-                &h_i,
-                &eps
-            );
-            self.linear(&hb, &w.w_gate, &mut gate, n, h, inter)?;
-            self.linear(&hb, &w.w_up, &mut up, n, h, inter)?;
-            let ilen = (n * inter) as i32;
-            launch!(
-                self,
-                &self.k.silu_mul,
-                grid(n * inter),
-                &mut gate,
-                &up,
-                &ilen
-            );
-            self.linear(&gate, &w.w_down, &mut proj, n, inter, h)?;
-            launch!(self, &self.k.residual_add, grid(n * h), &mut x, &proj, &len);
+            self.layer(li, w, &mut sc, cache, &d)?;
         }
         cache.len = total;
         // Logits of the last token only.
-        let last = x.slice((n - 1) * h..);
+        let last = sc.x.slice((n - 1) * h..);
         let mut normed = alloc(h)?;
         launch!(
             self,

@@ -80,30 +80,16 @@ fn strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Reads `path` (a Llama GGUF), dequantising every tensor to f32.
-pub fn load(path: &Path) -> Result<GgufModel> {
-    let mut f = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-    let content = Content::read(&mut f).map_err(|e| err(format!("{}: {e}", path.display())))?;
-    let md = &content.metadata;
-    let arch = md
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok().cloned())
-        .unwrap_or_default();
-    if arch != "llama" {
-        return Err(err(format!(
-            "architecture {arch:?} is not supported (only llama)"
-        )));
-    }
+/// The model's shape from the `llama.*` metadata.
+fn llama_config(md: &HashMap<String, Value>, vocab_size: usize) -> Result<LlamaConfig> {
     let num = |k: &str| -> Result<usize> {
         md.get(&format!("llama.{k}"))
             .and_then(as_u64)
             .map(|x| x as usize)
             .ok_or_else(|| err(format!("metadata lacks llama.{k}")))
     };
-    let tokens = strings(md, "tokenizer.ggml.tokens")?;
-    let merges = strings(md, "tokenizer.ggml.merges")?;
     let config = LlamaConfig {
-        vocab_size: tokens.len(),
+        vocab_size,
         hidden_size: num("embedding_length")?,
         intermediate_size: num("feed_forward_length")?,
         num_layers: num("block_count")?,
@@ -120,11 +106,15 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         max_positions: num("context_length")?,
     };
     config.validate()?;
+    Ok(config)
+}
 
+/// Every tensor of the file, dequantised to f32, the query and key rows un-permuted.
+fn read_weights(content: &Content, f: &mut std::fs::File, config: LlamaConfig) -> Result<Weights> {
     let dev = Device::Cpu;
     let mut tensor = |name: &str| -> Result<Tensor> {
         let q = content
-            .tensor(&mut f, name, &dev)
+            .tensor(f, name, &dev)
             .map_err(|e| err(format!("tensor {name}: {e}")))?;
         Ok(q.dequantize(&dev)?)
     };
@@ -167,31 +157,20 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             config.hidden_size
         )));
     }
-    let weights = Weights {
+    Ok(Weights {
         config,
         embed,
         layers,
         final_norm,
         lm_head,
         tied,
-    };
+    })
+}
 
-    let token_types: Vec<i64> = md
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-        .map(|a| {
-            a.iter()
-                .map(|v| match v {
-                    Value::I32(x) => *x as i64,
-                    other => as_u64(other).map(|x| x as i64).unwrap_or(1),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let (tokenizer, tokenizer_hash, special) = build_tokenizer(&tokens, &merges, &token_types)?;
-    let id = |k: &str| md.get(k).and_then(as_u64).map(|x| x as u32);
-    // The file's name says which model and quantisation ("SmolLM2-135M-Instruct.Q4_1");
-    // `general.name` is often a training-run label.
+/// Identifies the weights: the file's name (which says model and quantisation, e.g.
+/// "SmolLM2-135M-Instruct.Q4_1"; `general.name` is often a training-run label) and the
+/// prefix of its sha256.
+fn model_id(path: &Path, md: &HashMap<String, Value>) -> Result<String> {
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -211,12 +190,46 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         }
         h.update(&buf[..n]);
     }
-    let model_id = format!("{name}@{}", &hex::encode(h.finalize())[..12]);
+    Ok(format!("{name}@{}", &hex::encode(h.finalize())[..12]))
+}
+
+/// Reads `path` (a Llama GGUF), dequantising every tensor to f32.
+pub fn load(path: &Path) -> Result<GgufModel> {
+    let mut f = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let content = Content::read(&mut f).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let md = &content.metadata;
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(err(format!(
+            "architecture {arch:?} is not supported (only llama)"
+        )));
+    }
+    let tokens = strings(md, "tokenizer.ggml.tokens")?;
+    let merges = strings(md, "tokenizer.ggml.merges")?;
+    let config = llama_config(md, tokens.len())?;
+    let weights = read_weights(&content, &mut f, config)?;
+    let token_types: Vec<i64> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|a| {
+            a.iter()
+                .map(|v| match v {
+                    Value::I32(x) => *x as i64,
+                    other => as_u64(other).map(|x| x as i64).unwrap_or(1),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (tokenizer, tokenizer_hash, special) = build_tokenizer(&tokens, &merges, &token_types)?;
+    let id = |k: &str| md.get(k).and_then(as_u64).map(|x| x as u32);
     Ok(GgufModel {
         weights,
         tokenizer,
         tokenizer_hash,
-        model_id,
+        model_id: model_id(path, md)?,
         bos_id: id("tokenizer.ggml.bos_token_id"),
         eos_id: id("tokenizer.ggml.eos_token_id"),
         special,

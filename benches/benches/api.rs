@@ -41,27 +41,8 @@ async fn throughput(url: &str, key: Option<&str>, body: Value, total: usize, con
     total as f64 / t.elapsed().as_secs_f64()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let size: usize = std::env::var("MEMOS_BENCH_API_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = tests::config(dir.path());
-    cfg.auth.keys = vec![KeyConfig {
-        cubes: vec!["bench*".into()],
-        rate_limit_per_minute: 10_000_000,
-        ..KeyConfig::full("bench", "bench-key")
-    }];
-    // The store: LoCoMo turns repeated to `size`, vectors from the hashed embedder (the queries
-    // go through the real model, so latency includes a real query embedding).
-    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    let corpus = texts();
+/// LoCoMo turns repeated to `size` memories in one cube, hashed vectors.
+fn fill(store: &store::Store, corpus: &[String], size: usize) {
     let hash = HashEmbedder::new(384);
     let mut wtxn = store.write_txn().unwrap();
     for chunk in (0..size).collect::<Vec<_>>().chunks(1000) {
@@ -78,9 +59,11 @@ async fn main() {
     }
     store.finish(&mut wtxn, true).unwrap();
     store.commit(wtxn).unwrap();
-    let questions: Vec<String> = corpus.iter().step_by(7).take(n_queries).cloned().collect();
+}
 
-    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
+/// Search latency (ms) in process and over HTTP with an API key, alternated query by query
+/// after a warm-up so drift hits both equally.
+async fn latencies(s: &tests::Server, questions: &[String]) -> (Vec<f64>, Vec<f64>) {
     let m = s.memos.clone();
     let local = Principal::local();
     let req = |q: &str| server::api::SearchRequest {
@@ -114,7 +97,7 @@ async fn main() {
         over_http(q.clone()).await;
     }
     let (mut direct, mut http) = (Vec::new(), Vec::new());
-    for q in &questions {
+    for q in questions {
         let t = Instant::now();
         m.search(&req(q), &local).await.unwrap();
         direct.push(t.elapsed().as_secs_f64() * 1e3);
@@ -122,27 +105,59 @@ async fn main() {
         over_http(q.clone()).await;
         http.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    (direct, http)
+}
+
+/// Requests answered 401 (an unknown key) per second, one client.
+async fn denied_rate(url: &str) -> f64 {
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    for _ in 0..500 {
+        let r = client
+            .post(format!("{url}/product/search"))
+            .header("Authorization", "Token wrong")
+            .json(&json!({"query": "x", "user_id": "u"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    500.0 / t.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let size: usize = std::env::var("MEMOS_BENCH_API_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tests::config(dir.path());
+    cfg.auth.keys = vec![KeyConfig {
+        cubes: vec!["bench*".into()],
+        rate_limit_per_minute: 10_000_000,
+        ..KeyConfig::full("bench", "bench-key")
+    }];
+    // The store: LoCoMo turns repeated to `size`, vectors from the hashed embedder (the queries
+    // go through the real model, so latency includes a real query embedding).
+    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let corpus = texts();
+    fill(&store, &corpus, size);
+    let questions: Vec<String> = corpus.iter().step_by(7).take(n_queries).cloned().collect();
+
+    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
+    let (mut direct, mut http) = latencies(&s, &questions).await;
     let ids: Vec<String> = (0..10)
         .map(|i| tests::bench::record(i * 97, String::new()).id)
         .collect();
     let by_ids = format!("{}/product/get_memory_by_ids", s.url);
     let _ = throughput(&by_ids, Some("bench-key"), json!(ids), 200, 8).await;
     let keyed = throughput(&by_ids, Some("bench-key"), json!(ids), 4000, 8).await;
-    let denied = {
-        let t = Instant::now();
-        for _ in 0..500 {
-            let r = client
-                .post(format!("{}/product/search", s.url))
-                .header("Authorization", "Token wrong")
-                .json(&json!({"query": "x", "user_id": "u"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 401);
-        }
-        500.0 / t.elapsed().as_secs_f64()
-    };
-    drop(m);
+    let denied = denied_rate(&s.url).await;
     s.stop().await;
     // Open mode, same store.
     let mut open_cfg = cfg.clone();

@@ -203,32 +203,14 @@ async fn connector_ceiling(
     rate
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let n_fast = env("MEMOS_BENCH_BUS_EVENTS", 200_000);
-    let n_model = env("MEMOS_BENCH_BUS_MODEL_EVENTS", 1500);
-    let n_queries = env("MEMOS_BENCH_QUERIES", 300);
-    let texts = corpus();
-    let nats_url = "nats://127.0.0.1:4222".to_string();
-    let mut rows = Vec::new();
-
-    // The model's own throughput on the same texts (batch 32, like the pipeline).
-    let model = tests::embedder();
-    let sample: Vec<String> = (0..n_model)
-        .map(|i| format!("{} (#{i})", texts[i % texts.len()]))
-        .collect();
-    let t = Instant::now();
-    for c in sample.chunks(256) {
-        model.embed(c).unwrap();
-    }
-    let model_rate = n_model as f64 / t.elapsed().as_secs_f64();
-
+/// The connectors alone (no pipeline): what the bus side can deliver, events/s (NATS, Kafka).
+async fn ceilings(nats_url: &str, texts: &[String], n_fast: usize) -> (f64, f64) {
     // The connectors alone (no pipeline): what the bus side can deliver.
-    let ceiling_nats = {
+    let nats = {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, p) = nats_cfg(dir.path(), true);
-        create_stream(&nats_url, &p).await;
-        fill_nats(&nats_url, &p, n_fast, &texts).await;
+        create_stream(nats_url, &p).await;
+        fill_nats(nats_url, &p, n_fast, texts).await;
         let nc = cfg.nats.clone();
         let r = connector_ceiling(n_fast, move |ing, stop| {
             tokio::spawn(async move {
@@ -236,16 +218,16 @@ async fn main() {
             })
         })
         .await;
-        delete_stream(&nats_url, &p).await;
+        delete_stream(nats_url, &p).await;
         r
     };
-    let ceiling_kafka = {
+    let kafka = {
         let broker = tests::Tansu::start();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = tests::config(dir.path());
         let p = tests::kafka_config(&mut cfg, &broker.brokers, 4);
         connectors::kafka::create_topics(&cfg.kafka).await.unwrap();
-        fill_kafka(&broker.brokers, &format!("{p}.events"), n_fast, &texts).await;
+        fill_kafka(&broker.brokers, &format!("{p}.events"), n_fast, texts).await;
         let kc = cfg.kafka.clone();
         connector_ceiling(n_fast, move |ing, stop| {
             tokio::spawn(async move {
@@ -262,42 +244,55 @@ async fn main() {
         .await
     };
 
-    // A sustained backlog: publish it all, then drain for a fixed window and watch memory.
+    (nats, kafka)
+}
+
+/// A sustained backlog: publish it all, then drain for a fixed window and watch memory; the
+/// report's paragraph.
+async fn backlog_row(nats_url: &str, texts: &[String]) -> String {
     let backlog = env("MEMOS_BENCH_BUS_BACKLOG", 1_000_000);
     let window = Duration::from_secs(env("MEMOS_BENCH_BUS_WINDOW_SECS", 60) as u64);
-    let backlog_row = {
-        let dir = tempfile::tempdir().unwrap();
-        let (cfg, p) = nats_cfg(dir.path(), true);
-        create_stream(&nats_url, &p).await;
-        let t = Instant::now();
-        fill_nats(&nats_url, &p, backlog, &texts).await;
-        let publish_secs = t.elapsed().as_secs_f64();
-        let store =
-            std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-        let embedder = server::service::load_embedder(&cfg).unwrap();
-        let s = tests::Server::start_with_parts(cfg, store, embedder).await;
-        let t = Instant::now();
-        let mut samples = Vec::new();
-        while t.elapsed() < window {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            samples.push(tests::bench::rss_anon_mb());
-        }
-        let drained = s.memos.store.stats().unwrap().events;
-        s.stop().await;
-        delete_stream(&nats_url, &p).await;
-        let (lo, hi) = samples
-            .iter()
-            .fold((f64::MAX, 0f64), |(a, b), x| (a.min(*x), b.max(*x)));
-        let (first, last) = (samples[0], *samples.last().unwrap());
-        format!(
-            "\nSustained backlog: {backlog} events published to JetStream ({:.0}/s), then drained for {} s ({drained} events stored, embedding off): anonymous RSS sampled every second stayed within {lo:.0}-{hi:.0} MB (first {first:.0}, last {last:.0}) — the bounded pipeline queue ({} events) and `max_in_flight` ({}) cap what the process holds; the backlog waits in the broker.\n",
-            backlog as f64 / publish_secs,
-            window.as_secs(),
-            2048,
-            4096
-        )
-    };
 
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, p) = nats_cfg(dir.path(), true);
+    create_stream(nats_url, &p).await;
+    let t = Instant::now();
+    fill_nats(nats_url, &p, backlog, texts).await;
+    let publish_secs = t.elapsed().as_secs_f64();
+    let store =
+        std::sync::Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let embedder = server::service::load_embedder(&cfg).unwrap();
+    let s = tests::Server::start_with_parts(cfg, store, embedder).await;
+    let t = Instant::now();
+    let mut samples = Vec::new();
+    while t.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(tests::bench::rss_anon_mb());
+    }
+    let drained = s.memos.store.stats().unwrap().events;
+    s.stop().await;
+    delete_stream(nats_url, &p).await;
+    let (lo, hi) = samples
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), x| (a.min(*x), b.max(*x)));
+    let (first, last) = (samples[0], *samples.last().unwrap());
+    format!(
+        "\nSustained backlog: {backlog} events published to JetStream ({:.0}/s), then drained for {} s ({drained} events stored, embedding off): anonymous RSS sampled every second stayed within {lo:.0}-{hi:.0} MB (first {first:.0}, last {last:.0}) — the bounded pipeline queue ({} events) and `max_in_flight` ({}) cap what the process holds; the backlog waits in the broker.\n",
+        backlog as f64 / publish_secs,
+        window.as_secs(),
+        2048,
+        4096
+    )
+}
+
+/// Ingest through each broker, with embedding off and with the model.
+async fn broker_rows(
+    nats_url: &str,
+    texts: &[String],
+    n_fast: usize,
+    n_model: usize,
+) -> Vec<(&'static str, &'static str, Run)> {
+    let mut rows = Vec::new();
     // NATS, embedding off, large backlog.
     for (label, hash, n) in [
         ("embedding off", true, n_fast),
@@ -305,11 +300,11 @@ async fn main() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, p) = nats_cfg(dir.path(), hash);
-        create_stream(&nats_url, &p).await;
-        fill_nats(&nats_url, &p, n, &texts).await;
+        create_stream(nats_url, &p).await;
+        fill_nats(nats_url, &p, n, texts).await;
         let (r, s) = drain(cfg, n).await;
         s.stop().await;
-        delete_stream(&nats_url, &p).await;
+        delete_stream(nats_url, &p).await;
         rows.push(("NATS JetStream", label, r));
     }
     // Kafka (tansu), same.
@@ -325,19 +320,29 @@ async fn main() {
         }
         let p = tests::kafka_config(&mut cfg, &broker.brokers, 4);
         connectors::kafka::create_topics(&cfg.kafka).await.unwrap();
-        fill_kafka(&broker.brokers, &format!("{p}.events"), n, &texts).await;
+        fill_kafka(&broker.brokers, &format!("{p}.events"), n, texts).await;
         let (r, s) = drain(cfg, n).await;
         s.stop().await;
         rows.push(("Kafka (tansu)", label, r));
     }
 
+    rows
+}
+
+/// Search latency in process and over NATS request-reply on a real-model store (ms each).
+async fn bus_latency(
+    nats_url: &str,
+    texts: &[String],
+    n_model: usize,
+    n_queries: usize,
+) -> (Vec<f64>, Vec<f64>, usize) {
     // Request-reply latency over NATS vs in process, on a real-model store.
     let dir = tempfile::tempdir().unwrap();
     let (cfg, p) = nats_cfg(dir.path(), false);
-    create_stream(&nats_url, &p).await;
-    fill_nats(&nats_url, &p, n_model, &texts).await;
+    create_stream(nats_url, &p).await;
+    fill_nats(nats_url, &p, n_model, texts).await;
     let (_, s) = drain(cfg, n_model).await;
-    let client = async_nats::connect(&nats_url).await.unwrap();
+    let client = async_nats::connect(nats_url).await.unwrap();
     let questions: Vec<String> = texts.iter().step_by(11).take(n_queries).cloned().collect();
     let req = |q: &str, cube: usize| json!({"query": q, "user_id": "u", "readable_cube_ids": [format!("bench-{cube}")], "top_k": 10});
     let local = Principal::local();
@@ -371,7 +376,34 @@ async fn main() {
         assert_eq!(v["code"], 200);
     }
     s.stop().await;
-    delete_stream(&nats_url, &p).await;
+    delete_stream(nats_url, &p).await;
+
+    (direct, bus, questions.len())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n_fast = env("MEMOS_BENCH_BUS_EVENTS", 200_000);
+    let n_model = env("MEMOS_BENCH_BUS_MODEL_EVENTS", 1500);
+    let n_queries = env("MEMOS_BENCH_QUERIES", 300);
+    let texts = corpus();
+    let nats_url = "nats://127.0.0.1:4222".to_string();
+
+    // The model's own throughput on the same texts (batch 32, like the pipeline).
+    let model = tests::embedder();
+    let sample: Vec<String> = (0..n_model)
+        .map(|i| format!("{} (#{i})", texts[i % texts.len()]))
+        .collect();
+    let t = Instant::now();
+    for c in sample.chunks(256) {
+        model.embed(c).unwrap();
+    }
+    let model_rate = n_model as f64 / t.elapsed().as_secs_f64();
+
+    let (ceiling_nats, ceiling_kafka) = ceilings(&nats_url, &texts, n_fast).await;
+    let backlog_row = backlog_row(&nats_url, &texts).await;
+    let rows = broker_rows(&nats_url, &texts, n_fast, n_model).await;
+    let (mut direct, mut bus, n_asked) = bus_latency(&nats_url, &texts, n_model, n_queries).await;
 
     let mut md = format!(
         "Broker ingest (`cargo bench --profile dev -p benches --bench bus`): a backlog published before the server starts, drained into the store (events/s from server start to the last commit; 16 cubes, LoCoMo turns). \"embedding off\" = the hashed-trigram embedder (no model). The model alone embeds these texts at **{model_rate:.0}/s** (batches of 256, sorted into token-budget batches as the pipeline does).\n\n\
@@ -404,7 +436,7 @@ async fn main() {
     md.push_str(&format!(
         "\nSearch over NATS request-reply ({} queries, top_k 10, real query embedding, {n_model} memories in 16 cubes):\n\n\
 | path | p50 ms | p99 ms |\n|---|---|---|\n| in process (`Memos::search`) | {d50:.2} | {d99:.2} |\n| NATS request-reply (`memos.search`) | {b50:.2} | {b99:.2} |\n| added by the bus | {:.2} | |\n",
-        questions.len(),
+        n_asked,
         b50 - d50
     ));
     println!("{md}");

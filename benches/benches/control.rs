@@ -37,22 +37,8 @@ fn dir_bytes(d: &std::path::Path) -> u64 {
         .sum()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let size: usize = std::env::var("MEMOS_BENCH_CONTROL_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = tests::config(&dir.path().join("a"));
-    // One cube of LoCoMo turns with hashed vectors (queries and feedback texts go through the
-    // real model), indexed as an idle server would have it.
-    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    let corpus = texts();
+/// One cube of `size` LoCoMo turns with hashed vectors, indexed as an idle server has it.
+fn fill(store: &store::Store, corpus: &[String], size: usize) {
     let hash = HashEmbedder::new(384);
     let mut wtxn = store.write_txn().unwrap();
     let t: Vec<String> = (0..size)
@@ -67,9 +53,11 @@ async fn main() {
     }
     store.finish(&mut wtxn, true).unwrap();
     store.commit(wtxn).unwrap();
-    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
-    let search = format!("{}/product/search", s.url);
-    let questions: Vec<String> = corpus.iter().step_by(7).take(n_queries).cloned().collect();
+}
+
+/// Search latency (ms) now, with `as_of` and with `event_as_of`, after 5 warm-up queries.
+async fn search_times(url: &str, questions: &[String]) -> Vec<Vec<f64>> {
+    let search = format!("{url}/product/search");
     let now = store::time::micros_to_rfc3339(store::time::now_micros());
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
     for (n, q) in questions.iter().enumerate() {
@@ -93,24 +81,29 @@ async fn main() {
             }
         }
     }
+    times
+}
+
+/// Feedback corrections: 40 facts, each corrected once ("No, it's X not Y"); ms each.
+async fn feedback_times(url: &str) -> Vec<f64> {
     // Feedback corrections: 40 facts, each corrected once ("No, it's X not Y").
-    let add = format!("{}/product/add", s.url);
+    let add = format!("{url}/product/add");
     for i in 0..40 {
         post(
             &add,
             json!({"user_id": "u", "writable_cube_ids": ["bench"], "async_mode": "sync",
-            "messages": [{"role": "user", "content": format!("My locker {i} code is lk{i}x.")}]}),
+        "messages": [{"role": "user", "content": format!("My locker {i} code is lk{i}x.")}]}),
         )
         .await;
     }
-    let fb = format!("{}/product/feedback", s.url);
+    let fb = format!("{url}/product/feedback");
     let mut feedback = Vec::new();
     for i in 0..40 {
         let t = Instant::now();
         let r = post(
             &fb,
             json!({"user_id": "u", "writable_cube_ids": ["bench"], "async_mode": "sync",
-            "feedback_content": format!("No, it's nk{i}y not lk{i}x.")}),
+        "feedback_content": format!("No, it's nk{i}y not lk{i}x.")}),
         )
         .await;
         feedback.push(t.elapsed().as_secs_f64() * 1e3);
@@ -120,8 +113,13 @@ async fn main() {
             "{r}"
         );
     }
+    feedback
+}
+
+/// Hard deletes by id, one memory each, with the receipt; ms each.
+async fn delete_times(url: &str) -> Vec<f64> {
     // Hard deletes by id, one memory each, with the receipt.
-    let del = format!("{}/product/delete_memory", s.url);
+    let del = format!("{url}/product/delete_memory");
     let mut deletes = Vec::new();
     for i in 0..40 {
         let t = Instant::now();
@@ -133,6 +131,31 @@ async fn main() {
         deletes.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(r["data"]["receipt"]["records"], 1);
     }
+    deletes
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let size: usize = std::env::var("MEMOS_BENCH_CONTROL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let n_queries: usize = std::env::var("MEMOS_BENCH_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tests::config(&dir.path().join("a"));
+    // One cube of LoCoMo turns with hashed vectors (queries and feedback texts go through the
+    // real model), indexed as an idle server would have it.
+    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let corpus = texts();
+    fill(&store, &corpus, size);
+    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
+    let questions: Vec<String> = corpus.iter().step_by(7).take(n_queries).cloned().collect();
+    let mut times = search_times(&s.url, &questions).await;
+    let mut feedback = feedback_times(&s.url).await;
+    let mut deletes = delete_times(&s.url).await;
     // Export, then import into an empty store.
     let snap = dir.path().join("snap");
     let t = Instant::now();

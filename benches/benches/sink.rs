@@ -201,31 +201,8 @@ async fn search_latency(
     (p(&mut lat), p(&mut health))
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let queries_n = env("MEMOS_BENCH_QUERIES", 1000);
-    let recall_n = env("MEMOS_BENCH_RECALL_VECTORS", 10_000);
-    let turns = distinct_turns();
-    eprintln!("{} distinct turns", turns.len());
-    assert!(turns.len() >= 100_000, "need 100k distinct turns");
-    let queries: Vec<String> = tests::bench::locomo_turns()
-        .into_iter()
-        .step_by(7)
-        .take(500)
-        .collect();
-    let mut md = String::new();
-    md.push_str(&format!(
-        "Sink, search and vector index (`cargo build --profile bench --bin memos && cargo bench -p benches --bench sink`): bench profile (everything at opt-level 3, portable target-cpu; AVX2 kernels picked at run time), 2 cores, one run each, {}. Corpus: {} distinct real turns (Synthetic-Persona-Chat utterances, 2- and 3-utterance windows of one conversation, LoCoMo turns; mean {} characters). Embedding off = the hashed-trigram embedder.\n\n",
-        chrono_date(),
-        turns.len(),
-        turns.iter().map(|t| t.len()).sum::<usize>() / turns.len(),
-    ));
-
-    // 1. Ingest through `memos import`: 80k distinct turns into 8 cubes.
+/// Section 1: Ingest through `memos import`: 80k distinct turns into 8 cubes, in two halves.
+fn ingest_section(turns: &[String], md: &mut String) {
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<std::path::PathBuf> = (0..2)
         .map(|half| {
@@ -245,14 +222,24 @@ fn main() {
     let (r1, r2) = (40_000.0 / first, 40_000.0 / second);
     md.push_str("| ingest, `memos import`, embedding off | events | seconds | events/s |\n|---|---:|---:|---:|\n");
     md.push_str(&format!(
-        "| first 40k (8 empty cubes) | 40000 | {first:.1} | {r1:.0} |\n| second 40k (cubes holding 5k each) | 40000 | {second:.1} | {r2:.0} |\n\nSecond half / first half: **{:.0} %**.\n\n",
-        100.0 * r2 / r1
-    ));
+    "| first 40k (8 empty cubes) | 40000 | {first:.1} | {r1:.0} |\n| second 40k (cubes holding 5k each) | 40000 | {second:.1} | {r2:.0} |\n\nSecond half / first half: **{:.0} %**.\n\n",
+    100.0 * r2 / r1
+));
     drop(dir);
+}
 
-    // 2. 100k memories in one cube.
+/// Search latency and `/health` latency (p50, p99 ms each) over REST.
+type Latency = ((f64, f64), (f64, f64));
+
+/// Section 2: 100k memories in one cube: latency, RSS and the vector codes in RAM.
+fn one_cube(
+    rt: &tokio::runtime::Runtime,
+    turns: &[String],
+    queries: &[String],
+    queries_n: usize,
+) -> (Latency, f64, store::vecmem::VecMemStats) {
     let dir = tempfile::tempdir().unwrap();
-    let (one, rss_one, vm) = rt.block_on(async {
+    let r = rt.block_on(async {
         let s = hash_server(hash_cfg(dir.path())).await;
         let items: Vec<(String, String)> = turns[..100_000]
             .iter()
@@ -260,70 +247,61 @@ fn main() {
             .collect();
         let secs = fill(&s, &items).await;
         eprintln!("100k into one cube: {secs:.1} s");
-        let lat = search_latency(&s, "big", &queries, queries_n).await;
+        let lat = search_latency(&s, "big", queries, queries_n).await;
         let rss = tests::bench::rss_mb();
         let vm = s.memos.store.stats().unwrap().vectors_in_memory;
         s.stop().await;
         (lat, rss, vm)
     });
     drop(dir);
+    r
+}
 
-    // 3. 100 cubes of 1000: default budget, then a low one.
+/// Section 3: 100 cubes of 1000, with the default vector budget and a low one: (budget MB, latency,
+/// vector codes in RAM, anonymous RSS MB) each.
+fn many_cubes(
+    rt: &tokio::runtime::Runtime,
+    turns: &[String],
+    queries: &[String],
+    queries_n: usize,
+) -> Vec<(usize, Latency, store::vecmem::VecMemStats, f64)> {
     let mut multi = Vec::new();
     for budget_mb in [512usize, 8] {
         let dir = tempfile::tempdir().unwrap();
         let r = rt.block_on(async {
-            let mut cfg = hash_cfg(dir.path());
-            cfg.search.vector_memory_mb = budget_mb;
-            let s = hash_server(cfg).await;
-            let items: Vec<(String, String)> = turns[..100_000]
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (format!("cube-{}", i % 100), t.clone()))
-                .collect();
-            fill(&s, &items).await;
-            // Touch every cube once (as a busy server would), then measure one.
-            let client = reqwest::Client::new();
-            for c in 0..100 {
-                let r = client
-                    .post(format!("{}/product/search", s.url))
-                    .json(&json!({"query": "hello", "user_id": "u", "readable_cube_ids": [format!("cube-{c}")], "top_k": 10}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status().as_u16(), 200);
-            }
-            let lat = search_latency(&s, "cube-42", &queries, queries_n).await;
-            let vm = s.memos.store.stats().unwrap().vectors_in_memory;
-            let rss = tests::bench::rss_anon_mb();
-            s.stop().await;
-            (budget_mb, lat, vm, rss)
-        });
+        let mut cfg = hash_cfg(dir.path());
+        cfg.search.vector_memory_mb = budget_mb;
+        let s = hash_server(cfg).await;
+        let items: Vec<(String, String)> = turns[..100_000]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("cube-{}", i % 100), t.clone()))
+            .collect();
+        fill(&s, &items).await;
+        // Touch every cube once (as a busy server would), then measure one.
+        let client = reqwest::Client::new();
+        for c in 0..100 {
+            let r = client
+                .post(format!("{}/product/search", s.url))
+                .json(&json!({"query": "hello", "user_id": "u", "readable_cube_ids": [format!("cube-{c}")], "top_k": 10}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+        let lat = search_latency(&s, "cube-42", queries, queries_n).await;
+        let vm = s.memos.store.stats().unwrap().vectors_in_memory;
+        let rss = tests::bench::rss_anon_mb();
+        s.stop().await;
+        (budget_mb, lat, vm, rss)
+    });
         multi.push(r);
     }
+    multi
+}
 
-    md.push_str("| REST search, embedding off, top_k 10 | p50 ms | p99 ms | `GET /health` p50 ms | p99 ms | vector codes in RAM |\n|---|---:|---:|---:|---:|---:|\n");
-    md.push_str(&format!(
-        "| 100k memories in one cube | {:.2} | {:.2} | {:.2} | {:.2} | {} vectors, {:.1} MB |\n",
-        one.0.0,
-        one.0.1,
-        one.1.0,
-        one.1.1,
-        vm.vectors,
-        vm.bytes as f64 / 1048576.0
-    ));
-    for (budget, lat, vm, _) in &multi {
-        md.push_str(&format!(
-            "| 1,000-memory cube of 100 cubes (100k memories), vector budget {budget} MB | {:.2} | {:.2} | {:.2} | {:.2} | {} cubes, {} vectors, {:.1} MB, {} evictions |\n",
-            lat.0.0, lat.0.1, lat.1.0, lat.1.1, vm.cubes, vm.vectors, vm.bytes as f64 / 1048576.0, vm.evictions
-        ));
-    }
-    md.push_str(&format!(
-        "\nResident memory: {rss_one:.0} MB RSS in the process holding the 100k-memory store and server (LMDB pages included); anonymous memory with a 512 MB vector budget {:.0} MB, with 8 MB {:.0} MB.\n\n",
-        multi[0].3, multi[1].3
-    ));
-
-    // 4. Recall of the vector index against an exact scan on real MiniLM vectors.
+/// Section 4: Recall of the vector index against an exact scan on real MiniLM vectors.
+fn recall_section(turns: &[String], queries: &[String], recall_n: usize, md: &mut String) {
     let emb = tests::embedder();
     let texts: Vec<String> = turns.iter().step_by(7).take(recall_n).cloned().collect();
     let t = Instant::now();
@@ -369,13 +347,64 @@ fn main() {
         total += 10;
     }
     md.push_str(&format!(
-        "| recall@10 vs exact scan, {} real MiniLM vectors (one cube), 200 LoCoMo-turn queries | recall@10 | p50 ms |\n|---|---:|---:|\n| RAM codes (sign-code shortlist → int8 → exact f32) | **{:.3}** | {:.2} |\n| arroy (oversampling 2), for comparison | {:.3} | {:.2} |\n",
-        texts.len(),
-        hit_ram as f64 / total as f64,
-        tests::bench::pct(&mut t_ram, 0.5),
-        hit_arroy as f64 / total as f64,
-        tests::bench::pct(&mut t_arroy, 0.5),
+    "| recall@10 vs exact scan, {} real MiniLM vectors (one cube), 200 LoCoMo-turn queries | recall@10 | p50 ms |\n|---|---:|---:|\n| RAM codes (sign-code shortlist → int8 → exact f32) | **{:.3}** | {:.2} |\n| arroy (oversampling 2), for comparison | {:.3} | {:.2} |\n",
+    texts.len(),
+    hit_ram as f64 / total as f64,
+    tests::bench::pct(&mut t_ram, 0.5),
+    hit_arroy as f64 / total as f64,
+    tests::bench::pct(&mut t_arroy, 0.5),
+));
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let queries_n = env("MEMOS_BENCH_QUERIES", 1000);
+    let recall_n = env("MEMOS_BENCH_RECALL_VECTORS", 10_000);
+    let turns = distinct_turns();
+    eprintln!("{} distinct turns", turns.len());
+    assert!(turns.len() >= 100_000, "need 100k distinct turns");
+    let queries: Vec<String> = tests::bench::locomo_turns()
+        .into_iter()
+        .step_by(7)
+        .take(500)
+        .collect();
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Sink, search and vector index (`cargo build --profile bench --bin memos && cargo bench -p benches --bench sink`): bench profile (everything at opt-level 3, portable target-cpu; AVX2 kernels picked at run time), 2 cores, one run each, {}. Corpus: {} distinct real turns (Synthetic-Persona-Chat utterances, 2- and 3-utterance windows of one conversation, LoCoMo turns; mean {} characters). Embedding off = the hashed-trigram embedder.\n\n",
+        chrono_date(),
+        turns.len(),
+        turns.iter().map(|t| t.len()).sum::<usize>() / turns.len(),
     ));
+
+    ingest_section(&turns, &mut md);
+    let (one, rss_one, vm) = one_cube(&rt, &turns, &queries, queries_n);
+    let multi = many_cubes(&rt, &turns, &queries, queries_n);
+    md.push_str("| REST search, embedding off, top_k 10 | p50 ms | p99 ms | `GET /health` p50 ms | p99 ms | vector codes in RAM |\n|---|---:|---:|---:|---:|---:|\n");
+    md.push_str(&format!(
+        "| 100k memories in one cube | {:.2} | {:.2} | {:.2} | {:.2} | {} vectors, {:.1} MB |\n",
+        one.0.0,
+        one.0.1,
+        one.1.0,
+        one.1.1,
+        vm.vectors,
+        vm.bytes as f64 / 1048576.0
+    ));
+    for (budget, lat, vm, _) in &multi {
+        md.push_str(&format!(
+            "| 1,000-memory cube of 100 cubes (100k memories), vector budget {budget} MB | {:.2} | {:.2} | {:.2} | {:.2} | {} cubes, {} vectors, {:.1} MB, {} evictions |\n",
+            lat.0.0, lat.0.1, lat.1.0, lat.1.1, vm.cubes, vm.vectors, vm.bytes as f64 / 1048576.0, vm.evictions
+        ));
+    }
+    md.push_str(&format!(
+        "\nResident memory: {rss_one:.0} MB RSS in the process holding the 100k-memory store and server (LMDB pages included); anonymous memory with a 512 MB vector budget {:.0} MB, with 8 MB {:.0} MB.\n\n",
+        multi[0].3, multi[1].3
+    ));
+
+    recall_section(&turns, &queries, recall_n, &mut md);
     print!("{md}");
     memos::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sink", &md).unwrap();
 }

@@ -41,18 +41,14 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
     )
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let size = env("MEMOS_BENCH_SQL_SIZE", 100_000);
-    let cubes = env("MEMOS_BENCH_SQL_CUBES", 1000);
-    let n = env("MEMOS_BENCH_QUERIES", 200);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = tests::config(dir.path());
-    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
-    let words = [
-        "beagle", "marathon", "Lisbon", "ramen", "cello", "Kafka", "peanuts", "flight", "garden",
-        "chess", "sister", "piano", "coffee", "Berlin", "camping", "novel",
-    ];
+const WORDS: [&str; 16] = [
+    "beagle", "marathon", "Lisbon", "ramen", "cello", "Kafka", "peanuts", "flight", "garden",
+    "chess", "sister", "piano", "coffee", "Berlin", "camping", "novel",
+];
+
+/// Fills `size` memories over `cubes` cubes (10 users each, 30 days) with hashed vectors, in one
+/// transaction. Returns the seconds it took.
+fn fill(store: &store::Store, size: usize, cubes: usize) -> f64 {
     let hash = HashEmbedder::new(384);
     let t = Instant::now();
     let mut wtxn = store.write_txn().unwrap();
@@ -62,9 +58,9 @@ async fn main() {
             .map(|i| {
                 format!(
                     "memory {i}: talked about {} and {} with {}",
-                    words[i % 16],
-                    words[(i / 16) % 16],
-                    words[(i / 7) % 16]
+                    WORDS[i % 16],
+                    WORDS[(i / 16) % 16],
+                    WORDS[(i / 7) % 16]
                 )
             })
             .collect();
@@ -80,95 +76,100 @@ async fn main() {
     }
     store.finish(&mut wtxn, true).unwrap();
     store.commit(wtxn).unwrap();
-    let fill = t.elapsed().as_secs_f64();
-    eprintln!("filled {size} memories in {fill:.1} s");
+    t.elapsed().as_secs_f64()
+}
 
-    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
-    let m = s.memos.clone();
-    let session = server::sqlapi::session(&m, &Principal::local()).unwrap();
-    let run = |sql: String| {
-        let (m, session) = (m.clone(), session.clone());
-        async move {
-            let t = Instant::now();
-            let out = m.sql.query(&sql, &session).await.unwrap();
-            (t.elapsed().as_secs_f64() * 1e3, out)
-        }
+/// Runs one statement in process; its time in ms and its output.
+async fn run(
+    sql: &sql::Engine,
+    session: &sql::Session,
+    statement: String,
+) -> (f64, sql::QueryOutput) {
+    let t = Instant::now();
+    let out = sql.query(&statement, session).await.unwrap();
+    (t.elapsed().as_secs_f64() * 1e3, out)
+}
+
+/// The cube the `i`-th query reads.
+fn cube_of(i: usize, cubes: usize) -> String {
+    format!("c{:04}", (i * 37) % cubes)
+}
+
+/// Times of the SQL queries (ms each) and what they returned.
+#[derive(Default)]
+struct Timings {
+    filtered: Vec<f64>,
+    filtered_rows: usize,
+    cube_count: Vec<f64>,
+    full: Vec<f64>,
+    groups: usize,
+    full_count: Vec<f64>,
+}
+
+/// The single-cube and full-table queries, `n` runs each (20 for the full-table ones) after a
+/// warm-up.
+async fn queries(sql: &sql::Engine, session: &sql::Session, n: usize, cubes: usize) -> Timings {
+    let filtered = |i: usize| {
+        format!(
+            "SELECT id, memory, created_at FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
+            cube_of(i, cubes)
+        )
     };
-
-    // Single-cube filtered query (cube + user pushed into the scan).
-    let cube_of = |i: usize| format!("c{:04}", (i * 37) % cubes);
     for i in 0..20 {
-        run(format!(
-            "SELECT id, memory, created_at FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
-            cube_of(i)
-        ))
-        .await;
+        run(sql, session, filtered(i)).await;
     }
-    let mut filtered = Vec::new();
-    let mut filtered_rows = 0;
+    let mut t = Timings::default();
     for i in 0..n {
-        let (ms, out) = run(format!(
-            "SELECT id, memory, created_at FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
-            cube_of(i)
-        ))
-        .await;
-        filtered_rows = out.rows;
-        filtered.push(ms);
+        let (ms, out) = run(sql, session, filtered(i)).await;
+        t.filtered_rows = out.rows;
+        t.filtered.push(ms);
     }
-    let mut cube_count = Vec::new();
     for i in 0..n {
-        let (ms, _) = run(format!(
+        let q = format!(
             "SELECT memory_type, count(*) FROM memories WHERE cube_id = '{}' GROUP BY memory_type",
-            cube_of(i)
-        ))
-        .await;
-        cube_count.push(ms);
+            cube_of(i, cubes)
+        );
+        t.cube_count.push(run(sql, session, q).await.0);
     }
     // Full-table aggregate: memories per user per day over every cube.
-    let mut full = Vec::new();
-    let mut groups = 0;
     for _ in 0..20 {
-        let (ms, out) = run(
-            "SELECT user_id, date_trunc('day', created_at) AS day, count(*) AS n FROM memories GROUP BY user_id, day"
-                .into(),
-        )
-        .await;
-        groups = out.rows;
-        full.push(ms);
+        let q = "SELECT user_id, date_trunc('day', created_at) AS day, count(*) AS n FROM memories GROUP BY user_id, day";
+        let (ms, out) = run(sql, session, q.into()).await;
+        t.groups = out.rows;
+        t.full.push(ms);
     }
-    let mut full_count = Vec::new();
     for _ in 0..20 {
-        let (ms, _) = run("SELECT count(*) FROM memories".into()).await;
-        full_count.push(ms);
+        let q = "SELECT count(*) FROM memories".into();
+        t.full_count.push(run(sql, session, q).await.0);
     }
-    // Rows the scan decoded, from the plan's metrics.
-    let (_, explain) = run(format!(
+    t
+}
+
+/// Rows the scan decoded, from the plan's metrics: (single-cube rows, its cubes, full count
+/// rows).
+async fn scanned(sql: &sql::Engine, session: &sql::Session, cubes: usize) -> (u64, u64, u64) {
+    let q = format!(
         "EXPLAIN ANALYZE SELECT id FROM memories WHERE cube_id = '{}' AND user_id = 'u3'",
-        cube_of(1)
-    ))
-    .await;
+        cube_of(1, cubes)
+    );
+    let (_, explain) = run(sql, session, q).await;
     let text = sql::format::pretty(&explain.batches).unwrap();
-    let (scanned, cubes_scanned) = (
+    let q = "EXPLAIN ANALYZE SELECT count(*) FROM memories".into();
+    let (_, explain_all) = run(sql, session, q).await;
+    let text_all = sql::format::pretty(&explain_all.batches).unwrap();
+    (
         metric(&text, "rows_scanned"),
         metric(&text, "cubes_scanned"),
-    );
-    let (_, explain_all) = run("EXPLAIN ANALYZE SELECT count(*) FROM memories".into()).await;
-    let text_all = sql::format::pretty(&explain_all.batches).unwrap();
-    let scanned_all = metric(&text_all, "rows_scanned");
+        metric(&text_all, "rows_scanned"),
+    )
+}
 
-    // A Prometheus scrape: store gauges are computed from the per-cube bitmaps at scrape time.
-    let mut scrape = Vec::new();
-    for _ in 0..20 {
-        let t = Instant::now();
-        let text = m.metrics_text().await.unwrap();
-        scrape.push(t.elapsed().as_secs_f64() * 1e3);
-        assert!(text.contains("memos_memories{"));
-    }
-
-    // search() over POST /sql against POST /product/search, alternated query by query.
+/// `search()` over `POST /sql` against `POST /product/search`, alternated query by query:
+/// (REST ms, SQL ms, queries with the same `text_mem` ids in the same order).
+async fn rest_vs_sql(url: &str, n: usize, cubes: usize) -> (Vec<f64>, Vec<f64>, usize) {
     let client = reqwest::Client::new();
     let post = |path: &'static str, body: Value| {
-        let (client, url) = (client.clone(), format!("{}{path}", s.url));
+        let (client, url) = (client.clone(), format!("{url}{path}"));
         async move {
             let t = Instant::now();
             let r = client.post(url).json(&body).send().await.unwrap();
@@ -180,12 +181,12 @@ async fn main() {
     let query = |i: usize| {
         format!(
             "what did they say about {} and {}",
-            words[i % 16],
-            words[(i * 5) % 16]
+            WORDS[i % 16],
+            WORDS[(i * 5) % 16]
         )
     };
-    let rest_body = |i: usize| json!({"query": query(i), "user_id": "u", "readable_cube_ids": [cube_of(i)], "top_k": 10});
-    let sql_body = |i: usize| json!({"sql": format!("SELECT bucket, rank, id, memory, score FROM search('{}', 10, '{}')", query(i), cube_of(i))});
+    let rest_body = |i: usize| json!({"query": query(i), "user_id": "u", "readable_cube_ids": [cube_of(i, cubes)], "top_k": 10});
+    let sql_body = |i: usize| json!({"sql": format!("SELECT bucket, rank, id, memory, score FROM search('{}', 10, '{}')", query(i), cube_of(i, cubes))});
     for i in 0..20 {
         post("/product/search", rest_body(i)).await;
         post("/sql", sql_body(i)).await;
@@ -212,13 +213,42 @@ async fn main() {
             .collect();
         same += (rest_ids == sql_ids) as usize;
     }
+    (rest, via_sql, same)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let size = env("MEMOS_BENCH_SQL_SIZE", 100_000);
+    let cubes = env("MEMOS_BENCH_SQL_CUBES", 1000);
+    let n = env("MEMOS_BENCH_QUERIES", 200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tests::config(dir.path());
+    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let fill = fill(&store, size, cubes);
+    eprintln!("filled {size} memories in {fill:.1} s");
+
+    let s = tests::Server::start_with_store(cfg.clone(), store.clone()).await;
+    let m = s.memos.clone();
+    let session = server::sqlapi::session(&m, &Principal::local()).unwrap();
+    let t = queries(&m.sql, &session, n, cubes).await;
+    let (filtered_rows, groups) = (t.filtered_rows, t.groups);
+    let (scanned, cubes_scanned, scanned_all) = scanned(&m.sql, &session, cubes).await;
+    // A Prometheus scrape: store gauges are computed from the per-cube bitmaps at scrape time.
+    let mut scrape = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let text = m.metrics_text().await.unwrap();
+        scrape.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(text.contains("memos_memories{"));
+    }
+    let (rest, via_sql, same) = rest_vs_sql(&s.url, n, cubes).await;
     drop((m, session));
     s.stop().await;
 
-    let (f50, f99) = stats(filtered);
-    let (c50, c99) = stats(cube_count);
-    let (a50, a99) = stats(full);
-    let (n50, n99) = stats(full_count);
+    let (f50, f99) = stats(t.filtered);
+    let (c50, c99) = stats(t.cube_count);
+    let (a50, a99) = stats(t.full);
+    let (n50, n99) = stats(t.full_count);
     let (r50, r99) = stats(rest);
     let (s50, s99) = stats(via_sql);
     let (m50, m99) = stats(scrape);

@@ -314,6 +314,79 @@ fn main() -> Result<()> {
         .block_on(run(cli))
 }
 
+/// `memos model fetch [--lm]`: the embedding model, and the language model with `--lm`.
+async fn fetch_models(cfg: &Config, lm: bool) -> Result<()> {
+    let dir = cfg.model_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}"))
+    })
+    .await??;
+    println!("model ready in {}", cfg.model_dir.display());
+    if lm {
+        let dir = cfg.activation.lm_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            pipelines::activation::fetch_lm(&dir, &|m| eprintln!("{m}"))
+        })
+        .await??;
+        println!(
+            "language model ready: {}",
+            activation::fetch::model_path(&cfg.activation.lm_dir).display()
+        );
+    }
+    Ok(())
+}
+
+/// `memos add`: one user message, added synchronously through a running server.
+async fn add_over_http(
+    url: &str,
+    key: Option<&str>,
+    text: &str,
+    user: &str,
+    cube: &str,
+    session: Option<String>,
+) -> Result<()> {
+    let body = json!({"user_id": user, "writable_cube_ids": [cube], "session_id": session,
+                      "async_mode": "sync", "messages": [{"role": "user", "content": text}]});
+    let v = post(&format!("{url}/product/add"), key, body).await?;
+    for m in v["data"].as_array().into_iter().flatten() {
+        println!(
+            "{}  {}  {}",
+            m["memory_id"].as_str().unwrap_or(""),
+            m["memory_type"].as_str().unwrap_or(""),
+            m["memory"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// `memos search`: a search through a running server, one line per memory.
+async fn search_over_http(
+    url: &str,
+    key: Option<&str>,
+    mut body: Value,
+    filter: Option<&str>,
+) -> Result<()> {
+    let filter: Option<Value> = filter
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--filter is not JSON")?;
+    body["filter"] = filter.unwrap_or(Value::Null);
+    let v = post(&format!("{url}/product/search"), key, body).await?;
+    for bucket in ["text_mem", "pref_mem", "tool_mem"] {
+        for b in v["data"][bucket].as_array().into_iter().flatten() {
+            for m in b["memories"].as_array().into_iter().flatten() {
+                println!(
+                    "{:.3}  {:<10} {}",
+                    m["metadata"]["relativity"].as_f64().unwrap_or(0.0),
+                    bucket,
+                    m["memory"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load(
         cli.config.as_deref(),
@@ -325,25 +398,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Serve => serve(&cfg).await?,
         Cmd::Model {
             cmd: ModelCmd::Fetch { lm },
-        } => {
-            let dir = cfg.model_dir.clone();
-            tokio::task::spawn_blocking(move || {
-                operators::embed::fetch::fetch_model(&dir, &|m| eprintln!("{m}"))
-            })
-            .await??;
-            println!("model ready in {}", cfg.model_dir.display());
-            if lm {
-                let dir = cfg.activation.lm_dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    pipelines::activation::fetch_lm(&dir, &|m| eprintln!("{m}"))
-                })
-                .await??;
-                println!(
-                    "language model ready: {}",
-                    activation::fetch::model_path(&cfg.activation.lm_dir).display()
-                );
-            }
-        }
+        } => fetch_models(&cfg, lm).await?,
         Cmd::Add {
             text,
             user,
@@ -351,17 +406,8 @@ async fn run(cli: Cli) -> Result<()> {
             session,
             url,
         } => {
-            let body = json!({"user_id": user, "writable_cube_ids": [cube.unwrap_or(user.clone())], "session_id": session,
-                              "async_mode": "sync", "messages": [{"role": "user", "content": text}]});
-            let v = post(&format!("{url}/product/add"), cli.api_key.as_deref(), body).await?;
-            for m in v["data"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {}  {}",
-                    m["memory_id"].as_str().unwrap_or(""),
-                    m["memory_type"].as_str().unwrap_or(""),
-                    m["memory"].as_str().unwrap_or("")
-                );
-            }
+            let cube = cube.unwrap_or(user.clone());
+            add_over_http(&url, cli.api_key.as_deref(), &text, &user, &cube, session).await?
         }
         Cmd::Search {
             query,
@@ -371,29 +417,9 @@ async fn run(cli: Cli) -> Result<()> {
             filter,
             url,
         } => {
-            let filter: Option<Value> = filter
-                .map(|f| serde_json::from_str(&f))
-                .transpose()
-                .context("--filter is not JSON")?;
-            let body = json!({"query": query, "user_id": user, "readable_cube_ids": [cube.unwrap_or(user.clone())], "top_k": top_k, "filter": filter});
-            let v = post(
-                &format!("{url}/product/search"),
-                cli.api_key.as_deref(),
-                body,
-            )
-            .await?;
-            for bucket in ["text_mem", "pref_mem", "tool_mem"] {
-                for b in v["data"][bucket].as_array().into_iter().flatten() {
-                    for m in b["memories"].as_array().into_iter().flatten() {
-                        println!(
-                            "{:.3}  {:<10} {}",
-                            m["metadata"]["relativity"].as_f64().unwrap_or(0.0),
-                            bucket,
-                            m["memory"].as_str().unwrap_or("")
-                        );
-                    }
-                }
-            }
+            let cube = cube.unwrap_or(user.clone());
+            let req = json!({"query": query, "user_id": user, "readable_cube_ids": [cube], "top_k": top_k});
+            search_over_http(&url, cli.api_key.as_deref(), req, filter.as_deref()).await?
         }
         Cmd::Import { file } => import_events(&cfg, &file).await?,
         Cmd::Eval {

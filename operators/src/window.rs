@@ -3,11 +3,13 @@
 //! parsed into `event_time` when possible; with `date_prefix` the memory text starts with it
 //! ("[1:56 pm on 8 May, 2023] Caroline: …") so dates take part in search.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use store::{MemoryRecord, MemoryType, SourceMessage, Status};
 
-use crate::event::{ChatMessage, EventKind, memory_id, parse_messages};
+use crate::event::{ChatMessage, EventKind, ToolCall, memory_id, parse_messages};
 use crate::{
     Action, Collector, Draft, IdentifiedEvent, OpContext, Operator, OperatorError, Result,
 };
@@ -129,6 +131,102 @@ fn draft(ie: &IdentifiedEvent, record: MemoryRecord) -> Draft {
     }
 }
 
+/// Appends a memory of the event numbered after the drafts it has so far (its id follows),
+/// timed by the message it came from.
+fn push_numbered(ie: &IdentifiedEvent, out: &mut Vec<Draft>, mut r: MemoryRecord, m: &ChatMessage) {
+    let seq = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
+    r.id = memory_id(&ie.event.cube_id, &ie.id, seq);
+    if let Some(t) = m.chat_time.as_deref().and_then(store::time::parse_time) {
+        r.event_time = Some(t);
+    }
+    let mut d = draft(ie, r);
+    d.seq = seq;
+    out.push(d);
+}
+
+/// A tool schema from a system prompt's `<tool_schema>` block.
+fn schema_record(ie: &IdentifiedEvent, schema: Value) -> MemoryRecord {
+    let name = schema
+        .get("name")
+        .or_else(|| schema.pointer("/function/name"))
+        .and_then(Value::as_str)
+        .unwrap_or("tool")
+        .to_string();
+    let mut r = base_record(ie, 0, schema.to_string(), MemoryType::ToolSchemaMemory);
+    r.source = Some("system".into());
+    r.key = Some(name.clone());
+    r.info.insert("tool_name".into(), Value::String(name));
+    r
+}
+
+/// An answered tool call: its arguments, its result and whether it succeeded.
+fn trajectory_record(ie: &IdentifiedEvent, call: &ToolCall, m: &ChatMessage) -> MemoryRecord {
+    let (ok, error) = tool_outcome(&m.content);
+    let mut r = base_record(
+        ie,
+        0,
+        format!(
+            "tool {}({}) {} {}",
+            call.name,
+            call.arguments,
+            if ok { "succeeded:" } else { "failed:" },
+            m.content
+        ),
+        MemoryType::ToolTrajectoryMemory,
+    );
+    r.source = Some("tool".into());
+    r.key = Some(call.name.clone());
+    r.info
+        .insert("tool_name".into(), Value::String(call.name.clone()));
+    r.info
+        .insert("arguments".into(), Value::String(call.arguments.clone()));
+    r.info
+        .insert("result".into(), Value::String(m.content.clone()));
+    r.info.insert("success".into(), Value::Bool(ok));
+    if let Some(e) = error {
+        r.info.insert("error".into(), Value::String(e));
+    }
+    r.sources.push(SourceMessage {
+        kind: "tool".into(),
+        role: Some("tool".into()),
+        message_id: m.tool_call_id.clone(),
+        content: Some(m.content.clone()),
+        ..Default::default()
+    });
+    r
+}
+
+/// An image of a message: its URL and caption.
+fn image_record(
+    ie: &IdentifiedEvent,
+    m: &ChatMessage,
+    url: &str,
+    caption: Option<&str>,
+) -> MemoryRecord {
+    let text = match caption {
+        Some(c) => format!("[image_url]: {url} {c}"),
+        None => format!("[image_url]: {url}"),
+    };
+    let mut r = base_record(ie, 0, text, MemoryType::UserMemory);
+    r.source = Some("image".into());
+    r.tags.push("multimodal:image".into());
+    r.info
+        .insert("image_url".into(), Value::String(url.to_string()));
+    if let Some(c) = caption {
+        r.info
+            .insert("caption".into(), Value::String(c.to_string()));
+    }
+    r.sources.push(SourceMessage {
+        kind: "image".into(),
+        role: Some(m.role.clone()),
+        name: m.name.clone(),
+        chat_time: m.chat_time.clone(),
+        content: Some(url.to_string()),
+        ..Default::default()
+    });
+    r
+}
+
 impl WindowOperator {
     fn line(&self, m: &ChatMessage) -> String {
         let speaker = m.name.as_deref().unwrap_or(&m.role);
@@ -138,21 +236,20 @@ impl WindowOperator {
         }
     }
 
-    fn messages(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
-        let msgs = parse_messages(ie.event.payload.get("messages").unwrap_or(&Value::Null))?;
-        // Tool calls by id: their results become trajectories, not separate turns.
-        let calls: std::collections::HashMap<&str, &crate::event::ToolCall> = msgs
-            .iter()
-            .flat_map(|m| m.tool_calls.iter())
-            .filter_map(|c| c.id.as_deref().map(|id| (id, c)))
-            .collect();
-        // Group into windows of message indexes.
+    /// Groups a conversation's messages into windows (a turn, or a round from one user
+    /// message to the next): system prompts and answered tool results are left out (they
+    /// become tool schemas and trajectories).
+    fn windows<'m>(
+        &self,
+        msgs: &'m [ChatMessage],
+        calls: &HashMap<&str, &ToolCall>,
+    ) -> Vec<Vec<&'m ChatMessage>> {
         let mut groups: Vec<Vec<&ChatMessage>> = Vec::new();
-        for m in &msgs {
+        for m in msgs {
             if m.content.trim().is_empty() {
                 continue;
             }
-            // System prompts are not memories; their tool schemas are (below).
+            // System prompts are not memories; their tool schemas are.
             if m.role == "system" {
                 continue;
             }
@@ -175,140 +272,83 @@ impl WindowOperator {
                 g.push(m);
             }
         }
-        for g in groups {
+        groups
+    }
+
+    /// One window's memory: its lines, its type by who spoke, its time and sources.
+    fn window_record(&self, ie: &IdentifiedEvent, seq: u32, g: &[&ChatMessage]) -> MemoryRecord {
+        let text = g
+            .iter()
+            .map(|m| self.line(m))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let ty = if g.iter().all(|m| m.role == "tool") {
+            MemoryType::ToolTrajectoryMemory
+        } else if g.iter().all(|m| m.role == "user") {
+            MemoryType::UserMemory
+        } else {
+            MemoryType::LongTermMemory
+        };
+        let mut r = base_record(ie, seq, text, ty);
+        if let Some(t) = g
+            .iter()
+            .find_map(|m| m.chat_time.as_deref().and_then(store::time::parse_time))
+        {
+            r.event_time = Some(t);
+        }
+        if g.iter().all(|m| m.role == "doc") {
+            r.source = Some("doc".into());
+        }
+        r.key = Some(key_of(&g[0].content));
+        r.file_ids = g.iter().flat_map(|m| m.file_ids.clone()).collect();
+        r.sources = g
+            .iter()
+            .map(|m| SourceMessage {
+                kind: if m.role == "doc" {
+                    "doc".into()
+                } else {
+                    "chat".into()
+                },
+                role: Some(m.role.clone()),
+                name: m.name.clone(),
+                chat_time: m.chat_time.clone(),
+                message_id: m.message_id.clone(),
+                content: Some(m.content.clone()),
+            })
+            .collect();
+        r
+    }
+
+    fn messages(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
+        let msgs = parse_messages(ie.event.payload.get("messages").unwrap_or(&Value::Null))?;
+        // Tool calls by id: their results become trajectories, not separate turns.
+        let calls: HashMap<&str, &ToolCall> = msgs
+            .iter()
+            .flat_map(|m| m.tool_calls.iter())
+            .filter_map(|c| c.id.as_deref().map(|id| (id, c)))
+            .collect();
+        for g in self.windows(&msgs, &calls) {
             let seq = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
-            let text = g
-                .iter()
-                .map(|m| self.line(m))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let ty = if g.iter().all(|m| m.role == "tool") {
-                MemoryType::ToolTrajectoryMemory
-            } else if g.iter().all(|m| m.role == "user") {
-                MemoryType::UserMemory
-            } else {
-                MemoryType::LongTermMemory
-            };
-            let mut r = base_record(ie, seq, text, ty);
-            if let Some(t) = g
-                .iter()
-                .find_map(|m| m.chat_time.as_deref().and_then(store::time::parse_time))
-            {
-                r.event_time = Some(t);
-            }
-            if g.iter().all(|m| m.role == "doc") {
-                r.source = Some("doc".into());
-            }
-            r.key = Some(key_of(&g[0].content));
-            r.file_ids = g.iter().flat_map(|m| m.file_ids.clone()).collect();
-            r.sources = g
-                .iter()
-                .map(|m| SourceMessage {
-                    kind: if m.role == "doc" {
-                        "doc".into()
-                    } else {
-                        "chat".into()
-                    },
-                    role: Some(m.role.clone()),
-                    name: m.name.clone(),
-                    chat_time: m.chat_time.clone(),
-                    message_id: m.message_id.clone(),
-                    content: Some(m.content.clone()),
-                })
-                .collect();
-            let mut d = draft(ie, r);
+            let mut d = draft(ie, self.window_record(ie, seq, &g));
             d.seq = seq;
             out.push(d);
         }
-        let push = |out: &mut Vec<Draft>, mut r: MemoryRecord, m: &ChatMessage| {
-            let seq = out.iter().filter(|d| d.event_id == ie.id).count() as u32;
-            r.id = memory_id(&ie.event.cube_id, &ie.id, seq);
-            if let Some(t) = m.chat_time.as_deref().and_then(store::time::parse_time) {
-                r.event_time = Some(t);
-            }
-            let mut d = draft(ie, r);
-            d.seq = seq;
-            out.push(d);
-        };
         // Tool schemas from `<tool_schema>` blocks of system messages: one memory per schema.
         for m in msgs.iter().filter(|m| m.role == "system") {
             for schema in tool_schemas(&m.content) {
-                let name = schema
-                    .get("name")
-                    .or_else(|| schema.pointer("/function/name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("tool")
-                    .to_string();
-                let mut r = base_record(ie, 0, schema.to_string(), MemoryType::ToolSchemaMemory);
-                r.source = Some("system".into());
-                r.key = Some(name.clone());
-                r.info.insert("tool_name".into(), Value::String(name));
-                push(out, r, m);
+                push_numbered(ie, out, schema_record(ie, schema), m);
             }
         }
         // Trajectories: each answered tool call with its arguments and result.
         for m in msgs.iter().filter(|m| m.role == "tool") {
-            let Some(call) = m.tool_call_id.as_deref().and_then(|id| calls.get(id)) else {
-                continue;
-            };
-            let (ok, error) = tool_outcome(&m.content);
-            let mut r = base_record(
-                ie,
-                0,
-                format!(
-                    "tool {}({}) {} {}",
-                    call.name,
-                    call.arguments,
-                    if ok { "succeeded:" } else { "failed:" },
-                    m.content
-                ),
-                MemoryType::ToolTrajectoryMemory,
-            );
-            r.source = Some("tool".into());
-            r.key = Some(call.name.clone());
-            r.info
-                .insert("tool_name".into(), Value::String(call.name.clone()));
-            r.info
-                .insert("arguments".into(), Value::String(call.arguments.clone()));
-            r.info
-                .insert("result".into(), Value::String(m.content.clone()));
-            r.info.insert("success".into(), Value::Bool(ok));
-            if let Some(e) = error {
-                r.info.insert("error".into(), Value::String(e));
+            if let Some(call) = m.tool_call_id.as_deref().and_then(|id| calls.get(id)) {
+                push_numbered(ie, out, trajectory_record(ie, call, m), m);
             }
-            r.sources.push(SourceMessage {
-                kind: "tool".into(),
-                role: Some("tool".into()),
-                message_id: m.tool_call_id.clone(),
-                content: Some(m.content.clone()),
-                ..Default::default()
-            });
-            push(out, r, m);
         }
         // Images: one memory each with the URL and any caption.
         for m in &msgs {
             for (url, caption) in &m.images {
-                let text = match caption {
-                    Some(c) => format!("[image_url]: {url} {c}"),
-                    None => format!("[image_url]: {url}"),
-                };
-                let mut r = base_record(ie, 0, text, MemoryType::UserMemory);
-                r.source = Some("image".into());
-                r.tags.push("multimodal:image".into());
-                r.info
-                    .insert("image_url".into(), Value::String(url.clone()));
-                if let Some(c) = caption {
-                    r.info.insert("caption".into(), Value::String(c.clone()));
-                }
-                r.sources.push(SourceMessage {
-                    kind: "image".into(),
-                    role: Some(m.role.clone()),
-                    name: m.name.clone(),
-                    chat_time: m.chat_time.clone(),
-                    content: Some(url.clone()),
-                    ..Default::default()
-                });
-                push(out, r, m);
+                push_numbered(ie, out, image_record(ie, m, url, caption.as_deref()), m);
             }
         }
         // Files with their content inline: chunked like documents.

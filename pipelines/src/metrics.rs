@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Metric names, in one place.
@@ -130,6 +130,109 @@ pub mod names {
         PIPELINE_UP,
         PIPELINE_RESTARTS,
     ];
+
+    /// Each metric's help text, as `/metrics` shows it.
+    pub const HELP: &[(&str, &str)] = &[
+        (
+            EVENTS,
+            "Events handled by the pipeline, by source and outcome.",
+        ),
+        (
+            EVENTS_RECEIVED,
+            "Events decoded by the pipeline, by source and kind.",
+        ),
+        (
+            BATCH_SECONDS,
+            "Pipeline batch latency: operators and the LMDB commit.",
+        ),
+        (BATCH_EVENTS, "Events per pipeline batch."),
+        (OPERATOR_SECONDS, "Operator latency per batch."),
+        (OPERATOR_ITEMS, "Items into and out of each operator."),
+        (EMBED_BATCH, "Texts per embedder call."),
+        (COMMIT_SECONDS, "LMDB commit latency of a pipeline batch."),
+        (COMMITS, "Write transactions committed, by kind of work."),
+        (
+            MEMORIES_WRITTEN,
+            "Memories written by the pipeline (inserted, merged, feedback).",
+        ),
+        (
+            LLM_REQUESTS,
+            "LLM requests by configured model and outcome.",
+        ),
+        (
+            LLM_TOKENS,
+            "LLM tokens by configured model and kind (prompt, completion).",
+        ),
+        (LLM_SECONDS, "LLM request latency by configured model."),
+        (
+            FINE_JOBS,
+            "Fine-extraction jobs by outcome (ok, failed, dropped).",
+        ),
+        (
+            KV_BUILDS,
+            "Activation-memory KV-cache builds by outcome (built, unchanged, cleared, stale, failed).",
+        ),
+        (
+            KV_PREFILL_SECONDS,
+            "Prefill latency of a KV-cache build by device.",
+        ),
+        (
+            KV_TOKENS,
+            "Tokens prefilled by the local model by use (cache, chat).",
+        ),
+        (CHATS, "Chat requests by interface and outcome."),
+        (
+            FEEDBACK,
+            "Feedback processed by the feedback-merge stage, by intent.",
+        ),
+        (
+            FORGOTTEN,
+            "Memories forgotten by capacity limits, by memory type.",
+        ),
+        (
+            HTTP_REQUESTS,
+            "HTTP requests by matched route, method and status.",
+        ),
+        (HTTP_SECONDS, "HTTP request latency by matched route."),
+        (SQL_QUERIES, "SQL statements by interface and outcome."),
+        (SQL_SECONDS, "SQL statement latency by interface."),
+        (SEARCHES, "Searches by interface and outcome."),
+        (
+            SEARCH_SECONDS,
+            "Search latency by interface, query embedding included.",
+        ),
+        (
+            SEARCH_RESULTS,
+            "Memories returned per search, all buckets and cubes.",
+        ),
+        (
+            CONSUMER_LAG,
+            "Messages waiting in the broker per source partition.",
+        ),
+        (
+            SOURCE_CONNECTED,
+            "1 while a configured source is connected.",
+        ),
+        (STORE_BYTES, "Bytes of the LMDB data file."),
+        (DEAD_LETTERS, "Dead letters kept in the store."),
+        (TASKS_ACTIVE, "Asynchronous tasks waiting or running."),
+        (
+            PIPELINE_UP,
+            "1 while the pipeline thread runs, 0 while it is down and restarting.",
+        ),
+        (MEMORIES, "Memories in the store by type and status."),
+        (
+            PIPELINE_RESTARTS,
+            "Restarts of the pipeline thread after a failure outside the per-event isolation.",
+        ),
+    ];
+
+    /// The help text of `name` (empty for a name not in [`HELP`]).
+    pub fn help(name: &str) -> &'static str {
+        HELP.iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, h)| *h)
+    }
 }
 
 /// The service's metrics.
@@ -204,53 +307,55 @@ pub struct Metrics {
     /// [`names::PIPELINE_UP`].
     pub pipeline_up: IntGauge,
     /// [`names::PIPELINE_RESTARTS`].
-    pub pipeline_restarts: prometheus::IntCounter,
+    pub pipeline_restarts: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const LLM_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const PREFILL_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const RESULT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
-}
+/// Registers metrics in a registry; each one's help text comes from [`names::HELP`].
+struct Registrar(Registry);
 
-fn histogram(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: &[f64],
-) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
-}
+impl Registrar {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.0.register(Box::new(m.clone())).expect("unique metric");
+        m
+    }
 
-fn plain_histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-        .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
-}
+    fn counter(&self, name: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(
+            IntCounterVec::new(Opts::new(name, names::help(name)), labels).expect("valid metric"),
+        )
+    }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
-}
+    fn plain_counter(&self, name: &str) -> IntCounter {
+        self.add(IntCounter::new(name, names::help(name)).expect("valid metric"))
+    }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+    fn histogram(&self, name: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, names::help(name)).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+
+    fn plain_histogram(&self, name: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, names::help(name)).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(
+            IntGaugeVec::new(Opts::new(name, names::help(name)), labels).expect("valid metric"),
+        )
+    }
+
+    fn gauge(&self, name: &str) -> IntGauge {
+        self.add(IntGauge::new(name, names::help(name)).expect("valid metric"))
+    }
 }
 
 impl Default for Metrics {
@@ -262,219 +367,48 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Metrics {
-        let r = Registry::new();
-        let memories = IntGaugeVec::new(
-            Opts::new(names::MEMORIES, "Memories in the store by type and status."),
-            &["memory_type", "status"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(memories.clone()))
-            .expect("unique metric");
+        let m = Registrar(Registry::new());
         Metrics {
-            events: counter(
-                &r,
-                names::EVENTS,
-                "Events handled by the pipeline, by source and outcome.",
-                &["source", "outcome"],
-            ),
-            events_received: counter(
-                &r,
-                names::EVENTS_RECEIVED,
-                "Events decoded by the pipeline, by source and kind.",
-                &["source", "kind"],
-            ),
-            batch_seconds: plain_histogram(
-                &r,
-                names::BATCH_SECONDS,
-                "Pipeline batch latency: operators and the LMDB commit.",
-                LATENCY_BUCKETS,
-            ),
-            batch_events: plain_histogram(
-                &r,
-                names::BATCH_EVENTS,
-                "Events per pipeline batch.",
-                SIZE_BUCKETS,
-            ),
-            operator_seconds: histogram(
-                &r,
-                names::OPERATOR_SECONDS,
-                "Operator latency per batch.",
-                &["operator"],
-                LATENCY_BUCKETS,
-            ),
-            operator_items: counter(
-                &r,
-                names::OPERATOR_ITEMS,
-                "Items into and out of each operator.",
-                &["operator", "direction"],
-            ),
-            embed_batch: plain_histogram(
-                &r,
-                names::EMBED_BATCH,
-                "Texts per embedder call.",
-                SIZE_BUCKETS,
-            ),
-            commit_seconds: plain_histogram(
-                &r,
-                names::COMMIT_SECONDS,
-                "LMDB commit latency of a pipeline batch.",
-                LATENCY_BUCKETS,
-            ),
-            commits: counter(
-                &r,
-                names::COMMITS,
-                "Write transactions committed, by kind of work.",
-                &["path"],
-            ),
-            memories_written: counter(
-                &r,
-                names::MEMORIES_WRITTEN,
-                "Memories written by the pipeline (inserted, merged, feedback).",
-                &["kind"],
-            ),
-            llm_requests: counter(
-                &r,
-                names::LLM_REQUESTS,
-                "LLM requests by configured model and outcome.",
-                &["model", "outcome"],
-            ),
-            llm_tokens: counter(
-                &r,
-                names::LLM_TOKENS,
-                "LLM tokens by configured model and kind (prompt, completion).",
-                &["model", "kind"],
-            ),
-            llm_seconds: histogram(
-                &r,
-                names::LLM_SECONDS,
-                "LLM request latency by configured model.",
-                &["model"],
-                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
-            ),
-            fine_jobs: counter(
-                &r,
-                names::FINE_JOBS,
-                "Fine-extraction jobs by outcome (ok, failed, dropped).",
-                &["outcome"],
-            ),
-            kv_builds: counter(
-                &r,
-                names::KV_BUILDS,
-                "Activation-memory KV-cache builds by outcome (built, unchanged, cleared, stale, failed).",
-                &["outcome"],
-            ),
-            kv_prefill_seconds: histogram(
-                &r,
+            events: m.counter(names::EVENTS, &["source", "outcome"]),
+            events_received: m.counter(names::EVENTS_RECEIVED, &["source", "kind"]),
+            batch_seconds: m.plain_histogram(names::BATCH_SECONDS, LATENCY_BUCKETS),
+            batch_events: m.plain_histogram(names::BATCH_EVENTS, SIZE_BUCKETS),
+            operator_seconds: m.histogram(names::OPERATOR_SECONDS, &["operator"], LATENCY_BUCKETS),
+            operator_items: m.counter(names::OPERATOR_ITEMS, &["operator", "direction"]),
+            embed_batch: m.plain_histogram(names::EMBED_BATCH, SIZE_BUCKETS),
+            commit_seconds: m.plain_histogram(names::COMMIT_SECONDS, LATENCY_BUCKETS),
+            commits: m.counter(names::COMMITS, &["path"]),
+            memories_written: m.counter(names::MEMORIES_WRITTEN, &["kind"]),
+            llm_requests: m.counter(names::LLM_REQUESTS, &["model", "outcome"]),
+            llm_tokens: m.counter(names::LLM_TOKENS, &["model", "kind"]),
+            llm_seconds: m.histogram(names::LLM_SECONDS, &["model"], LLM_BUCKETS),
+            fine_jobs: m.counter(names::FINE_JOBS, &["outcome"]),
+            kv_builds: m.counter(names::KV_BUILDS, &["outcome"]),
+            kv_prefill_seconds: m.histogram(
                 names::KV_PREFILL_SECONDS,
-                "Prefill latency of a KV-cache build by device.",
                 &["device"],
-                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                PREFILL_BUCKETS,
             ),
-            kv_tokens: counter(
-                &r,
-                names::KV_TOKENS,
-                "Tokens prefilled by the local model by use (cache, chat).",
-                &["use"],
-            ),
-            chats: counter(
-                &r,
-                names::CHATS,
-                "Chat requests by interface and outcome.",
-                &["interface", "outcome"],
-            ),
-            feedback: counter(
-                &r,
-                names::FEEDBACK,
-                "Feedback processed by the feedback-merge stage, by intent.",
-                &["intent"],
-            ),
-            forgotten: counter(
-                &r,
-                names::FORGOTTEN,
-                "Memories forgotten by capacity limits, by memory type.",
-                &["memory_type"],
-            ),
-            http_requests: counter(
-                &r,
-                names::HTTP_REQUESTS,
-                "HTTP requests by matched route, method and status.",
-                &["route", "method", "status"],
-            ),
-            http_seconds: histogram(
-                &r,
-                names::HTTP_SECONDS,
-                "HTTP request latency by matched route.",
-                &["route"],
-                LATENCY_BUCKETS,
-            ),
-            sql_queries: counter(
-                &r,
-                names::SQL_QUERIES,
-                "SQL statements by interface and outcome.",
-                &["interface", "outcome"],
-            ),
-            sql_seconds: histogram(
-                &r,
-                names::SQL_SECONDS,
-                "SQL statement latency by interface.",
-                &["interface"],
-                LATENCY_BUCKETS,
-            ),
-            searches: counter(
-                &r,
-                names::SEARCHES,
-                "Searches by interface and outcome.",
-                &["interface", "outcome"],
-            ),
-            search_seconds: histogram(
-                &r,
-                names::SEARCH_SECONDS,
-                "Search latency by interface, query embedding included.",
-                &["interface"],
-                LATENCY_BUCKETS,
-            ),
-            search_results: histogram(
-                &r,
-                names::SEARCH_RESULTS,
-                "Memories returned per search, all buckets and cubes.",
-                &["interface"],
-                &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0],
-            ),
-            consumer_lag: gauge_vec(
-                &r,
-                names::CONSUMER_LAG,
-                "Messages waiting in the broker per source partition.",
-                &["source", "partition"],
-            ),
-            source_connected: gauge_vec(
-                &r,
-                names::SOURCE_CONNECTED,
-                "1 while a configured source is connected.",
-                &["source"],
-            ),
-            memories,
-            store_bytes: gauge(&r, names::STORE_BYTES, "Bytes of the LMDB data file."),
-            dead_letters: gauge(&r, names::DEAD_LETTERS, "Dead letters kept in the store."),
-            tasks_active: gauge(
-                &r,
-                names::TASKS_ACTIVE,
-                "Asynchronous tasks waiting or running.",
-            ),
-            pipeline_up: gauge(
-                &r,
-                names::PIPELINE_UP,
-                "1 while the pipeline thread runs, 0 while it is down and restarting.",
-            ),
-            pipeline_restarts: {
-                let c = prometheus::IntCounter::new(
-                    names::PIPELINE_RESTARTS,
-                    "Restarts of the pipeline thread after a failure outside the per-event isolation.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
-            registry: r,
+            kv_tokens: m.counter(names::KV_TOKENS, &["use"]),
+            chats: m.counter(names::CHATS, &["interface", "outcome"]),
+            feedback: m.counter(names::FEEDBACK, &["intent"]),
+            forgotten: m.counter(names::FORGOTTEN, &["memory_type"]),
+            http_requests: m.counter(names::HTTP_REQUESTS, &["route", "method", "status"]),
+            http_seconds: m.histogram(names::HTTP_SECONDS, &["route"], LATENCY_BUCKETS),
+            sql_queries: m.counter(names::SQL_QUERIES, &["interface", "outcome"]),
+            sql_seconds: m.histogram(names::SQL_SECONDS, &["interface"], LATENCY_BUCKETS),
+            searches: m.counter(names::SEARCHES, &["interface", "outcome"]),
+            search_seconds: m.histogram(names::SEARCH_SECONDS, &["interface"], LATENCY_BUCKETS),
+            search_results: m.histogram(names::SEARCH_RESULTS, &["interface"], RESULT_BUCKETS),
+            consumer_lag: m.gauge_vec(names::CONSUMER_LAG, &["source", "partition"]),
+            source_connected: m.gauge_vec(names::SOURCE_CONNECTED, &["source"]),
+            store_bytes: m.gauge(names::STORE_BYTES),
+            dead_letters: m.gauge(names::DEAD_LETTERS),
+            tasks_active: m.gauge(names::TASKS_ACTIVE),
+            pipeline_up: m.gauge(names::PIPELINE_UP),
+            memories: m.gauge_vec(names::MEMORIES, &["memory_type", "status"]),
+            pipeline_restarts: m.plain_counter(names::PIPELINE_RESTARTS),
+            registry: m.0,
         }
     }
 
@@ -553,5 +487,30 @@ impl operators::llm::LlmObserver for Metrics {
         self.llm_tokens
             .with_label_values(&[model, "completion"])
             .inc_by(usage.completion_tokens);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_one_help_text_and_renders_it() {
+        for name in names::ALL {
+            let n = names::HELP.iter().filter(|(h, _)| h == name).count();
+            assert_eq!(n, 1, "{name} has {n} help texts");
+        }
+        assert_eq!(names::HELP.len(), names::ALL.len());
+        let m = Metrics::new();
+        m.pipeline_up.set(1);
+        let text = m.render();
+        assert!(
+            text.contains(&format!(
+                "# HELP {} {}",
+                names::PIPELINE_UP,
+                names::help(names::PIPELINE_UP)
+            )),
+            "{text}"
+        );
     }
 }

@@ -184,13 +184,19 @@ fn llm_error(e: operators::OperatorError) -> ServerError {
 }
 
 impl Memos {
-    /// Retrieval and prompt for a chat; 503 without an LLM, 400 for an unknown model.
-    pub async fn chat_plan(
+    /// Who answers: the local model when the request names it, or when no LLM is configured
+    /// (first); else the named or default LLM (second). 503 without either.
+    #[allow(clippy::type_complexity)]
+    fn chat_answerer(
         &self,
         req: &ChatRequest,
-        p: &Principal,
-    ) -> Result<ChatPlan, ServerError> {
-        // The local model answers when the request names it, or when no LLM is configured.
+    ) -> Result<
+        (
+            Option<Arc<pipelines::activation::Activation>>,
+            Option<Arc<LlmClient>>,
+        ),
+        ServerError,
+    > {
         let local = self
             .activation
             .clone()
@@ -198,20 +204,59 @@ impl Memos {
                 Some(n) => n == a.config().chat_model,
                 None => !self.llm.is_configured(),
             });
-        let client = if local.is_some() {
-            None
-        } else {
-            if !self.llm.is_configured() {
-                return Err(ServerError::Unavailable(
-                    "no LLM is configured: add [[llm.models]] to the config (or set MEMOS_LLM_URL and MEMOS_LLM_MODEL), or enable [activation] for the local model".into(),
-                ));
-            }
-            Some(
-                self.llm
-                    .chat_model(req.model_name_or_path.as_deref())
-                    .map_err(llm_error)?,
-            )
-        };
+        if local.is_some() {
+            return Ok((local, None));
+        }
+        if !self.llm.is_configured() {
+            return Err(ServerError::Unavailable(
+                "no LLM is configured: add [[llm.models]] to the config (or set MEMOS_LLM_URL and MEMOS_LLM_MODEL), or enable [activation] for the local model".into(),
+            ));
+        }
+        let client = self
+            .llm
+            .chat_model(req.model_name_or_path.as_deref())
+            .map_err(llm_error)?;
+        Ok((None, Some(client)))
+    }
+
+    /// The local model's plan: the cube's activated memories as the cached prefix (the first
+    /// readable cube, else the user's); the caller fills the prompt's rest.
+    async fn local_plan(
+        &self,
+        a: Arc<pipelines::activation::Activation>,
+        cube: String,
+        user: &str,
+        system: Option<String>,
+        p: &Principal,
+    ) -> Result<pipelines::activation::LocalPlan, ServerError> {
+        p.check(Access::Read, std::slice::from_ref(&cube), Some(user))?;
+        p.check_whole_cube("the local model's cached memory prefix")?;
+        let system = system.unwrap_or_else(|| a.config().system.clone());
+        let a2 = a.clone();
+        let (prefix, cache) = self
+            .blocking(move |store| {
+                let txn = store.read_txn()?;
+                let sel = a2.selection(store, &txn, &cube)?;
+                let prefix = a2.compose(&system, &sel)?;
+                let cache = a2.cached(store, &txn, &cube, &prefix)?;
+                Ok((prefix, cache))
+            })
+            .await?;
+        Ok(pipelines::activation::LocalPlan {
+            act: a,
+            prefix,
+            cache,
+            suffix: String::new(),
+        })
+    }
+
+    /// Retrieval and prompt for a chat; 503 without an LLM, 400 for an unknown model.
+    pub async fn chat_plan(
+        &self,
+        req: &ChatRequest,
+        p: &Principal,
+    ) -> Result<ChatPlan, ServerError> {
+        let (local, client) = self.chat_answerer(req)?;
         let user = req
             .user_id
             .clone()
@@ -226,32 +271,13 @@ impl Memos {
             _ => None,
         };
         let base = req.system_prompt.clone().filter(|s| !s.trim().is_empty());
-        // Local model: the first readable cube's activated memories form the cached prefix.
         let local = match local {
             Some(a) => {
                 let cube = readable
                     .as_ref()
                     .and_then(|c| c.first().cloned())
                     .unwrap_or_else(|| user.clone());
-                p.check(Access::Read, std::slice::from_ref(&cube), Some(&user))?;
-                p.check_whole_cube("the local model's cached memory prefix")?;
-                let system = base.clone().unwrap_or_else(|| a.config().system.clone());
-                let a2 = a.clone();
-                let (prefix, cache) = self
-                    .blocking(move |store| {
-                        let txn = store.read_txn()?;
-                        let sel = a2.selection(store, &txn, &cube)?;
-                        let prefix = a2.compose(&system, &sel)?;
-                        let cache = a2.cached(store, &txn, &cube, &prefix)?;
-                        Ok((prefix, cache))
-                    })
-                    .await?;
-                Some(pipelines::activation::LocalPlan {
-                    act: a,
-                    prefix,
-                    cache,
-                    suffix: String::new(),
-                })
+                Some(self.local_plan(a, cube, &user, base.clone(), p).await?)
             }
             None => None,
         };

@@ -28,6 +28,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use store::heed::RoTxn;
 use store::{MemoryRecord, Store};
 
 use crate::error::ServerError;
@@ -76,6 +77,127 @@ fn to_json(r: &MemoryRecord) -> Result<String, ServerError> {
     serde_json::to_string(r).map_err(|e| bad(format!("record {}: {e}", r.id)))
 }
 
+/// A cube's memories and versions, column by column.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<String>,
+    texts: Vec<String>,
+    types: Vec<String>,
+    statuses: Vec<String>,
+    users: Vec<String>,
+    sessions: Vec<String>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    versions: Vec<u32>,
+    json_rows: Vec<String>,
+    floats: Vec<f32>,
+    v_ids: Vec<String>,
+    v_versions: Vec<u32>,
+    v_json: Vec<String>,
+}
+
+impl Columns {
+    /// Reads every memory of `cube` (any status) with its vector and its earlier versions.
+    fn read(store: &Store, txn: &RoTxn, cube: &str, dims: usize) -> Result<Columns, ServerError> {
+        let records = store.cube_records(txn, cube)?;
+        let mut c = Columns {
+            floats: Vec::with_capacity(records.len() * dims),
+            ..Default::default()
+        };
+        for r in &records {
+            let internal = store
+                .internal_id(txn, &r.id)?
+                .ok_or_else(|| ServerError::NotFound(r.id.clone()))?;
+            let e = store.embedding(txn, internal)?.unwrap_or_default();
+            if e.len() != dims {
+                return Err(bad(format!(
+                    "memory {} has no {dims}-dimension vector",
+                    r.id
+                )));
+            }
+            c.floats.extend_from_slice(&e);
+            c.ids.push(r.id.clone());
+            c.texts.push(r.memory.clone());
+            c.types.push(r.memory_type.as_str().to_string());
+            c.statuses.push(r.status.as_str().to_string());
+            c.users.push(r.user_id.clone());
+            c.sessions.push(r.session_id.clone());
+            c.created.push(r.created_at);
+            c.updated.push(r.updated_at);
+            c.versions.push(r.version);
+            c.json_rows.push(to_json(r)?);
+            for v in store.versions(txn, &r.id)? {
+                c.v_ids.push(r.id.clone());
+                c.v_versions.push(v.version);
+                c.v_json.push(to_json(&v)?);
+            }
+        }
+        Ok(c)
+    }
+
+    /// The `memories.parquet` and `versions.parquet` batches.
+    fn batches(self, dims: usize) -> Result<(RecordBatch, RecordBatch), ServerError> {
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let emb = FixedSizeListArray::try_new(
+            item.clone(),
+            dims as i32,
+            Arc::new(Float32Array::from(self.floats)),
+            None,
+        )
+        .map_err(|e| bad(format!("embeddings: {e}")))?;
+        let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("memory", DataType::Utf8, false),
+            Field::new("memory_type", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new("session_id", DataType::Utf8, false),
+            Field::new("created_at", DataType::Int64, false),
+            Field::new("updated_at", DataType::Int64, false),
+            Field::new("version", DataType::UInt32, false),
+            Field::new("record", DataType::Utf8, false),
+            Field::new(
+                "embedding",
+                DataType::FixedSizeList(item, dims as i32),
+                false,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                s(self.ids),
+                s(self.texts),
+                s(self.types),
+                s(self.statuses),
+                s(self.users),
+                s(self.sessions),
+                Arc::new(Int64Array::from(self.created)),
+                Arc::new(Int64Array::from(self.updated)),
+                Arc::new(UInt32Array::from(self.versions)),
+                s(self.json_rows),
+                Arc::new(emb),
+            ],
+        )
+        .map_err(|e| bad(format!("memories: {e}")))?;
+        let vschema = Arc::new(Schema::new(vec![
+            Field::new("memory_id", DataType::Utf8, false),
+            Field::new("version", DataType::UInt32, false),
+            Field::new("record", DataType::Utf8, false),
+        ]));
+        let vbatch = RecordBatch::try_new(
+            vschema,
+            vec![
+                s(self.v_ids),
+                Arc::new(UInt32Array::from(self.v_versions)),
+                s(self.v_json),
+            ],
+        )
+        .map_err(|e| bad(format!("versions: {e}")))?;
+        Ok((batch, vbatch))
+    }
+}
+
 /// Writes a cube's snapshot into `dir` (created; must be empty). Returns the manifest.
 pub fn export(store: &Store, cube: &str, dir: &Path, embedder: &str) -> Result<Value, ServerError> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
@@ -87,96 +209,9 @@ pub fn export(store: &Store, cube: &str, dir: &Path, embedder: &str) -> Result<V
         .cube(&txn, cube)?
         .ok_or_else(|| ServerError::NotFound(format!("cube {cube} not found")))?;
     let dims = store.options().dimensions;
-    let records = store.cube_records(&txn, cube)?;
-    let (mut ids, mut texts, mut types, mut statuses, mut users, mut sessions) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut created, mut updated, mut versions, mut json_rows) = (vec![], vec![], vec![], vec![]);
-    let mut floats: Vec<f32> = Vec::with_capacity(records.len() * dims);
-    let (mut v_ids, mut v_versions, mut v_json) = (vec![], vec![], vec![]);
-    for r in &records {
-        let internal = store
-            .internal_id(&txn, &r.id)?
-            .ok_or_else(|| ServerError::NotFound(r.id.clone()))?;
-        let e = store.embedding(&txn, internal)?.unwrap_or_default();
-        if e.len() != dims {
-            return Err(bad(format!(
-                "memory {} has no {dims}-dimension vector",
-                r.id
-            )));
-        }
-        floats.extend_from_slice(&e);
-        ids.push(r.id.clone());
-        texts.push(r.memory.clone());
-        types.push(r.memory_type.as_str().to_string());
-        statuses.push(r.status.as_str().to_string());
-        users.push(r.user_id.clone());
-        sessions.push(r.session_id.clone());
-        created.push(r.created_at);
-        updated.push(r.updated_at);
-        versions.push(r.version);
-        json_rows.push(to_json(r)?);
-        for v in store.versions(&txn, &r.id)? {
-            v_ids.push(r.id.clone());
-            v_versions.push(v.version);
-            v_json.push(to_json(&v)?);
-        }
-    }
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let emb = FixedSizeListArray::try_new(
-        item.clone(),
-        dims as i32,
-        Arc::new(Float32Array::from(floats)),
-        None,
-    )
-    .map_err(|e| bad(format!("embeddings: {e}")))?;
-    let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("memory", DataType::Utf8, false),
-        Field::new("memory_type", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("user_id", DataType::Utf8, false),
-        Field::new("session_id", DataType::Utf8, false),
-        Field::new("created_at", DataType::Int64, false),
-        Field::new("updated_at", DataType::Int64, false),
-        Field::new("version", DataType::UInt32, false),
-        Field::new("record", DataType::Utf8, false),
-        Field::new(
-            "embedding",
-            DataType::FixedSizeList(item, dims as i32),
-            false,
-        ),
-    ]));
-    let n = ids.len();
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            s(ids),
-            s(texts),
-            s(types),
-            s(statuses),
-            s(users),
-            s(sessions),
-            Arc::new(Int64Array::from(created)),
-            Arc::new(Int64Array::from(updated)),
-            Arc::new(UInt32Array::from(versions)),
-            s(json_rows),
-            Arc::new(emb),
-        ],
-    )
-    .map_err(|e| bad(format!("memories: {e}")))?;
+    let (batch, vbatch) = Columns::read(store, &txn, cube, dims)?.batches(dims)?;
+    let (n, nv) = (batch.num_rows(), vbatch.num_rows());
     write_parquet(&dir.join("memories.parquet"), batch)?;
-    let nv = v_ids.len();
-    let vschema = Arc::new(Schema::new(vec![
-        Field::new("memory_id", DataType::Utf8, false),
-        Field::new("version", DataType::UInt32, false),
-        Field::new("record", DataType::Utf8, false),
-    ]));
-    let vbatch = RecordBatch::try_new(
-        vschema,
-        vec![s(v_ids), Arc::new(UInt32Array::from(v_versions)), s(v_json)],
-    )
-    .map_err(|e| bad(format!("versions: {e}")))?;
     write_parquet(&dir.join("versions.parquet"), vbatch)?;
     let manifest = json!({
         "format": FORMAT,

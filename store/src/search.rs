@@ -11,6 +11,9 @@
 //!
 //! Hits in the request's session are boosted by `session_boost` (multiplicative, capped at 1).
 
+use std::collections::HashMap;
+
+use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -137,19 +140,17 @@ pub struct Hit {
     pub lexical_score: Option<f32>,
 }
 
-/// Runs a hybrid search.
-pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit>> {
-    if req.top_k == 0 {
-        return Ok(Vec::new());
-    }
-    let candidates = match (req.within, req.types) {
-        (Some(w), Some(types)) => store.type_ids(txn, req.cube_id, types)? & w,
-        (Some(w), None) => w.clone(),
-        (None, _) => store.candidates(txn, req.cube_id, req.types, req.filter)?,
-    };
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
+/// A scored candidate: (id, fused score, cosine, raw BM25).
+type Scored = (u32, f32, Option<f32>, Option<f32>);
+
+/// Both retrievers' hits among `candidates`, each best first: (vector, lexical).
+#[allow(clippy::type_complexity)]
+fn retrieve(
+    store: &Store,
+    txn: &RoTxn,
+    req: &SearchRequest,
+    candidates: &RoaringBitmap,
+) -> Result<(Vec<(u32, f32)>, Vec<(u32, f32)>)> {
     let pool = req.pool.max(req.top_k * 3);
     let vec_hits = match req.query_vec {
         Some(q) => store.vector_search_in(
@@ -157,7 +158,7 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
             req.cube_id,
             q,
             req.vector_pool.max(req.top_k * 3),
-            &candidates,
+            candidates,
         )?,
         None => Vec::new(),
     };
@@ -169,42 +170,41 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
                 .collect(),
             pool,
         ),
-        None => store.bm25_search(txn, req.cube_id, req.query, pool, &candidates)?,
+        None => store.bm25_search(txn, req.cube_id, req.query, pool, candidates)?,
     };
+    Ok((vec_hits, lex_hits))
+}
 
-    use std::collections::HashMap;
+/// Fuses the two hit lists into one score per memory (RRF or convex, the session boost
+/// applied), from ids and vectors only, best first.
+fn fuse(
+    store: &Store,
+    txn: &RoTxn,
+    req: &SearchRequest,
+    vec_hits: &[(u32, f32)],
+    lex_hits: &[(u32, f32)],
+) -> Result<Vec<Scored>> {
+    #[derive(Default)]
     struct Acc {
         vec: Option<(usize, f32)>,
         lex: Option<(usize, f32)>,
     }
     let mut acc: HashMap<u32, Acc> = HashMap::new();
     for (rank, (id, s)) in vec_hits.iter().enumerate() {
-        acc.entry(*id)
-            .or_insert(Acc {
-                vec: None,
-                lex: None,
-            })
-            .vec = Some((rank, *s));
+        acc.entry(*id).or_default().vec = Some((rank, *s));
     }
     for (rank, (id, s)) in lex_hits.iter().enumerate() {
-        acc.entry(*id)
-            .or_insert(Acc {
-                vec: None,
-                lex: None,
-            })
-            .lex = Some((rank, *s));
+        acc.entry(*id).or_default().lex = Some((rank, *s));
     }
     let lex_max = lex_hits.first().map(|x| x.1).unwrap_or(0.0);
     let n_retrievers = (req.query_vec.is_some() as usize + 1) as f32;
-
-    // Score every candidate from ids and vectors only; decode records for the survivors.
     let session_ids = match req.session_id {
         Some(sess) if req.session_boost != 0.0 => {
             Some(store.field_ids(txn, req.cube_id, "session_id", sess)?)
         }
         _ => None,
     };
-    let mut scored: Vec<(u32, f32, Option<f32>, Option<f32>)> = Vec::with_capacity(acc.len());
+    let mut scored: Vec<Scored> = Vec::with_capacity(acc.len());
     for (id, a) in acc {
         // Exact cosine for items only the lexical retriever found.
         let cos = match (a.vec, req.query_vec) {
@@ -239,6 +239,25 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
         scored.push((id, score.clamp(0.0, 1.0), cos, a.lex.map(|x| x.1)));
     }
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(scored)
+}
+
+/// Runs a hybrid search.
+pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit>> {
+    if req.top_k == 0 {
+        return Ok(Vec::new());
+    }
+    let candidates = match (req.within, req.types) {
+        (Some(w), Some(types)) => store.type_ids(txn, req.cube_id, types)? & w,
+        (Some(w), None) => w.clone(),
+        (None, _) => store.candidates(txn, req.cube_id, req.types, req.filter)?,
+    };
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (vec_hits, lex_hits) = retrieve(store, txn, req, &candidates)?;
+    // Score every candidate from ids and vectors only; decode records for the survivors.
+    let mut scored = fuse(store, txn, req, &vec_hits, &lex_hits)?;
     if req.relativity > 0.0 {
         scored.retain(|h| h.1 >= req.relativity);
     }

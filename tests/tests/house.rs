@@ -1,6 +1,7 @@
 //! The house rules ARCHITECTURE.md states, checked on the workspace itself: which crate may know
 //! HTTP, one feature resolution for `cargo run` and `cargo test`, no import cycle between the
-//! modules of a crate, no crate holding most of the code.
+//! modules of a crate, no crate holding most of the code, one commit path, no function over 120
+//! lines, no JSON values in the engine's public API.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -345,5 +346,207 @@ fn no_write_transaction_outside_the_commit_path() {
     assert!(
         found.is_empty(),
         "write transactions outside the commit path: {found:#?}"
+    );
+}
+
+/// `src` with comments, string and character literals blanked (newlines kept), so the braces
+/// left are the code's own.
+fn code_only(src: &str) -> Vec<u8> {
+    let b = src.as_bytes();
+    let mut out = b.to_vec();
+    let blank = |out: &mut Vec<u8>, from: usize, to: usize| {
+        for c in &mut out[from..to.min(b.len())] {
+            if *c != b'\n' {
+                *c = b' ';
+            }
+        }
+    };
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &b[i..];
+        let ident_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if rest.starts_with(b"//") {
+            let end = rest
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p);
+            blank(&mut out, i, end);
+            i = end;
+        } else if rest.starts_with(b"/*") {
+            let (mut depth, mut j) = (0, i);
+            while j < b.len() {
+                if b[j..].starts_with(b"/*") {
+                    depth += 1;
+                    j += 2;
+                } else if b[j..].starts_with(b"*/") {
+                    depth -= 1;
+                    j += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            blank(&mut out, i, j);
+            i = j;
+        } else if !ident_before
+            && (rest.starts_with(b"r#") || rest.starts_with(b"r\"") || rest.starts_with(b"br"))
+            && rest
+                .iter()
+                .skip_while(|&&c| c == b'b' || c == b'r')
+                .find(|&&c| c != b'#')
+                == Some(&b'"')
+        {
+            let hashes = rest
+                .iter()
+                .skip_while(|&&c| c == b'b' || c == b'r')
+                .take_while(|&&c| c == b'#')
+                .count();
+            let open = rest.iter().position(|&c| c == b'"').unwrap_or(0) + 1;
+            let mut close = vec![b'"'];
+            close.extend(std::iter::repeat_n(b'#', hashes));
+            let end = b[i + open..]
+                .windows(close.len())
+                .position(|w| w == close.as_slice())
+                .map_or(b.len(), |p| i + open + p + close.len());
+            blank(&mut out, i, end);
+            i = end;
+        } else if b[i] == b'"' {
+            let mut j = i + 1;
+            while j < b.len() && b[j] != b'"' {
+                j += if b[j] == b'\\' { 2 } else { 1 };
+            }
+            blank(&mut out, i, j + 1);
+            i = j + 1;
+        } else if b[i] == b'\'' && rest.get(1) == Some(&b'\\') {
+            let end = b[i + 2..]
+                .iter()
+                .position(|&c| c == b'\'')
+                .map_or(b.len(), |p| i + 2 + p + 1);
+            blank(&mut out, i, end);
+            i = end;
+        } else if b[i] == b'\'' && rest.get(2) == Some(&b'\'') {
+            blank(&mut out, i, i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every `fn` item with a body in `src`: (first line, name, lines from its head to its
+/// closing brace).
+fn functions(src: &str) -> Vec<(usize, String, usize)> {
+    const QUALIFIERS: &[&str] = &["pub", "async", "const", "unsafe", "extern", "default"];
+    let code = code_only(src);
+    let text = String::from_utf8_lossy(&code).into_owned();
+    let mut starts = vec![0];
+    starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+    let mut out = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        let Some(at) = t.find("fn ") else { continue };
+        let qualified = t[..at]
+            .split_whitespace()
+            .all(|w| QUALIFIERS.contains(&w) || w.starts_with("pub("));
+        if !qualified || (at > 0 && !t[..at].ends_with(' ')) {
+            continue;
+        }
+        let name: String = t[at + 3..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let head = starts[ln] + (line.len() - t.len()) + at;
+        let Some(open) = text[head..].find(['{', ';']).map(|p| head + p) else {
+            continue;
+        };
+        if code[open] == b';' {
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut end = open;
+        for (j, &c) in code.iter().enumerate().skip(open) {
+            match c {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let last = text[..end].matches('\n').count();
+        out.push((ln + 1, name, last - ln + 1));
+    }
+    out
+}
+
+#[test]
+fn the_function_scanner_measures_bodies_not_strings_or_comments() {
+    let src = "fn short() {\n    let s = \"}}}{\"; // }\n    let c = '{';\n}\n\n/// fn fake() {\npub(crate) async fn long(x: u32) -> u32 {\n    /* { */\n    let r = r#\"{\"#;\n    x\n}\ntrait T { fn decl(&self); }\n";
+    let f = functions(src);
+    assert_eq!(
+        f,
+        vec![(1, "short".to_string(), 4), (7, "long".to_string(), 5)],
+        "{f:?}"
+    );
+}
+
+/// No function of the engine, the server, the binary or the benchmarks is over 120 lines
+/// (integration-test scenarios, which read as one story each, are not counted).
+#[test]
+fn no_function_over_120_lines() {
+    let meta = metadata();
+    let mut found = Vec::new();
+    let mut counted = 0;
+    for p in meta["packages"].as_array().unwrap() {
+        let root = Path::new(p["manifest_path"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        for dir in ["src", "benches"] {
+            for f in rust_files(&root.join(dir)) {
+                let text = std::fs::read_to_string(&f).unwrap();
+                for (line, name, n) in functions(&text) {
+                    counted += 1;
+                    if n > 120 {
+                        found.push(format!("{}:{line}: {name} is {n} lines", f.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(counted > 1000, "{counted} functions counted");
+    assert!(found.is_empty(), "functions over 120 lines: {found:#?}");
+}
+
+/// The engine's public API carries typed values, not `serde_json::Value` (MemOS JSON shapes
+/// belong to the server): no public item of `pipelines` names `Value`.
+#[test]
+fn no_json_value_in_the_engine_public_api() {
+    let meta = metadata();
+    let (_, src, _) = library_crates(&meta)
+        .into_iter()
+        .find(|(n, _, _)| n == "pipelines")
+        .unwrap();
+    let mut found = Vec::new();
+    for f in rust_files(&src) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            let public = t.starts_with("pub ") && !t.starts_with("pub(");
+            if public && t.contains("Value") {
+                found.push(format!("{}:{}: {}", f.display(), i + 1, t));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "serde_json::Value in public items: {found:#?}"
     );
 }

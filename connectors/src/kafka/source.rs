@@ -251,6 +251,171 @@ fn report_lag<I: Ingest>(consumer: &StreamConsumer<Ctx>, topic: &str, ingest: &I
     }
 }
 
+/// The group consumer: manual offset commits, range assignment (co-partitioned events and
+/// search requests), the rebalance context; records the events topic's partition count.
+fn group_consumer(
+    cfg: &KafkaConfig,
+    tracker: &Arc<Tracker>,
+    owner: &Arc<Ownership>,
+) -> Result<Arc<StreamConsumer<Ctx>>, ConnectorError> {
+    let ctx = Ctx {
+        tracker: tracker.clone(),
+        owner: owner.clone(),
+        events_topic: cfg.events_topic.clone(),
+    };
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
+        client_config(cfg)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
+            .create_with_context(ctx)?,
+    );
+    let md = consumer.fetch_metadata(Some(&cfg.events_topic), Duration::from_secs(10))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == cfg.events_topic)
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    owner.set_count(n);
+    Ok(consumer)
+}
+
+/// The acknowledger: takes outcomes in arrival order, marks their offsets done (dead letters
+/// are copied to the DLQ topic first); a failed batch stops it and reports through `fail`.
+fn spawn_acker<R>(
+    mut pending: mpsc::Receiver<Pending<R>>,
+    tracker: Arc<Tracker>,
+    producer: FutureProducer,
+    dlq: String,
+    fail: watch::Sender<Option<String>>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: std::future::Future<Output = Ack> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(p) = pending.recv().await {
+            let Pending {
+                topic,
+                partition,
+                offset,
+                payload,
+                rx,
+            } = p;
+            match rx.await {
+                Ack::Stored | Ack::Duplicate => {}
+                Ack::DeadLettered(reason) => {
+                    let pos = format!("{topic}/{partition}@{offset}");
+                    publish_dead_letter(&producer, &dlq, &payload, &pos, &reason).await;
+                }
+                Ack::Failed(reason) => {
+                    let _ = fail.send(Some(reason));
+                    break;
+                }
+            }
+            tracker.done(&topic, partition, offset);
+        }
+    })
+}
+
+/// Copies a dead letter to the DLQ topic with its reason, source and position as headers (the
+/// dead letter is in the store already; the topic copy is best effort).
+async fn publish_dead_letter(
+    producer: &FutureProducer,
+    dlq: &str,
+    payload: &[u8],
+    pos: &str,
+    reason: &str,
+) {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "memos-reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "memos-source",
+            value: Some("kafka"),
+        })
+        .insert(Header {
+            key: "memos-position",
+            value: Some(pos),
+        });
+    let rec = FutureRecord::<(), [u8]>::to(dlq)
+        .payload(payload)
+        .headers(headers);
+    if let Err((e, _)) = producer.send(rec, Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "publishing a dead letter to {dlq} failed");
+    }
+}
+
+/// A search request: answered on its own task, the reply published to the request's
+/// `reply-to` (only under `reply_topic_prefix`) or the responses topic, then its offset done.
+fn spawn_search_reply<S: Search>(
+    msg: &impl Message,
+    cfg: &KafkaConfig,
+    search: Arc<S>,
+    producer: FutureProducer,
+    tracker: Arc<Tracker>,
+) {
+    let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+    let call = SearchCall {
+        body: Bytes::copy_from_slice(msg.payload().unwrap_or(&[])),
+        authorization: header(msg, "authorization"),
+        deadline: header(msg, "timeout-ms")
+            .and_then(|t| t.parse::<u64>().ok())
+            // A deadline past what an Instant can hold is no deadline (never an overflow).
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
+        forwarded: header(msg, "memos-forwarded").is_some(),
+        scope: header(msg, "memos-principal"),
+    };
+    // Replies go only to topics under `reply_topic_prefix`: a request can never make the
+    // service write into another application's topic.
+    let asked = header(msg, "reply-to");
+    let refused = asked
+        .as_ref()
+        .filter(|t| !t.starts_with(&cfg.reply_topic_prefix))
+        .cloned();
+    let reply_to = asked
+        .filter(|_| refused.is_none())
+        .unwrap_or_else(|| cfg.search_responses_topic.clone());
+    let correlation = header(msg, "correlation-id");
+    let key = msg.key().map(|k| k.to_vec());
+    tokio::spawn(async move {
+        let reply = match (&correlation, &refused) {
+            (None, _) => error_reply(400, "a search request needs a correlation-id header"),
+            (Some(_), Some(t)) => error_reply(
+                400,
+                &format!("reply-to \"{t}\" is outside the reply topics (kafka.reply_topic_prefix)"),
+            ),
+            (Some(_), None) => search.search(call).await,
+        };
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        });
+        if let Some(c) = &correlation {
+            headers = headers.insert(Header {
+                key: "correlation-id",
+                value: Some(c.as_str()),
+            });
+        }
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&reply_to)
+            .payload(&reply[..])
+            .headers(headers);
+        if let Some(k) = &key {
+            rec = rec.key(&k[..]);
+        }
+        if let Err((e, _)) = producer.send(rec, Duration::from_secs(10)).await {
+            tracing::warn!(error = %e, topic = %reply_to, "publishing a search reply failed");
+        }
+        tracker.done(&topic, partition, offset);
+    });
+}
+
 /// Consumes events and search requests until `shutdown` turns true (finishing what is in
 /// flight and committing it), or a batch fails after its retries (returns
 /// [`ConnectorError::Failed`] without committing past it: a restart redelivers from there).
@@ -269,32 +434,7 @@ pub async fn run<I: Ingest, S: Search>(
         .set("message.timeout.ms", "30000")
         .create()?;
     let tracker = Arc::new(Tracker::default());
-    let ctx = Ctx {
-        tracker: tracker.clone(),
-        owner: owner.clone(),
-        events_topic: cfg.events_topic.clone(),
-    };
-    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
-        client_config(&cfg)
-            .set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
-            .create_with_context(ctx)?,
-    );
-    {
-        let md = consumer.fetch_metadata(Some(&cfg.events_topic), Duration::from_secs(10))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == cfg.events_topic)
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
-        owner.set_count(n);
-    }
+    let consumer = group_consumer(&cfg, &tracker, &owner)?;
     let mut topics = vec![cfg.events_topic.as_str()];
     if cfg.serve_search {
         topics.push(cfg.search_requests_topic.as_str());
@@ -303,53 +443,15 @@ pub async fn run<I: Ingest, S: Search>(
     tracing::info!(brokers = %cfg.brokers, group = %cfg.group_id, topics = ?topics, "kafka source started");
     ingest.connected("kafka", true);
     let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
-
-    // The acknowledger: outcomes in arrival order; dead letters go to the DLQ topic.
-    let (pending_tx, mut pending_rx) =
-        mpsc::channel::<Pending<I::Receipt>>(cfg.max_in_flight.max(1));
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending<I::Receipt>>(cfg.max_in_flight.max(1));
     let (fail_tx, mut fail_rx) = watch::channel::<Option<String>>(None);
-    let acker = {
-        let tracker = tracker.clone();
-        let producer = producer.clone();
-        let dlq = cfg.dlq_topic.clone();
-        tokio::spawn(async move {
-            while let Some(p) = pending_rx.recv().await {
-                let ack = p.rx.await;
-                match ack {
-                    Ack::Stored | Ack::Duplicate => tracker.done(&p.topic, p.partition, p.offset),
-                    Ack::DeadLettered(reason) => {
-                        let pos = format!("{}/{}@{}", p.topic, p.partition, p.offset);
-                        let headers = OwnedHeaders::new()
-                            .insert(Header {
-                                key: "memos-reason",
-                                value: Some(reason.as_str()),
-                            })
-                            .insert(Header {
-                                key: "memos-source",
-                                value: Some("kafka"),
-                            })
-                            .insert(Header {
-                                key: "memos-position",
-                                value: Some(pos.as_str()),
-                            });
-                        let rec = FutureRecord::<(), [u8]>::to(&dlq)
-                            .payload(&p.payload[..])
-                            .headers(headers);
-                        if let Err((e, _)) = producer.send(rec, Duration::from_secs(10)).await {
-                            // The dead letter is in the store already; the topic copy is
-                            // best effort.
-                            tracing::warn!(error = %e, "publishing a dead letter to {dlq} failed");
-                        }
-                        tracker.done(&p.topic, p.partition, p.offset);
-                    }
-                    Ack::Failed(reason) => {
-                        let _ = fail_tx.send(Some(reason));
-                        break;
-                    }
-                }
-            }
-        })
-    };
+    let acker = spawn_acker(
+        pending_rx,
+        tracker.clone(),
+        producer.clone(),
+        cfg.dlq_topic.clone(),
+        fail_tx,
+    );
     let mut commit_tick =
         tokio::time::interval(Duration::from_millis(cfg.commit_interval_ms.max(10)));
     // Where the store says each partition resumes (written with the committed batches); a
@@ -386,74 +488,37 @@ pub async fn run<I: Ingest, S: Search>(
                     }
                 };
                 let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-                let payload = Bytes::copy_from_slice(msg.payload().unwrap_or(&[]));
                 tracker.start(&topic, partition, offset);
-                if topic == cfg.events_topic {
-                    let key = format!("kafka/{topic}/{partition}");
-                    let from = *resume.entry((topic.clone(), partition)).or_insert_with(|| {
-                        ingest
-                            .resume_position(&key)
-                            .and_then(|p| p.parse::<i64>().ok())
-                            .unwrap_or(-1)
-                    });
-                    if offset < from {
-                        tracker.done(&topic, partition, offset);
-                        continue;
-                    }
-                    let d = Delivery {
-                        payload: payload.clone(),
-                        source: "kafka",
-                        position: Some((key, (offset + 1).to_string())),
-                        // The message key is the cube id (it picks the partition, and so the
-                        // process that owns the cube); a keyed event of another cube is refused.
-                        cube: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    };
-                    let rx = match ingest.submit(d).await {
-                        Ok(rx) => rx,
-                        Err(e) => break Err(e),
-                    };
-                    if pending_tx.send(Pending { topic, partition, offset, payload, rx }).await.is_err() {
-                        break Err(ConnectorError::Pipeline("the acknowledger stopped".into()));
-                    }
-                } else {
-                    let call = SearchCall {
-                        body: payload,
-                        authorization: header(&msg, "authorization"),
-                        deadline: header(&msg, "timeout-ms")
-                            .and_then(|t| t.parse::<u64>().ok())
-                            // A deadline past what an Instant can hold is no deadline (never an overflow).
-                        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
-                        forwarded: header(&msg, "memos-forwarded").is_some(),
-                        scope: header(&msg, "memos-principal"),
-                    };
-                    // Replies go only to topics under `reply_topic_prefix`: a request can never
-                    // make the service write into another application's topic.
-                    let asked = header(&msg, "reply-to");
-                    let refused = asked.as_ref().filter(|t| !t.starts_with(&cfg.reply_topic_prefix)).cloned();
-                    let reply_to = asked.filter(|_| refused.is_none()).unwrap_or_else(|| cfg.search_responses_topic.clone());
-                    let correlation = header(&msg, "correlation-id");
-                    let key = msg.key().map(|k| k.to_vec());
-                    let (search, producer, tracker) = (search.clone(), producer.clone(), tracker.clone());
-                    tokio::spawn(async move {
-                        let reply = match (&correlation, &refused) {
-                            (None, _) => error_reply(400, "a search request needs a correlation-id header"),
-                            (Some(_), Some(t)) => error_reply(400, &format!("reply-to \"{t}\" is outside the reply topics (kafka.reply_topic_prefix)")),
-                            (Some(_), None) => search.search(call).await,
-                        };
-                        let mut headers = OwnedHeaders::new()
-                            .insert(Header { key: "content-type", value: Some("application/json") });
-                        if let Some(c) = &correlation {
-                            headers = headers.insert(Header { key: "correlation-id", value: Some(c.as_str()) });
-                        }
-                        let mut rec = FutureRecord::<[u8], [u8]>::to(&reply_to).payload(&reply[..]).headers(headers);
-                        if let Some(k) = &key {
-                            rec = rec.key(&k[..]);
-                        }
-                        if let Err((e, _)) = producer.send(rec, Duration::from_secs(10)).await {
-                            tracing::warn!(error = %e, topic = %reply_to, "publishing a search reply failed");
-                        }
-                        tracker.done(&topic, partition, offset);
-                    });
+                if topic != cfg.events_topic {
+                    spawn_search_reply(&msg, &cfg, search.clone(), producer.clone(), tracker.clone());
+                    continue;
+                }
+                let key = format!("kafka/{topic}/{partition}");
+                let from = *resume.entry((topic.clone(), partition)).or_insert_with(|| {
+                    ingest
+                        .resume_position(&key)
+                        .and_then(|p| p.parse::<i64>().ok())
+                        .unwrap_or(-1)
+                });
+                if offset < from {
+                    tracker.done(&topic, partition, offset);
+                    continue;
+                }
+                let payload = Bytes::copy_from_slice(msg.payload().unwrap_or(&[]));
+                let d = Delivery {
+                    payload: payload.clone(),
+                    source: "kafka",
+                    position: Some((key, (offset + 1).to_string())),
+                    // The message key is the cube id (it picks the partition, and so the
+                    // process that owns the cube); a keyed event of another cube is refused.
+                    cube: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                };
+                let rx = match ingest.submit(d).await {
+                    Ok(rx) => rx,
+                    Err(e) => break Err(e),
+                };
+                if pending_tx.send(Pending { topic, partition, offset, payload, rx }).await.is_err() {
+                    break Err(ConnectorError::Pipeline("the acknowledger stopped".into()));
                 }
             }
         }

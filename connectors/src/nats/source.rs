@@ -53,18 +53,18 @@ async fn dead_letter(
     }
 }
 
-/// Consumes JetStream and core events and answers searches until `shutdown` turns true
-/// (finishing and acknowledging what is in flight), or a batch fails after its retries (its
-/// messages are nak'ed for redelivery and [`ConnectorError::Failed`] is returned).
-pub async fn run<I: Ingest, S: Search>(
-    cfg: NatsConfig,
-    ingest: Arc<I>,
-    search: Arc<S>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ConnectorError> {
-    let client = async_nats::connect(&cfg.url)
-        .await
-        .map_err(ConnectorError::nats)?;
+/// The JetStream pull consumer (stream and durable consumer created when missing) and its
+/// message stream.
+async fn jetstream_messages(
+    client: &async_nats::Client,
+    cfg: &NatsConfig,
+) -> Result<
+    (
+        jetstream::consumer::PullConsumer,
+        jetstream::consumer::pull::Stream,
+    ),
+    ConnectorError,
+> {
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
@@ -87,12 +87,111 @@ pub async fn run<I: Ingest, S: Search>(
         )
         .await
         .map_err(ConnectorError::nats)?;
-    let mut messages = consumer
+    let messages = consumer
         .stream()
         .max_messages_per_batch(cfg.fetch_batch.max(1))
         .messages()
         .await
         .map_err(ConnectorError::nats)?;
+    Ok((consumer, messages))
+}
+
+/// The acknowledger: takes outcomes in arrival order; acks JetStream messages once stored or
+/// dead-lettered (dead letters are copied to the DLQ subject), naks them after a failed batch
+/// (and everything after it), and reports the first failure through `fail`.
+fn spawn_acker<R>(
+    mut pending: mpsc::Receiver<Pending<R>>,
+    client: async_nats::Client,
+    dlq: String,
+    fail: watch::Sender<Option<String>>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: std::future::Future<Output = Ack> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut failed = false;
+        while let Some(p) = pending.recv().await {
+            let ack = if failed {
+                Ack::Failed("an earlier batch failed".into())
+            } else {
+                p.rx.await
+            };
+            let source = match p.acker {
+                Acker::Js(_) => "nats",
+                Acker::Core => "nats-core",
+            };
+            let done = match &ack {
+                Ack::Stored | Ack::Duplicate => true,
+                Ack::DeadLettered(reason) => {
+                    let pos = p.position.clone().unwrap_or_else(|| p.subject.clone());
+                    dead_letter(&client, &dlq, reason, source, &pos, p.payload.clone()).await;
+                    true
+                }
+                Ack::Failed(reason) => {
+                    if !failed {
+                        let _ = fail.send(Some(reason.clone()));
+                    }
+                    failed = true;
+                    false
+                }
+            };
+            if let Acker::Js(m) = p.acker {
+                let r = if done {
+                    m.ack().await
+                } else {
+                    m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                };
+                if let Err(e) = r {
+                    // Not acknowledged: JetStream redelivers after ack_wait and the event id
+                    // makes the redelivery a no-op.
+                    tracing::warn!(error = %e, "jetstream ack failed");
+                }
+            }
+        }
+    })
+}
+
+/// A search request: answered on its own task, the reply published to its reply subject.
+fn spawn_search_reply<S: Search>(
+    m: async_nats::Message,
+    search: Arc<S>,
+    client: async_nats::Client,
+) {
+    let Some(reply) = m.reply.clone() else {
+        tracing::warn!("a search request without a reply subject was ignored (use request-reply)");
+        return;
+    };
+    let call = SearchCall {
+        body: m.payload.clone(),
+        authorization: header(m.headers.as_ref(), "authorization"),
+        deadline: header(m.headers.as_ref(), "timeout-ms")
+            .and_then(|t| t.parse::<u64>().ok())
+            // A deadline past what an Instant can hold is no deadline (never an overflow).
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
+        forwarded: false,
+        scope: None,
+    };
+    tokio::spawn(async move {
+        let out = search.search(call).await;
+        if let Err(e) = client.publish(reply, out).await {
+            tracing::warn!(error = %e, "publishing a search reply failed");
+        }
+    });
+}
+
+/// Consumes JetStream and core events and answers searches until `shutdown` turns true
+/// (finishing and acknowledging what is in flight), or a batch fails after its retries (its
+/// messages are nak'ed for redelivery and [`ConnectorError::Failed`] is returned).
+pub async fn run<I: Ingest, S: Search>(
+    cfg: NatsConfig,
+    ingest: Arc<I>,
+    search: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectorError> {
+    let client = async_nats::connect(&cfg.url)
+        .await
+        .map_err(ConnectorError::nats)?;
+    let (consumer, mut messages) = jetstream_messages(&client, &cfg).await?;
     let mut core = client
         .subscribe(cfg.core_subject.clone())
         .await
@@ -110,55 +209,9 @@ pub async fn run<I: Ingest, S: Search>(
     tracing::info!(url = %cfg.url, stream = %cfg.stream, durable = %cfg.durable, "nats source started");
     ingest.connected("nats", true);
     let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
-
-    let (pending_tx, mut pending_rx) =
-        mpsc::channel::<Pending<I::Receipt>>(cfg.max_in_flight.max(1));
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending<I::Receipt>>(cfg.max_in_flight.max(1));
     let (fail_tx, mut fail_rx) = watch::channel::<Option<String>>(None);
-    let acker = {
-        let client = client.clone();
-        let dlq = cfg.dlq_subject.clone();
-        tokio::spawn(async move {
-            let mut failed = false;
-            while let Some(p) = pending_rx.recv().await {
-                let ack = if failed {
-                    Ack::Failed("an earlier batch failed".into())
-                } else {
-                    p.rx.await
-                };
-                let source = match p.acker {
-                    Acker::Js(_) => "nats",
-                    Acker::Core => "nats-core",
-                };
-                let done = match &ack {
-                    Ack::Stored | Ack::Duplicate => true,
-                    Ack::DeadLettered(reason) => {
-                        let pos = p.position.clone().unwrap_or_else(|| p.subject.clone());
-                        dead_letter(&client, &dlq, reason, source, &pos, p.payload.clone()).await;
-                        true
-                    }
-                    Ack::Failed(reason) => {
-                        if !failed {
-                            let _ = fail_tx.send(Some(reason.clone()));
-                        }
-                        failed = true;
-                        false
-                    }
-                };
-                if let Acker::Js(m) = p.acker {
-                    let r = if done {
-                        m.ack().await
-                    } else {
-                        m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
-                    };
-                    if let Err(e) = r {
-                        // Not acknowledged: JetStream redelivers after ack_wait and the
-                        // event id makes the redelivery a no-op.
-                        tracing::warn!(error = %e, "jetstream ack failed");
-                    }
-                }
-            }
-        })
-    };
+    let acker = spawn_acker(pending_rx, client.clone(), cfg.dlq_subject.clone(), fail_tx);
     let result = loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -212,27 +265,7 @@ pub async fn run<I: Ingest, S: Search>(
             }
             m = async { match searches.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
                 let Some(m) = m else { break Err(ConnectorError::Nats("the search subscription ended".into())) };
-                let Some(reply) = m.reply.clone() else {
-                    tracing::warn!("a search request without a reply subject was ignored (use request-reply)");
-                    continue;
-                };
-                let call = SearchCall {
-                    body: m.payload.clone(),
-                    authorization: header(m.headers.as_ref(), "authorization"),
-                    deadline: header(m.headers.as_ref(), "timeout-ms")
-                        .and_then(|t| t.parse::<u64>().ok())
-                        // A deadline past what an Instant can hold is no deadline (never an overflow).
-                        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
-                    forwarded: false,
-                    scope: None,
-                };
-                let (search, client) = (search.clone(), client.clone());
-                tokio::spawn(async move {
-                    let out = search.search(call).await;
-                    if let Err(e) = client.publish(reply, out).await {
-                        tracing::warn!(error = %e, "publishing a search reply failed");
-                    }
-                });
+                spawn_search_reply(m, search.clone(), client.clone());
             }
         }
     };
