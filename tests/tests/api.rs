@@ -40,6 +40,17 @@ async fn product_endpoints_happy_paths_and_errors() {
     cfg.limits.max_export = 5;
     let s = tests::Server::start(cfg).await;
 
+    let osaka = adds_in_every_format(&s).await;
+    let osaka_type = get_and_search(&s, &osaka).await;
+    exports_and_lookups(&s, &osaka).await;
+    get_all_and_feedback(&s, &osaka).await;
+    cubes_and_scheduler(&s).await;
+    deletes_and_routes(&s, &osaka, &osaka_type).await;
+    s.stop().await;
+}
+
+/// Adds in every message format; returns the id of the Osaka memory.
+async fn adds_in_every_format(s: &tests::Server) -> String {
     // add: sync, fan-out to two cubes, tags, info, session; every message format of §1.4.
     let (st, b) = s.post("/product/add", json!({
         "user_id": "alice", "writable_cube_ids": ["a1", "a2", "a1"], "session_id": "s1", "async_mode": "sync",
@@ -85,7 +96,11 @@ async fn product_endpoints_happy_paths_and_errors() {
         )
         .await;
     assert_eq!(st, 200, "{b}");
+    osaka
+}
 
+/// get_memory and search with every field; returns the Osaka memory's type.
+async fn get_and_search(s: &tests::Server, osaka: &str) -> String {
     // get_memory/{id}: MemOS item with tags, info, session.
     let (st, b) = s.get(&format!("/product/get_memory/{osaka}")).await;
     assert_eq!(st, 200, "{b}");
@@ -190,7 +205,10 @@ async fn product_endpoints_happy_paths_and_errors() {
     assert_eq!(st, 400, "{b}");
     let (st, _) = s.post("/product/search", json!({"user_id": "alice"})).await;
     assert_eq!(st, 400);
+    osaka_type
+}
 
+async fn exports_and_lookups(s: &tests::Server, osaka: &str) {
     // get_memory: paginated export per bucket; page/page_size both or neither.
     let (st, b) = s
         .post(
@@ -274,7 +292,9 @@ async fn product_endpoints_happy_paths_and_errors() {
         .post("/product/get_memory_by_ids", json!({"ids": [osaka]}))
         .await;
     assert_eq!(st, 400);
+}
 
+async fn get_all_and_feedback(s: &tests::Server, osaka: &str) {
     // get_all: a tree per cube; with search_query, the relevant part; other memory types empty.
     let (st, b) = s
         .post(
@@ -335,7 +355,7 @@ async fn product_endpoints_happy_paths_and_errors() {
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["data"][0]["status"], "processed");
     let up = &b["data"][0]["record"]["update"][0];
-    assert_eq!(up["archived_id"], osaka.as_str(), "{b}");
+    assert_eq!(up["archived_id"], osaka, "{b}");
     assert!(
         up["text"].as_str().unwrap().contains("Osaka for May"),
         "{b}"
@@ -349,7 +369,7 @@ async fn product_endpoints_happy_paths_and_errors() {
         .await;
     assert_eq!(st, 200, "{b}");
     let task = b["task_id"].as_str().unwrap().to_string();
-    assert_eq!(wait_task(&s, None, &task).await["status"], "completed");
+    assert_eq!(wait_task(s, None, &task).await["status"], "completed");
     let (st, b) = s.post("/product/add", json!({"user_id": "alice", "writable_cube_ids": ["a1"], "is_feedback": true,
         "async_mode": "sync", "chat_history": [{"role": "user", "content": "Book it"}, {"role": "assistant", "content": "Done"}],
         "messages": [{"role": "user", "content": "That was the wrong date."}]})).await;
@@ -359,7 +379,7 @@ async fn product_endpoints_happy_paths_and_errors() {
         s.memos.store.feedback(&txn, "a1").unwrap()
     };
     assert_eq!(fb.len(), 3, "{fb:?}");
-    assert_eq!(fb[0].retrieved_memory_ids, vec![osaka.clone()]);
+    assert_eq!(fb[0].retrieved_memory_ids, vec![osaka.to_string()]);
     assert!(
         fb.iter()
             .any(|f| f.feedback_content == "That was the wrong date."
@@ -373,7 +393,9 @@ async fn product_endpoints_happy_paths_and_errors() {
         .await;
     assert_eq!(st, 400);
     assert!(b["message"].as_str().unwrap().contains("feedback_content"));
+}
 
+async fn cubes_and_scheduler(s: &tests::Server) {
     // create_cube / exist_mem_cube_id.
     let (st, b) = s
         .post(
@@ -462,7 +484,9 @@ async fn product_endpoints_happy_paths_and_errors() {
         )
         .await;
     assert_eq!(st, 400);
+}
 
+async fn deletes_and_routes(s: &tests::Server, osaka: &str, osaka_type: &str) {
     // delete_memory: exactly one mode; unknown ids are a 404 and nothing is deleted; the
     // quick constraints merge into the filter, and a conflicting one is refused.
     let (st, b) = s
@@ -546,7 +570,6 @@ async fn product_endpoints_happy_paths_and_errors() {
     let (st, b) = s.get("/product/nothing").await;
     assert_eq!(st, 404);
     assert!(b["message"].as_str().unwrap().contains("/product/nothing"));
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,9 +578,15 @@ async fn cloud_api_with_keys() {
     let mut cfg = tests::config(dir.path());
     cfg.auth.keys = vec![server::auth::KeyConfig::full("sdk", "mpg-test-key")];
     let s = tests::Server::start(cfg).await;
+    cloud_auth_and_add(&s).await;
+    let id = cloud_search_get_and_feedback(&s).await;
+    cloud_knowledge_bases_and_deletes(&s, &id).await;
+    s.stop().await;
+}
+
+async fn cloud_auth_and_add(s: &tests::Server) {
     let k = "mpg-test-key";
     let base = "/api/openmem/v1";
-
     // Auth: none, wrong, unknown scheme → 401; Token and Bearer work; /health stays open.
     let (st, b) = s
         .call(
@@ -638,7 +667,12 @@ async fn cloud_api_with_keys() {
         .await;
     assert_eq!(st, 400);
     assert!(b["message"].as_str().unwrap().contains("messages"));
+}
 
+/// Cloud search, paged get and feedback; returns the id of a memory it read.
+async fn cloud_search_get_and_feedback(s: &tests::Server) -> String {
+    let k = "mpg-test-key";
+    let base = "/api/openmem/v1";
     // search/memory: the cloud lists and item fields.
     let (st, b) = s.post_as(k, &format!("{base}/search/memory"), json!({"query": "How old is Mia turning?", "user_id": "u1",
         "conversation_id": "c1", "memory_limit_number": 3, "include_preference": true, "preference_limit_number": 2,
@@ -730,7 +764,12 @@ async fn cloud_api_with_keys() {
         .post_as(k, &format!("{base}/add/feedback"), json!({"user_id": "u1"}))
         .await;
     assert_eq!(st, 400);
+    id
+}
 
+async fn cloud_knowledge_bases_and_deletes(s: &tests::Server, id: &str) {
+    let k = "mpg-test-key";
+    let base = "/api/openmem/v1";
     // Knowledge bases: real cubes, searchable with knowledgebase_ids, deleted with their memories.
     let (st, b) = s
         .post_as(
@@ -872,7 +911,6 @@ async fn cloud_api_with_keys() {
         )
         .await;
     assert_eq!(st, 400);
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -881,8 +919,33 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     let mut cfg = tests::config(dir.path());
     cfg.auth.master_key = "master-secret".into();
     let s = tests::Server::start(cfg).await;
-    let m = "master-secret";
+    let t = admin_and_tenant_writes(&s).await;
+    no_read_or_task_crosses_over(&s, &t).await;
+    no_delete_crosses_over(&s, &t).await;
+    read_only_rate_limit_and_revocation(s, &t).await;
+}
 
+/// A tenant's sync add of `text` into `cube`.
+fn add(cube: &str, text: &str) -> Value {
+    json!({"user_id": "shared-user", "writable_cube_ids": [cube], "async_mode": "sync",
+    "messages": [{"role": "user", "content": text}]})
+}
+
+/// A tenant's search of `cube`.
+fn search(cube: &str) -> Value {
+    json!({"query": "launch code word", "user_id": "shared-user", "readable_cube_ids": [cube]})
+}
+
+/// The two tenants' keys (key, id) and one memory id of each.
+struct Tenants {
+    keys: Vec<(String, String)>,
+    a_id: String,
+    b_id: String,
+}
+
+/// Admin creates two scoped keys; each tenant writes its own cube and only that.
+async fn admin_and_tenant_writes(s: &tests::Server) -> Tenants {
+    let m = "master-secret";
     // Admin: two scoped keys; a non-admin key cannot use /admin.
     let mut keys = Vec::new();
     for (name, pat) in [("team-a", "a-*"), ("team-b", "b-*")] {
@@ -917,10 +980,6 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert!(b["data"][0].get("key").is_none() && !b.to_string().contains(&ka));
 
     // Each tenant writes its own cube; writing the other's is a 403.
-    let add = |cube: &str, text: &str| {
-        json!({"user_id": "shared-user", "writable_cube_ids": [cube], "async_mode": "sync",
-        "messages": [{"role": "user", "content": text}]})
-    };
     let (st, b) = s
         .post_as(
             &ka,
@@ -961,33 +1020,37 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
         )
         .await;
     assert_eq!(st, 403);
+    Tenants { keys, a_id, b_id }
+}
 
+async fn no_read_or_task_crosses_over(s: &tests::Server, t: &Tenants) {
+    let (ka, kb) = (&t.keys[0].0, &t.keys[1].0);
+    let (a_id, b_id) = (&t.a_id, &t.b_id);
     // No read crosses over, on any endpoint.
-    let search = |cube: &str| json!({"query": "launch code word", "user_id": "shared-user", "readable_cube_ids": [cube]});
-    let (st, b) = s.post_as(&ka, "/product/search", search("a-1")).await;
+    let (st, b) = s.post_as(ka, "/product/search", search("a-1")).await;
     assert_eq!(st, 200);
     assert!(!b.to_string().contains("walrus") && b.to_string().contains("pelican"));
-    let (st, _) = s.post_as(&ka, "/product/search", search("b-1")).await;
+    let (st, _) = s.post_as(ka, "/product/search", search("b-1")).await;
     assert_eq!(st, 403);
-    let (st, _) = s.post_as(&ka, "/product/search", json!({"query": "launch", "user_id": "shared-user", "readable_cube_ids": ["a-1", "b-1"]})).await;
+    let (st, _) = s.post_as(ka, "/product/search", json!({"query": "launch", "user_id": "shared-user", "readable_cube_ids": ["a-1", "b-1"]})).await;
     assert_eq!(st, 403);
-    let (st, _) = s.get_as(&ka, &format!("/product/get_memory/{b_id}")).await;
+    let (st, _) = s.get_as(ka, &format!("/product/get_memory/{b_id}")).await;
     assert_eq!(st, 404);
-    let (st, _) = s.get_as(&kb, &format!("/product/get_memory/{b_id}")).await;
+    let (st, _) = s.get_as(kb, &format!("/product/get_memory/{b_id}")).await;
     assert_eq!(st, 200);
     let (st, b) = s
-        .post_as(&ka, "/product/get_memory_by_ids", json!([a_id, b_id]))
+        .post_as(ka, "/product/get_memory_by_ids", json!([a_id, b_id]))
         .await;
     assert_eq!(st, 200);
     assert_eq!(b["data"]["memories"].as_array().unwrap().len(), 1);
     assert_eq!(b["data"]["not_found"], json!([b_id]));
     let (st, _) = s
-        .post_as(&ka, "/product/get_memory", json!({"mem_cube_id": "b-1"}))
+        .post_as(ka, "/product/get_memory", json!({"mem_cube_id": "b-1"}))
         .await;
     assert_eq!(st, 403);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/product/get_all",
             json!({"memory_type": "text_mem", "mem_cube_ids": ["b-1"]}),
         )
@@ -995,7 +1058,7 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 403);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/product/exist_mem_cube_id",
             json!({"mem_cube_id": "b-1"}),
         )
@@ -1003,7 +1066,7 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 403);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/api/openmem/v1/search/memory",
             json!({"query": "launch", "user_id": "b-1"}),
         )
@@ -1011,43 +1074,39 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 403);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/api/openmem/v1/search/memory",
             json!({"query": "launch", "user_id": "a-1", "knowledgebase_ids": ["b-1"]}),
         )
         .await;
     assert_eq!(st, 403);
     let (st, _) = s
-        .post_as(&ka, "/api/openmem/v1/get/memory", json!({"user_id": "b-1"}))
+        .post_as(ka, "/api/openmem/v1/get/memory", json!({"user_id": "b-1"}))
         .await;
     assert_eq!(st, 403);
     let (st, _) = s
-        .get_as(&ka, &format!("/api/openmem/v1/get/memory/{b_id}"))
+        .get_as(ka, &format!("/api/openmem/v1/get/memory/{b_id}"))
         .await;
     assert_eq!(st, 404);
     // Tasks of the other tenant are invisible.
     let (_, b) = s
         .post_as(
-            &kb,
+            kb,
             "/product/add",
             json!({"user_id": "shared-user", "writable_cube_ids": ["b-1"], "messages": "B async."}),
         )
         .await;
     let b_task = b["task_id"].as_str().unwrap().to_string();
     let (st, _) = s
-        .get_as(&ka, &format!("/product/scheduler/status?task_id={b_task}"))
+        .get_as(ka, &format!("/product/scheduler/status?task_id={b_task}"))
         .await;
     assert_eq!(st, 404);
     let (st, _) = s
-        .post_as(
-            &ka,
-            "/api/openmem/v1/get/status",
-            json!({"task_id": b_task}),
-        )
+        .post_as(ka, "/api/openmem/v1/get/status", json!({"task_id": b_task}))
         .await;
     assert_eq!(st, 404);
     let (_, b) = s
-        .get_as(&ka, "/product/scheduler/status?user_id=shared-user")
+        .get_as(ka, "/product/scheduler/status?user_id=shared-user")
         .await;
     assert!(
         b["data"]
@@ -1056,17 +1115,21 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
             .iter()
             .all(|t| t["task_id"] != b_task.as_str())
     );
-    wait_task(&s, Some(&kb), &b_task).await;
+    wait_task(s, Some(kb), &b_task).await;
+}
 
+async fn no_delete_crosses_over(s: &tests::Server, t: &Tenants) {
+    let (ka, kb) = (&t.keys[0].0, &t.keys[1].0);
+    let (a_id, b_id) = (&t.a_id, &t.b_id);
     // No delete crosses over: by id (404, nothing deleted), by filter/user without cubes (only
     // the caller's cubes), by named cube (403), knowledge bases (403), cloud deletes.
     let (st, _) = s
-        .post_as(&ka, "/product/delete_memory", json!({"memory_ids": [b_id]}))
+        .post_as(ka, "/product/delete_memory", json!({"memory_ids": [b_id]}))
         .await;
     assert_eq!(st, 404);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/product/delete_memory",
             json!({"writable_cube_ids": ["b-1"], "user_id": "shared-user"}),
         )
@@ -1074,7 +1137,7 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 403);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/api/openmem/v1/delete/memory",
             json!({"memory_ids": [b_id]}),
         )
@@ -1082,7 +1145,7 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 404);
     let (st, b) = s
         .post_as(
-            &ka,
+            ka,
             "/api/openmem/v1/delete/memory",
             json!({"user_id": "shared-user"}),
         )
@@ -1090,19 +1153,19 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 200, "{b}");
     let (st, b) = s
         .post_as(
-            &ka,
+            ka,
             "/product/delete_memory",
             json!({"filter": {"memory_type": "LongTermMemory"}}),
         )
         .await;
     assert_eq!(st, 200, "{b}");
-    let (st, b) = s.get_as(&kb, &format!("/product/get_memory/{b_id}")).await;
+    let (st, b) = s.get_as(kb, &format!("/product/get_memory/{b_id}")).await;
     assert_eq!(st, 200, "B's memory survived A's deletes: {b}");
-    let (st, _) = s.get_as(&ka, &format!("/product/get_memory/{a_id}")).await;
+    let (st, _) = s.get_as(ka, &format!("/product/get_memory/{a_id}")).await;
     assert_eq!(st, 404, "A's own delete by user removed its memory");
     let (st, b) = s
         .post_as(
-            &kb,
+            kb,
             "/api/openmem/v1/create/knowledgebase",
             json!({"knowledgebase_name": "B docs"}),
         )
@@ -1112,7 +1175,7 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert!(b_kb.starts_with("b-kb-"), "{b_kb}");
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/api/openmem/v1/delete/knowledgebase",
             json!({"knowledgebase_id": b_kb}),
         )
@@ -1120,13 +1183,21 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
     assert_eq!(st, 403);
     let (st, _) = s
         .post_as(
-            &ka,
+            ka,
             "/api/openmem/v1/add/knowledgebase-file",
             json!({"knowledgebase_id": b_kb, "file": [{"content": "x"}]}),
         )
         .await;
     assert_eq!(st, 403);
+}
 
+/// Read-only and rate-limited keys; revocation, and keys after a restart (takes the server:
+/// it restarts it).
+async fn read_only_rate_limit_and_revocation(s: tests::Server, t: &Tenants) {
+    let m = "master-secret";
+    let keys = &t.keys;
+    let (ka, kb) = (&t.keys[0].0, &t.keys[1].0);
+    let b_id = &t.b_id;
     // Read-only key: reads work, writes are 403.
     let (_, b) = s
         .post_as(
@@ -1200,22 +1271,21 @@ async fn keys_scopes_admin_rate_limits_and_tenant_isolation() {
         )
         .await;
     assert_eq!(st, 200);
-    let (st, _) = s.post_as(&kb, "/product/search", search("b-1")).await;
+    let (st, _) = s.post_as(kb, "/product/search", search("b-1")).await;
     assert_eq!(st, 401);
     let (st, _) = s.call("DELETE", "/admin/keys/nope", Some(m), None).await;
     assert_eq!(st, 404);
     let cfg = s.memos.cfg.clone();
     s.stop().await;
     let s = tests::Server::start(cfg).await;
-    let (st, _) = s.post_as(&ka, "/product/search", search("a-1")).await;
+    let (st, _) = s.post_as(ka, "/product/search", search("a-1")).await;
     assert_eq!(st, 200, "created key works after restart");
-    let (st, _) = s.post_as(&kb, "/product/search", search("b-1")).await;
+    let (st, _) = s.post_as(kb, "/product/search", search("b-1")).await;
     assert_eq!(st, 401, "revoked key stays revoked");
     let (st, _) = s
         .call("POST", "/product/search", None, Some(search("a-1")))
         .await;
     assert_eq!(st, 401);
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
