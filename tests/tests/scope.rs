@@ -154,11 +154,22 @@ fn text(r: &CallToolResult) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_interface() {
-    let w = world().await;
+    let mut w = world().await;
+
+    rest_sees_only_its_users(&w).await;
+    cloud_sees_only_its_users(&w).await;
+    let alices = sql_sees_only_its_users(&w).await;
+    pgwire_sees_only_its_users(&mut w).await;
+    mcp_sees_only_its_users(&w, alices).await;
+    nats_search_sees_only_its_users(&w).await;
+    kafka_search_sees_only_its_users(&w).await;
+    w.s.stop().await;
+}
+
+async fn rest_sees_only_its_users(w: &World) {
     let s = &w.s;
     let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     let unknown = "00000000-0000-5000-8000-000000000000";
-
     // ---- REST (/product) ----
     // Search: alice's own memory is found; bob's (same cube) never, even when asked for.
     let (st, b) = s
@@ -326,7 +337,11 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
         .await;
     assert_eq!(st, 200, "{b}");
     assert_no_leak("REST tool_stats", &b, &others);
+}
 
+async fn cloud_sees_only_its_users(w: &World) {
+    let s = &w.s;
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // ---- Cloud shapes (/api/openmem/v1: the cube is the user) ----
     let (st, b) = s
         .post_as(
@@ -384,7 +399,11 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
         .await;
     assert!(st == 200, "{b}");
     w.others_untouched("cloud delete and feedback").await;
+}
 
+/// SQL over HTTP; returns how many memories alice's key counts.
+async fn sql_sees_only_its_users(w: &World) -> i64 {
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // ---- SQL (POST /sql): every table and table function ----
     for q in [
         "SELECT * FROM memories",
@@ -438,10 +457,13 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
         );
         assert_no_leak(q, &b, &others);
     }
+    alices
+}
 
+async fn pgwire_sees_only_its_users(w: &mut World) {
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // ---- pgwire ----
-    let mut server = w.s;
-    let addr = server.start_pg().await;
+    let addr = w.s.start_pg().await;
     let conn_str = format!(
         "host=127.0.0.1 port={} user=memos dbname=memos password={ALICE}",
         addr.port()
@@ -469,8 +491,11 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
     }
     drop(client);
     let _ = conn.await;
-    let s = &server;
+}
 
+async fn mcp_sees_only_its_users(w: &World, alices: i64) {
+    let s = &w.s;
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // ---- MCP (streamable HTTP) ----
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.url))
@@ -522,7 +547,10 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
     assert_ne!(r.is_error, Some(true), "{}", text(&r));
     mcp.cancel().await.unwrap();
     w_others_untouched(s, &w.bob_id, &w.carol_id).await;
+}
 
+async fn nats_search_sees_only_its_users(w: &World) {
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // ---- NATS request-reply search ----
     let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
     let ask = |body: Value, key: &'static str| {
@@ -557,7 +585,11 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
     )
     .await;
     assert!(leaks(&v).is_some(), "the admin finds carol's memory: {v}");
+}
 
+async fn kafka_search_sees_only_its_users(w: &World) {
+    let s = &w.s;
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // ---- Kafka request/response search ----
     let reply_topic = format!("{}.search.responses", w.kafka_prefix);
     let replies: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
@@ -636,7 +668,6 @@ async fn a_user_scoped_key_sees_and_changes_only_its_users_memories_on_every_int
     assert!(v["message"].as_str().unwrap().contains("reply-to"), "{v}");
 
     w_others_untouched(s, &w.bob_id, &w.carol_id).await;
-    server.stop().await;
 }
 
 async fn w_others_untouched(s: &tests::Server, bob: &str, carol: &str) {
