@@ -7,6 +7,17 @@ use std::process::{Command, Stdio};
 
 use common::{Guard, free_port, memos, model_dir, wait_listening};
 
+/// What the phases of the end-to-end test share: the running server's addresses, its data
+/// directory and the model.
+struct Ctx<'a> {
+    url: &'a str,
+    port: u16,
+    pg_port: u16,
+    metrics_port: u16,
+    data: &'a tempfile::TempDir,
+    model: &'a std::path::Path,
+}
+
 #[test]
 fn serve_add_search_then_import_and_status() {
     let model = model_dir();
@@ -29,6 +40,31 @@ fn serve_add_search_then_import_and_status() {
             .unwrap(),
     );
     assert!(wait_listening(port), "server did not start");
+    let c = Ctx {
+        url: &url,
+        port,
+        pg_port,
+        metrics_port,
+        data: &data,
+        model: &model,
+    };
+    add_and_search_from_the_cli(&c);
+    readme_examples(&c);
+    let alice = sql_from_the_cli(&c);
+    psql(&c, alice);
+    metrics_on_their_port(&c);
+    status_beside_the_server(&c);
+    // SIGTERM: graceful shutdown.
+    let _ = Command::new("kill").arg(server.0.id().to_string()).status();
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    offline_import_is_exactly_once(&c);
+    cube_export_and_import(&c);
+}
+
+fn add_and_search_from_the_cli(c: &Ctx) {
+    let url = c.url;
     let out = memos()
         .args([
             "add",
@@ -36,7 +72,7 @@ fn serve_add_search_then_import_and_status() {
             "--user",
             "alice",
             "--url",
-            &url,
+            url,
         ])
         .output()
         .unwrap();
@@ -57,7 +93,7 @@ fn serve_add_search_then_import_and_status() {
             "--user",
             "alice",
             "--url",
-            &url,
+            url,
             "--top-k",
             "3",
         ])
@@ -73,7 +109,7 @@ fn serve_add_search_then_import_and_status() {
             "--user",
             "alice",
             "--url",
-            &url,
+            url,
             "--filter",
             "{\"memory_type\": {\"near\": 1}}",
         ])
@@ -81,6 +117,10 @@ fn serve_add_search_then_import_and_status() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operator"));
+}
+
+fn readme_examples(c: &Ctx) {
+    let port = c.port;
     // The README's API examples, verbatim but for the port.
     let readme = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
@@ -127,14 +167,18 @@ fn serve_add_search_then_import_and_status() {
 
     let rows = outputs[3]["data"]["rows"].to_string();
     assert!(rows.contains("\"user_id\":\"demo\""), "{}", outputs[3]);
+}
 
+/// `memos sql`; returns how many memories alice has.
+fn sql_from_the_cli(c: &Ctx) -> i64 {
+    let url = c.url;
     // `memos sql` prints a table; errors go to stderr with a failing status.
     let out = memos()
         .args([
             "sql",
             "SELECT user_id, count(*) AS memories FROM memories GROUP BY user_id ORDER BY user_id",
             "--url",
-            &url,
+            url,
         ])
         .output()
         .unwrap();
@@ -152,7 +196,7 @@ fn serve_add_search_then_import_and_status() {
             "SELECT count(*) AS n FROM memories WHERE user_id = 'alice'",
             "--json",
             "--url",
-            &url,
+            url,
         ])
         .output()
         .unwrap();
@@ -165,7 +209,7 @@ fn serve_add_search_then_import_and_status() {
     let alice = rows[0]["n"].as_i64().unwrap();
     assert!(alice >= 1, "{rows}");
     let out = memos()
-        .args(["sql", "DROP TABLE memories", "--url", &url])
+        .args(["sql", "DROP TABLE memories", "--url", url])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -174,6 +218,11 @@ fn serve_add_search_then_import_and_status() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    alice
+}
+
+fn psql(c: &Ctx, alice: i64) {
+    let pg_port = c.pg_port;
     // psql on the Postgres port (open mode: loopback, no password).
     let out = Command::new("psql")
         .args([
@@ -202,7 +251,10 @@ fn serve_add_search_then_import_and_status() {
         String::from_utf8_lossy(&out.stdout).trim(),
         alice.to_string()
     );
+}
 
+fn metrics_on_their_port(c: &Ctx) {
+    let metrics_port = c.metrics_port;
     // Prometheus metrics on their own port.
     let out = Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{metrics_port}/metrics")])
@@ -214,7 +266,11 @@ fn serve_add_search_then_import_and_status() {
         metrics.contains("memos_events_total{outcome=\"stored\",source=\"http\"}"),
         "{metrics}"
     );
+}
 
+fn status_beside_the_server(c: &Ctx) {
+    let metrics_port = c.metrics_port;
+    let data = c.data;
     // `memos status` next to a running server: store counts and what the server reports.
     let out = memos()
         .arg("status")
@@ -235,12 +291,12 @@ fn serve_add_search_then_import_and_status() {
         "{v}"
     );
     assert!(v["memories"].as_u64().unwrap() >= 2, "{v}");
+}
 
-    // SIGTERM: graceful shutdown.
-    let _ = Command::new("kill").arg(server.0.id().to_string()).status();
-    let status = server.0.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-
+fn offline_import_is_exactly_once(c: &Ctx) {
+    let metrics_port = c.metrics_port;
+    let data = c.data;
+    let model = c.model;
     // Offline import of a JSONL file (one bad line is dead-lettered, the rest stored).
     let file = data.path().join("events.jsonl");
     let mut lines = Vec::new();
@@ -254,7 +310,7 @@ fn serve_add_search_then_import_and_status() {
         .arg("import")
         .arg(&file)
         .env("MEMOS_DATA_DIR", data.path())
-        .env("MEMOS_MODEL_DIR", &model)
+        .env("MEMOS_MODEL_DIR", model)
         .output()
         .unwrap();
     assert!(
@@ -272,7 +328,7 @@ fn serve_add_search_then_import_and_status() {
         .arg("import")
         .arg(&file)
         .env("MEMOS_DATA_DIR", data.path())
-        .env("MEMOS_MODEL_DIR", &model)
+        .env("MEMOS_MODEL_DIR", model)
         .output()
         .unwrap();
     assert!(
@@ -293,7 +349,10 @@ fn serve_add_search_then_import_and_status() {
     assert_eq!(v["cubes"], 3, "alice, demo (README examples), bob");
     assert_eq!(v["dead_letters"], 2);
     assert!(v["memories"].as_u64().unwrap() >= 7);
+}
 
+fn cube_export_and_import(c: &Ctx) {
+    let data = c.data;
     // MemCube export of bob's cube, then import into a fresh data directory.
     let snap = data.path().join("bob-cube");
     let out = memos()
