@@ -34,6 +34,14 @@ fn stored_events(s: &tests::Server, cube: &str, n: usize) -> usize {
         .count()
 }
 
+/// What the phases share: the server, the NATS client and JetStream context, the subject prefix.
+struct Bus<'a> {
+    s: &'a tests::Server,
+    client: &'a async_nats::Client,
+    js: &'a async_nats::jetstream::Context,
+    p: &'a str,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_ingest_dead_letters_and_request_reply_search() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,6 +63,24 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
+    let bus = Bus {
+        s: &s,
+        client: &client,
+        js: &js,
+        p: &p,
+    };
+    jetstream_ingest_and_dead_letters(&bus, &mut dlq).await;
+    request_reply_search_and_errors(&bus).await;
+    core_nats_and_exactly_once(&bus).await;
+    readiness_and_metrics(&bus).await;
+    s.stop().await;
+    let _ = js.delete_stream(&stream_name).await;
+}
+
+async fn jetstream_ingest_and_dead_letters(bus: &Bus<'_>, dlq: &mut async_nats::Subscriber) {
+    let s = bus.s;
+    let js = bus.js;
+    let p = bus.p;
     // N good events through JetStream, with bad ones between them.
     let cube = "nats-cube";
     let n = 30;
@@ -97,7 +123,7 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
             .unwrap();
         }
     }
-    tests::wait_for(|| stored_events(&s, cube, n) == n, "all good events stored").await;
+    tests::wait_for(|| stored_events(s, cube, n) == n, "all good events stored").await;
     tests::wait_for(
         || {
             let txn = s.memos.store.read_txn().unwrap();
@@ -158,7 +184,13 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
             "{what} missing from the DLQ subject"
         );
     }
+}
 
+async fn request_reply_search_and_errors(bus: &Bus<'_>) {
+    let s = bus.s;
+    let client = bus.client;
+    let p = bus.p;
+    let cube = "nats-cube";
     // Search over request-reply returns what REST returns.
     let q = json!({"query": "What pet did Nina adopt?", "user_id": "nina", "readable_cube_ids": [cube], "top_k": 5});
     let reply = client
@@ -202,7 +234,14 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
         .unwrap();
     let err: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(err["code"], 400, "{err}");
+}
 
+async fn core_nats_and_exactly_once(bus: &Bus<'_>) {
+    let s = bus.s;
+    let client = bus.client;
+    let js = bus.js;
+    let p = bus.p;
+    let cube = "nats-cube";
     // Core NATS fire-and-forget.
     client
         .publish(
@@ -280,7 +319,10 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
             .len() as u64
     };
     assert_eq!(after, before + marker_memories, "replays added memories");
+}
 
+async fn readiness_and_metrics(bus: &Bus<'_>) {
+    let s = bus.s;
     // Readiness and the source's metrics: connected, and its consumer lag reported (nothing is
     // waiting once everything above was processed).
     let (status, v) = s.get("/ready").await;
@@ -303,6 +345,4 @@ async fn nats_ingest_dead_letters_and_request_reply_search() {
         .find(|l| l.starts_with("memos_consumer_lag_messages{") && l.contains("source=\"nats\""))
         .unwrap_or_else(|| panic!("no nats lag in {text}"));
     assert!(lag_line.ends_with(" 0"), "{lag_line}");
-    s.stop().await;
-    let _ = js.delete_stream(&stream_name).await;
 }
