@@ -93,6 +93,17 @@ async fn kafka_search(
     }
 }
 
+/// What the phases share: the server, the producer, the events topic, the topic and subject
+/// prefixes.
+struct Kafka<'a> {
+    s: &'a tests::Server,
+    brokers: &'a str,
+    prod: &'a FutureProducer,
+    events: &'a str,
+    p: &'a str,
+    nats_prefix: &'a str,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_ingest_dead_letters_and_request_response_search() {
     let broker = tests::Tansu::start();
@@ -105,6 +116,37 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     let s = tests::Server::start(cfg).await;
     let events = format!("{p}.events");
     let prod = producer(&broker.brokers);
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream_name = format!("{}_EVENTS", nats_prefix.to_uppercase());
+    let k = Kafka {
+        s: &s,
+        brokers: &broker.brokers,
+        prod: &prod,
+        events: &events,
+        p: &p,
+        nats_prefix: &nats_prefix,
+    };
+    let pills = poison_pills_fail_alone(&k).await;
+    request_response_search_equals_rest(&k).await;
+    let after = one_event_over_two_buses_is_one_memory(&k, &js, &stream_name).await;
+    let cfg = s.memos.cfg.clone();
+    s.stop().await;
+    let _ = js.delete_stream(&stream_name).await;
+    // Restart under a fresh consumer group (as if Kafka had lost the committed offsets): the
+    // source resumes from the offsets stored with the batches, so nothing is read twice —
+    // the dead letters (which are not deduplicated by event id) stay as they were.
+    restart_resumes_from_the_stored_offsets(&prod, &events, cfg, pills, after).await;
+}
+
+/// Poison pills between good events: each dead-lettered alone, the partition moves past it,
+/// the source position stored, the DLQ topic fed. Returns how many pills there were.
+async fn poison_pills_fail_alone(k: &Kafka<'_>) -> usize {
+    let s = k.s;
+    let brokers = k.brokers;
+    let prod = k.prod;
+    let events = k.events;
+    let p = k.p;
     let cube = "kafka-cube";
     let n = 48;
     // Poison pills that pass decoding but no store could hold (the sink issue) sit between good
@@ -125,8 +167,8 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     let none = BTreeMap::new();
     for i in 0..n {
         publish(
-            &prod,
-            &events,
+            prod,
+            events,
             Some(cube),
             &none,
             None,
@@ -140,13 +182,13 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
                 .ok()
                 .and_then(|v| v["cube_id"].as_str().map(String::from))
                 .unwrap_or_else(|| cube.to_string());
-            publish(&prod, &events, Some(&key), &none, None, &bad[i / 4].1)
+            publish(prod, events, Some(&key), &none, None, &bad[i / 4].1)
                 .await
                 .unwrap();
         }
     }
     tests::wait_for(
-        || (0..n).all(|i| has_event(&s, cube, &format!("{cube}/turn-{i}"))),
+        || (0..n).all(|i| has_event(s, cube, &format!("{cube}/turn-{i}"))),
         "all good events stored",
     )
     .await;
@@ -201,7 +243,7 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
         "every message of the partition"
     );
     // Dead letters on the DLQ topic, with reasons and the original bytes.
-    let dlq = consumer(&broker.brokers, &format!("{p}.dlq"));
+    let dlq = consumer(brokers, &format!("{p}.dlq"));
     let mut got = Vec::new();
     while got.len() < bad.len() {
         let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
@@ -217,12 +259,20 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     }
     drop(dlq);
 
+    bad.len()
+}
+
+async fn request_response_search_equals_rest(k: &Kafka<'_>) {
+    let s = k.s;
+    let brokers = k.brokers;
+    let p = k.p;
+    let cube = "kafka-cube";
     // Search over the request/response topics equals REST.
     let reply_topic = format!("{p}.search.responses");
-    let mut replies = consumer(&broker.brokers, &reply_topic);
+    let mut replies = consumer(brokers, &reply_topic);
     let q = json!({"query": "Where is Omar travelling?", "user_id": "omar", "readable_cube_ids": [cube], "top_k": 5});
     let bus = kafka_search(
-        &broker.brokers,
+        brokers,
         &format!("{p}.search.requests"),
         &mut replies,
         &reply_topic,
@@ -249,7 +299,7 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
             .contains("Kyoto")
     );
     let err = kafka_search(
-        &broker.brokers,
+        brokers,
         &format!("{p}.search.requests"),
         &mut replies,
         &reply_topic,
@@ -259,19 +309,29 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     .await;
     assert_eq!(err["code"], 400, "{err}");
     drop(replies);
+}
 
+/// One event over Kafka and NATS (and again over Kafka) is one memory. Returns the memory count.
+async fn one_event_over_two_buses_is_one_memory(
+    k: &Kafka<'_>,
+    js: &async_nats::jetstream::Context,
+    stream_name: &str,
+) -> u64 {
+    let s = k.s;
+    let prod = k.prod;
+    let events = k.events;
+    let nats_prefix = k.nats_prefix;
+    let cube = "kafka-cube";
+    let none = BTreeMap::new();
     // One event over Kafka and NATS (and again over Kafka): one memory.
     let before = s.memos.store.stats().unwrap().memories;
     let e = turn(500, cube).to_string();
-    publish(&prod, &events, Some(cube), &none, None, e.as_bytes())
+    publish(prod, events, Some(cube), &none, None, e.as_bytes())
         .await
         .unwrap();
-    publish(&prod, &events, Some(cube), &none, None, e.as_bytes())
+    publish(prod, events, Some(cube), &none, None, e.as_bytes())
         .await
         .unwrap();
-    let client = async_nats::connect(&nats_url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let stream_name = format!("{}_EVENTS", nats_prefix.to_uppercase());
     for _ in 0..200 {
         if js.get_stream(&stream_name).await.is_ok() {
             break;
@@ -287,7 +347,7 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     .await
     .unwrap();
     let marker = turn(501, cube).to_string();
-    publish(&prod, &events, Some(cube), &none, None, marker.as_bytes())
+    publish(prod, events, Some(cube), &none, None, marker.as_bytes())
         .await
         .unwrap();
     js.publish(format!("{nats_prefix}.events.{cube}"), Bytes::from(marker))
@@ -295,28 +355,31 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
         .unwrap()
         .await
         .unwrap();
-    tests::wait_for(
-        || has_event(&s, cube, &format!("{cube}/turn-501")),
-        "marker",
-    )
-    .await;
+    tests::wait_for(|| has_event(s, cube, &format!("{cube}/turn-501")), "marker").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = s.memos.store.stats().unwrap().memories;
     assert_eq!(after, before + 2, "turn-500 and turn-501 once each");
-    let cfg = s.memos.cfg.clone();
-    s.stop().await;
-    let _ = js.delete_stream(&stream_name).await;
+    after
+}
 
+async fn restart_resumes_from_the_stored_offsets(
+    prod: &FutureProducer,
+    events: &str,
+    mut cfg: server::Config,
+    pills: usize,
+    after: u64,
+) {
+    let cube = "kafka-cube";
+    let none = BTreeMap::new();
     // Restart under a fresh consumer group (as if Kafka had lost the committed offsets): the
     // source resumes from the offsets stored with the batches, so nothing is read twice —
     // the dead letters (which are not deduplicated by event id) stay as they were.
-    let mut cfg = cfg;
     cfg.kafka.group_id = tests::unique("fresh-");
     cfg.nats.url = String::new();
     let s = tests::Server::start(cfg).await;
     publish(
-        &prod,
-        &events,
+        prod,
+        events,
         Some(cube),
         &none,
         None,
@@ -332,7 +395,7 @@ async fn kafka_ingest_dead_letters_and_request_response_search() {
     let txn = s.memos.store.read_txn().unwrap();
     assert_eq!(
         s.memos.store.dead_letters(&txn).unwrap().len(),
-        bad.len(),
+        pills,
         "old messages were re-read"
     );
     drop(txn);
