@@ -854,6 +854,12 @@ async fn cloud_knowledge_bases_and_deletes(s: &tests::Server, id: &str) {
         .await;
     assert_eq!(st, 400);
 
+    cloud_deletes_need_exactly_one_condition(s, id).await;
+}
+
+async fn cloud_deletes_need_exactly_one_condition(s: &tests::Server, id: &str) {
+    let k = "mpg-test-key";
+    let base = "/api/openmem/v1";
     // delete/memory: exactly one condition.
     let (st, _) = s
         .post_as(

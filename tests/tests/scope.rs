@@ -250,6 +250,12 @@ async fn rest_sees_only_its_users(w: &World) {
         &b["data"]["memories"],
         &others,
     );
+    rest_exports_deletes_and_feedback_stay_in_scope(w).await;
+}
+
+async fn rest_exports_deletes_and_feedback_stay_in_scope(w: &World) {
+    let s = &w.s;
+    let others = [w.bob_id.as_str(), w.carol_id.as_str()];
     // Export and listing.
     let (st, b) = s
         .post_as(
