@@ -163,6 +163,11 @@ async fn feedback_rules_correct_without_destroying() {
         "{got:?}"
     );
 
+    feedback_retract_forget_supplement_and_kbs(s, cat).await;
+}
+
+async fn feedback_retract_forget_supplement_and_kbs(s: tests::Server, cat: String) {
+    let c = "fb";
     // "I don't like X anymore": the preference is archived and the change recorded.
     let prefs = texts(&search(&s, c, "sushi", json!({})).await, "pref_mem");
     assert!(prefs.iter().any(|t| t.contains("love sushi")), "{prefs:?}");
@@ -350,6 +355,15 @@ async fn delete_is_complete_index_by_index() {
     assert!(receipt["history"].as_u64().unwrap() >= 1, "{b}");
     assert!(receipt["postings"].as_u64().unwrap() > 0, "{b}");
 
+    deleted_memories_are_gone_from_every_index(s, gone, keep).await;
+}
+
+async fn deleted_memories_are_gone_from_every_index(
+    s: tests::Server,
+    gone: Vec<String>,
+    keep: String,
+) {
+    let c = "del";
     // REST search.
     for q in ["zorbing", "Quixoteville", "locker code wibblewobble"] {
         let d = search(&s, c, q, json!({"dedup": "no"})).await;
@@ -694,6 +708,11 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
     let d = search(&s, &kb, "Who gives new hires a laptop?", json!({})).await;
     assert!(texts(&d, "text_mem")[0].contains("IT desk"), "{d}");
 
+    documents_files_cloud_parts_and_deletion(s, &kb).await;
+}
+
+async fn documents_files_cloud_parts_and_deletion(s: tests::Server, kb: &str) {
+    use base64::Engine;
     // Files: listed, and deleted chunk by chunk.
     let (st, b) = s.get(&format!("/product/knowledgebase/{kb}/files")).await;
     assert_eq!(st, 200);
@@ -708,7 +727,7 @@ async fn documents_are_chunked_linked_and_searched_beside_a_cube() {
         .await;
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["data"]["receipt"]["records"], 2);
-    let d = search(&s, &kb, "taxi receipts", json!({})).await;
+    let d = search(&s, kb, "taxi receipts", json!({})).await;
     assert!(!texts(&d, "text_mem").iter().any(|t| t.contains("Taxi")));
     // The cloud shapes see the same files.
     let (st, b) = s
