@@ -104,6 +104,10 @@ async fn add_search_delete_and_restart() {
         .await;
     assert_eq!(st, 400);
 
+    async_add_delete_and_restart(s, &dir, id).await;
+}
+
+async fn async_add_delete_and_restart(s: tests::Server, dir: &tempfile::TempDir, id: String) {
     // Async add returns a task that completes.
     let (st, body) = s.post("/product/add", json!({"user_id": "caroline", "writable_cube_ids": ["cube-c"], "messages": "I also love painting sunsets."})).await;
     assert_eq!(st, 200);

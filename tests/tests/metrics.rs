@@ -190,6 +190,11 @@ async fn metrics_follow_traffic_and_pass_promtool() {
         ),
         returned as f64
     );
+    store_pipeline_and_label_metrics(server, text).await;
+}
+
+async fn store_pipeline_and_label_metrics(server: Server, text: String) {
+    let s = parse(&text);
     let batches = value(
         &s,
         &format!("{}_count", pipelines::metrics::names::BATCH_SECONDS),

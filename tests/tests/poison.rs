@@ -220,6 +220,15 @@ async fn poison_pills_fail_alone_and_the_rest_of_the_batch_commits() {
         let msg = b["message"].as_str().unwrap_or_default().to_lowercase();
         assert!(msg.contains(fragment), "{what}: {msg}");
     }
+    every_pill_is_a_dead_letter_and_nothing_else_is(s, good, bad).await;
+}
+
+async fn every_pill_is_a_dead_letter_and_nothing_else_is(
+    s: tests::Server,
+    good: Vec<(String, String)>,
+    bad: Vec<(&str, &str, Value, &str, bool)>,
+) {
+    let (good_cube, bad_cube) = ("good-tenant", "bad-tenant");
     // Every poison pill that reached the pipeline is a dead letter with its reason; nothing
     // else is.
     let dead = dead_letters(&s);
