@@ -58,7 +58,8 @@ fn rec(
 
 /// Three cubes (one a knowledge base), four users over three days, a memory with two earlier
 /// versions, an archived memory, events from two sources and a dead letter.
-fn fixture(store: &Store) {
+/// The fixture's records: two tenants, several users, sessions, types and times.
+fn fixture_records() -> Vec<MemoryRecord> {
     use MemoryType::*;
     let mut recs = vec![
         rec(
@@ -158,6 +159,11 @@ fn fixture(store: &Store) {
     recs[4].tags.push("tool:weather_api".into());
     recs[9].file_ids = vec!["refund-policy.md".into()];
     recs[9].source = Some("file".into());
+    recs
+}
+
+fn fixture(store: &Store) {
+    let recs = fixture_records();
     let later = [
         "Alice adopted a beagle puppy named Max",
         "Alice adopted a two-year-old beagle named Max",
@@ -748,6 +754,21 @@ async fn tokio_postgres_tenant_isolation() {
         T0 + HOUR
     );
 
+    errors_and_the_other_tenant(server, addr, client, conn).await;
+}
+
+async fn errors_and_the_other_tenant(
+    server: tests::Server,
+    addr: std::net::SocketAddr,
+    client: tokio_postgres::Client,
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let connect = |key: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=memos dbname=memos password={key}",
+            addr.port()
+        )
+    };
     // An error leaves the connection usable.
     let err = client.simple_query("SELEC 1").await.expect_err("bad sql");
     assert_eq!(err.as_db_error().expect("db").code().code(), "42601");
