@@ -223,6 +223,19 @@ async fn the_operator_builds_serves_rebuilds_and_chat_reuses_the_cache() {
     let (cache, m) = KvCache::from_safetensors(&bytes, lm.config()).unwrap();
     assert_eq!(m.memory_ids, e.memory_ids);
     assert_eq!(cache.len(), e.token_count as usize);
+    cached_prefix_chat_streaming_and_rebuild(s, e, cache, dog, city).await;
+}
+
+/// The cached prefix decodes like the text, chat reuses it, streams it, and a delete rebuilds it.
+async fn cached_prefix_chat_streaming_and_rebuild(
+    s: tests::Server,
+    e: store::KvEntry,
+    cache: KvCache,
+    dog: String,
+    city: String,
+) {
+    let cube = "act1";
+    let lm = s.memos.activation.as_ref().unwrap().lm.clone();
     // It is the cache of the composed prefix: decoding on it matches reading the prefix.
     let a = s.memos.activation.as_ref().unwrap().clone();
     let prefix = {

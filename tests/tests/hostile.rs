@@ -703,6 +703,20 @@ async fn bus_events_are_tied_to_their_subject_and_follow_the_rest_rules() {
             .await
             .unwrap();
     }
+    bus_deletes_and_feedback_stay_in_their_cube(s, &js, &p, &victim_id, bad).await;
+}
+
+async fn bus_deletes_and_feedback_stay_in_their_cube(
+    s: tests::Server,
+    js: &async_nats::jetstream::Context,
+    p: &str,
+    victim_id: &str,
+    bad: Vec<(&str, String, Value)>,
+) {
+    let good = |i: usize, cube: &str| {
+        json!({"event_id": format!("good-{i}"), "kind": "messages", "cube_id": cube, "user_id": "u",
+               "payload": {"messages": [{"role": "user", "content": format!("good event {i} about pianos")}]}})
+    };
     // A bus delete by id of another user's memory in the cube touches nothing.
     js.publish(
         format!("{p}.events.victim"),
@@ -763,7 +777,7 @@ async fn bus_events_are_tied_to_their_subject_and_follow_the_rest_rules() {
         );
     }
     let victim = store
-        .get(&txn, &victim_id)
+        .get(&txn, victim_id)
         .unwrap()
         .expect("the victim's memory survives");
     assert_eq!(victim.status, store::Status::Activated);

@@ -112,6 +112,19 @@ async fn mcp_over_http_lists_tools_and_adds_and_searches_with_scopes() {
             .is_empty(),
         "{found}"
     );
+    mcp_update_scope_chat_and_delete(s, c, id).await;
+}
+
+async fn mcp_update_scope_chat_and_delete(
+    s: tests::Server,
+    c: rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>,
+    id: String,
+) {
+    let call = |name: &str, a: Value| {
+        let c = &c;
+        let req = CallToolRequestParams::new(name.to_string()).with_arguments(args(a));
+        async move { c.call_tool(req).await.unwrap() }
+    };
     // update keeps history; get shows it; feedback and list_cubes work.
     let r = call(
         "update_memory",
