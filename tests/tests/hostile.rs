@@ -75,12 +75,11 @@ fn sql(q: &str, status: u16) -> Case {
     }
 }
 
-fn corpus() -> Vec<Case> {
+fn search_cases() -> Vec<Case> {
     let long = "x".repeat(300);
     let many_cubes: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
-    let many_ids: Vec<String> = (0..1001).map(|i| format!("id{i}")).collect();
     let huge = 18446744073709551615u64;
-    let mut c = vec![
+    vec![
         // /product/search: every limit, enum and range.
         search("top_k 0", json!({"top_k": 0}), 400),
         search("top_k over max_top_k", json!({"top_k": 100000}), 400),
@@ -153,6 +152,13 @@ fn corpus() -> Vec<Case> {
             json!({"knowledgebase_ids": [""]}),
             400,
         ),
+    ]
+}
+
+fn ids_cases() -> Vec<Case> {
+    let many_cubes: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    let many_ids: Vec<String> = (0..1001).map(|i| format!("id{i}")).collect();
+    vec![
         // Ids.
         post(
             "get_memory_by_ids [\"\"]",
@@ -226,6 +232,12 @@ fn corpus() -> Vec<Case> {
             json!({"writable_cube_ids": many_cubes.clone(), "user_id": "hon"}),
             413,
         ),
+    ]
+}
+
+fn paging_cases() -> Vec<Case> {
+    let huge = 18446744073709551615u64;
+    vec![
         // Paging and exports.
         post(
             "get_memory page 0",
@@ -280,6 +292,12 @@ fn corpus() -> Vec<Case> {
         ),
         get("tool_stats without a cube", "/product/tool_stats", 400),
         get("an unknown route", "/product/teleport", 404),
+    ]
+}
+
+fn adds_cases() -> Vec<Case> {
+    let many_cubes: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    vec![
         // Adds.
         add(
             "2001 messages",
@@ -340,6 +358,11 @@ fn corpus() -> Vec<Case> {
             json!({"user_id": "hon", "writable_cube_ids": ["hon"]}),
             400,
         ),
+    ]
+}
+
+fn bodies_cases() -> Vec<Case> {
+    vec![
         // Bodies.
         Case {
             what: "a 20 MB body".into(),
@@ -388,6 +411,11 @@ fn corpus() -> Vec<Case> {
             "read": true, "write": true, "rate_limit_per_minute": 4294967296u64}),
             400,
         ),
+    ]
+}
+
+fn credentials_cases() -> Vec<Case> {
+    vec![
         // Credentials.
         Case {
             what: "an unknown key".into(),
@@ -399,6 +427,11 @@ fn corpus() -> Vec<Case> {
             req: Req::Auth("Basic aG9uOmhvbg==".into(), "/product/scheduler/allstatus"),
             status: 401,
         },
+    ]
+}
+
+fn cloud_cases() -> Vec<Case> {
+    vec![
         // Cloud shapes.
         cloud_search("cloud search without a user", json!({"user_id": null}), 400),
         cloud_search(
@@ -467,6 +500,11 @@ fn corpus() -> Vec<Case> {
             json!({"file_ids": [""]}),
             400,
         ),
+    ]
+}
+
+fn sql_and_bus_cases() -> Vec<Case> {
+    vec![
         // SQL.
         sql("DROP TABLE memories", 403),
         sql("SELECT * FROM nowhere", 400),
@@ -508,7 +546,19 @@ fn corpus() -> Vec<Case> {
             ),
             status: 400,
         },
-    ];
+    ]
+}
+
+fn corpus() -> Vec<Case> {
+    let mut c = Vec::new();
+    c.extend(search_cases());
+    c.extend(ids_cases());
+    c.extend(paging_cases());
+    c.extend(adds_cases());
+    c.extend(bodies_cases());
+    c.extend(credentials_cases());
+    c.extend(cloud_cases());
+    c.extend(sql_and_bus_cases());
     c.push(post(
         "SQL params of a wrong type",
         "/sql",
