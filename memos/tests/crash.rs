@@ -64,6 +64,63 @@ fn event(src: &str, i: usize) -> Value {
            "payload": {"messages": [{"role": "user", "content": text(src, i)}]}})
 }
 
+/// Publishes `n` events over Kafka and `n` over JetStream, retrying each until its broker
+/// acknowledged it (the server may be down at any moment).
+async fn publish_all(brokers: String, p: String, n: usize) {
+    let prod: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream = format!("{}_EVENTS", p.to_uppercase());
+    for _ in 0..400 {
+        if js.get_stream(&stream).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for i in 0..n {
+        let e = event("k", i);
+        let cube = e["cube_id"].as_str().unwrap().to_string();
+        let body = e.to_string();
+        loop {
+            let r = prod
+                .send(
+                    FutureRecord::to(&format!("{p}.events"))
+                        .key(&cube)
+                        .payload(&body),
+                    Duration::from_secs(30),
+                )
+                .await;
+            if r.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let e = event("n", i);
+        let cube = e["cube_id"].as_str().unwrap().to_string();
+        loop {
+            let acked = match js
+                .publish(format!("{p}.events.{cube}"), e.to_string().into())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if acked {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+}
+
 #[test]
 fn kill_9_at_random_points_loses_and_duplicates_nothing() {
     let model = model_dir();
@@ -127,63 +184,7 @@ fn kill_9_at_random_points_loses_and_duplicates_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let n = 240;
     // Producers: Kafka and JetStream, every publish acknowledged by its broker.
-    let producers = {
-        let (brokers, p) = (brokers.clone(), p.clone());
-        rt.spawn(async move {
-            let prod: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("partitioner", "murmur2_random")
-                .set("message.timeout.ms", "30000")
-                .create()
-                .unwrap();
-            let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
-            let js = async_nats::jetstream::new(nats);
-            let stream = format!("{}_EVENTS", p.to_uppercase());
-            for _ in 0..400 {
-                if js.get_stream(&stream).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            for i in 0..n {
-                let e = event("k", i);
-                let cube = e["cube_id"].as_str().unwrap().to_string();
-                let body = e.to_string();
-                loop {
-                    let r = prod
-                        .send(
-                            FutureRecord::to(&format!("{p}.events"))
-                                .key(&cube)
-                                .payload(&body),
-                            Duration::from_secs(30),
-                        )
-                        .await;
-                    if r.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let e = event("n", i);
-                let cube = e["cube_id"].as_str().unwrap().to_string();
-                loop {
-                    let acked = match js
-                        .publish(format!("{p}.events.{cube}"), e.to_string().into())
-                        .await
-                    {
-                        Ok(ack) => ack.await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if acked {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if i % 8 == 0 {
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                }
-            }
-        })
-    };
+    let producers = rt.spawn(publish_all(brokers.clone(), p.clone(), n));
     // Kill -9 at random points while they publish, and restart.
     let mut rng = rand::rng();
     for _ in 0..4 {
@@ -193,6 +194,17 @@ fn kill_9_at_random_points_loses_and_duplicates_nothing() {
         server = start();
     }
     rt.block_on(producers).unwrap();
+    the_survivor_holds_every_event_once(server, port, n, &rt);
+}
+
+/// After the kills: the last process catches up and holds every acknowledged event exactly
+/// once; then it stops gracefully.
+fn the_survivor_holds_every_event_once(
+    mut server: Kill,
+    port: u16,
+    n: usize,
+    rt: &tokio::runtime::Runtime,
+) {
     // Let the last process catch up, then count.
     let url = format!("http://127.0.0.1:{port}");
     let expected: BTreeMap<String, usize> = (0..n)

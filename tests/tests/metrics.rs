@@ -89,6 +89,10 @@ async fn metrics_follow_traffic_and_pass_promtool() {
         .await;
     assert_eq!(status, 403);
 
+    scrape_reflects_the_traffic(server, url, returned).await;
+}
+
+async fn scrape_reflects_the_traffic(server: Server, url: String, returned: usize) {
     let resp = reqwest::get(&url).await.expect("scrape");
     assert_eq!(resp.status().as_u16(), 200);
     assert!(
