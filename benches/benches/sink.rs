@@ -10,7 +10,7 @@
 //! - recall@10 of the vector index against an exact scan on real MiniLM vectors;
 //! - resident memory.
 //!
-//! `cargo build --profile bench --bin memos && cargo bench -p benches --bench sink`.
+//! `cargo build --profile bench --bin memos && cargo bench --workspace --bench sink`.
 //! `MEMOS_BENCH_QUERIES` (default 1000) sizes the search runs, `MEMOS_BENCH_RECALL_VECTORS`
 //! (default 10000) the recall run (embedded by the real model: the slow part).
 
@@ -374,7 +374,7 @@ fn main() {
         .collect();
     let mut md = String::new();
     md.push_str(&format!(
-        "Sink, search and vector index (`cargo build --profile bench --bin memos && cargo bench -p benches --bench sink`): bench profile (everything at opt-level 3, portable target-cpu; AVX2 kernels picked at run time), 2 cores, one run each, {}. Corpus: {} distinct real turns (Synthetic-Persona-Chat utterances, 2- and 3-utterance windows of one conversation, LoCoMo turns; mean {} characters). Embedding off = the hashed-trigram embedder.\n\n",
+        "Sink, search and vector index (`cargo build --profile bench --bin memos && cargo bench --workspace --bench sink`): bench profile (everything at opt-level 3, portable target-cpu; AVX2 kernels picked at run time), 2 cores, one run each, {}. Corpus: {} distinct real turns (Synthetic-Persona-Chat utterances, 2- and 3-utterance windows of one conversation, LoCoMo turns; mean {} characters). Embedding off = the hashed-trigram embedder.\n\n",
         chrono_date(),
         turns.len(),
         turns.iter().map(|t| t.len()).sum::<usize>() / turns.len(),
