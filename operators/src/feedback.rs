@@ -379,10 +379,10 @@ impl Operator for FeedbackMergeOperator {
                 continue;
             }
             let req = self.read(ie);
-            if let Some(q) = query_text(&req) {
-                queries.push(q);
-            }
-            reqs.push(req);
+            let q = query_text(&req);
+            let searches = q.is_some();
+            queries.extend(q);
+            reqs.push((req, searches));
         }
         // One embedder call for the batch's similarity queries.
         let mut vecs = if queries.is_empty() {
@@ -391,8 +391,8 @@ impl Operator for FeedbackMergeOperator {
             self.embedder.embed(&queries)?
         }
         .into_iter();
-        for mut req in reqs {
-            if query_text(&req).is_some() {
+        for (mut req, searches) in reqs {
+            if searches {
                 req.query = vecs.next();
             }
             out.collect(req);
@@ -528,10 +528,12 @@ impl FeedbackMergeOperator {
         owner: (&str, &str),
         req: &FeedbackRequest,
     ) -> Result<Vec<MemoryRecord>> {
-        let query = match (&req.query, query_text(req)) {
-            (Some(q), _) => q.clone(),
-            (None, Some(text)) => self.embed(vec![text])?.pop().unwrap_or_default(),
-            (None, None) => return Ok(Vec::new()),
+        let query = match &req.query {
+            Some(q) => q.clone(),
+            None => match query_text(req) {
+                Some(text) => self.embed(vec![text])?.pop().unwrap_or_default(),
+                None => return Ok(Vec::new()),
+            },
         };
         self.similar(store, txn, cubes, owner, &query)
     }
