@@ -13,6 +13,8 @@
 //! `cargo build --profile bench --bin memos && cargo bench --workspace --bench sink`.
 //! `MEMOS_BENCH_QUERIES` (default 1000) sizes the search runs, `MEMOS_BENCH_RECALL_VECTORS`
 //! (default 10000) the recall run (embedded by the real model: the slow part).
+//! `MEMOS_BENCH_ONLY=ingest,one,many,recall` runs some sections and prints them without
+//! writing BENCHMARKS.md (only a full run writes it).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -380,33 +382,60 @@ fn main() {
         turns.iter().map(|t| t.len()).sum::<usize>() / turns.len(),
     ));
 
-    ingest_section(&turns, &mut md);
-    let (one, rss_one, vm) = one_cube(&rt, &turns, &queries, queries_n);
-    let multi = many_cubes(&rt, &turns, &queries, queries_n);
+    let only = std::env::var("MEMOS_BENCH_ONLY").ok();
+    let run = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
+    if run("ingest") {
+        ingest_section(&turns, &mut md);
+    }
+    search_sections(&rt, &turns, &queries, queries_n, &run, &mut md);
+    if run("recall") {
+        recall_section(&turns, &queries, recall_n, &mut md);
+    }
+    print!("{md}");
+    if only.is_none() {
+        memos::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sink", &md).unwrap();
+    }
+}
+
+/// Sections 2 and 3: REST search latency in one big cube and in many cubes, and memory.
+fn search_sections(
+    rt: &tokio::runtime::Runtime,
+    turns: &[String],
+    queries: &[String],
+    queries_n: usize,
+    run: &dyn Fn(&str) -> bool,
+    md: &mut String,
+) {
+    let one = run("one").then(|| one_cube(rt, turns, queries, queries_n));
+    let multi = if run("many") {
+        many_cubes(rt, turns, queries, queries_n)
+    } else {
+        Vec::new()
+    };
     md.push_str("| REST search, embedding off, top_k 10 | p50 ms | p99 ms | `GET /health` p50 ms | p99 ms | vector codes in RAM |\n|---|---:|---:|---:|---:|---:|\n");
-    md.push_str(&format!(
-        "| 100k memories in one cube | {:.2} | {:.2} | {:.2} | {:.2} | {} vectors, {:.1} MB |\n",
-        one.0.0,
-        one.0.1,
-        one.1.0,
-        one.1.1,
-        vm.vectors,
-        vm.bytes as f64 / 1048576.0
-    ));
+    if let Some((one, _, vm)) = &one {
+        md.push_str(&format!(
+            "| 100k memories in one cube | {:.2} | {:.2} | {:.2} | {:.2} | {} vectors, {:.1} MB |\n",
+            one.0.0,
+            one.0.1,
+            one.1.0,
+            one.1.1,
+            vm.vectors,
+            vm.bytes as f64 / 1048576.0
+        ));
+    }
     for (budget, lat, vm, _) in &multi {
         md.push_str(&format!(
             "| 1,000-memory cube of 100 cubes (100k memories), vector budget {budget} MB | {:.2} | {:.2} | {:.2} | {:.2} | {} cubes, {} vectors, {:.1} MB, {} evictions |\n",
             lat.0.0, lat.0.1, lat.1.0, lat.1.1, vm.cubes, vm.vectors, vm.bytes as f64 / 1048576.0, vm.evictions
         ));
     }
-    md.push_str(&format!(
-        "\nResident memory: {rss_one:.0} MB RSS in the process holding the 100k-memory store and server (LMDB pages included); anonymous memory with a 512 MB vector budget {:.0} MB, with 8 MB {:.0} MB.\n\n",
-        multi[0].3, multi[1].3
-    ));
-
-    recall_section(&turns, &queries, recall_n, &mut md);
-    print!("{md}");
-    memos::eval::write_section(&tests::root().join("BENCHMARKS.md"), "sink", &md).unwrap();
+    if let (Some((_, rss_one, _)), [big, small]) = (&one, multi.as_slice()) {
+        md.push_str(&format!(
+            "\nResident memory: {rss_one:.0} MB RSS in the process holding the 100k-memory store and server (LMDB pages included); anonymous memory with a 512 MB vector budget {:.0} MB, with 8 MB {:.0} MB.\n\n",
+            big.3, small.3
+        ));
+    }
 }
 
 fn chrono_date() -> String {

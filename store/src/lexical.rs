@@ -277,7 +277,9 @@ impl LexicalIndex {
     }
 
     /// Scores `query` against the cube with BM25, keeping only documents in `candidates`.
-    /// Returns up to `k` (doc, score) pairs, best first.
+    /// Returns up to `k` (doc, score) pairs, best first: the same documents as exhaustive
+    /// scoring followed by [`top_k`], with MaxScore pruning (Turtle & Flood; see
+    /// `max_score`): frequent words — "i", "the", "to" — are usually never read in full.
     pub fn search(
         &self,
         txn: &RoTxn,
@@ -287,75 +289,200 @@ impl LexicalIndex {
         candidates: &RoaringBitmap,
         p: Bm25Params,
     ) -> Result<Vec<(u32, f32)>> {
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(top_k(self.scores(txn, cube, query, candidates, p)?, k))
-    }
-
-    /// BM25 scores of every document of `candidates` that matches a query term, unsorted.
-    pub fn scores(
-        &self,
-        txn: &RoTxn,
-        cube: &str,
-        query: &str,
-        candidates: &RoaringBitmap,
-        p: Bm25Params,
-    ) -> Result<Vec<(u32, f32)>> {
         let (docs, total) = self.stats(txn, cube)?;
-        if docs == 0 || candidates.is_empty() {
+        if k == 0 || docs == 0 || candidates.is_empty() {
             return Ok(Vec::new());
         }
         let avgdl = (total as f32 / docs as f32).max(1.0);
         let mut terms = tokenize(query);
         terms.sort();
         terms.dedup();
-        // Dense accumulators: a bitset of the candidates and a score per document id.
-        let bound = candidates.max().map_or(0, |m| m as usize + 1);
-        let mut allowed = vec![0u64; bound.div_ceil(64)];
-        for d in candidates {
-            allowed[d as usize >> 6] |= 1 << (d & 63);
-        }
-        let mut scores = vec![0f32; bound];
-        let mut touched: Vec<u32> = Vec::new();
+        let mut cursors = Vec::with_capacity(terms.len());
         for term in terms {
             let prefix = term_prefix(cube, &term);
-            let mut blocks = Vec::new();
+            let mut blocks: Vec<&[u8]> = Vec::new();
             let mut df = 0usize;
             for item in self.postings.prefix_iter(txn, &prefix)? {
                 let (key, v) = item?;
-                if key.len() != prefix.len() + 4 {
-                    continue;
+                if key.len() == prefix.len() + 4 && v.len() >= ENTRY {
+                    df += v.len() / ENTRY;
+                    blocks.push(&v[..v.len() - v.len() % ENTRY]);
                 }
-                df += v.len() / ENTRY;
-                blocks.push(v);
             }
-            if df == 0 {
-                continue;
-            }
-            let n = docs as f32;
-            let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
-            let (k1, b) = (p.k1, p.b);
-            for v in blocks {
-                for (doc, tf, len) in decode(v) {
-                    let d = doc as usize;
-                    if d >= bound || allowed[d >> 6] & (1 << (d & 63)) == 0 {
-                        continue;
-                    }
-                    let tf = tf as f32;
-                    let norm = k1 * (1.0 - b + b * len as f32 / avgdl);
-                    if scores[d] == 0.0 {
-                        touched.push(doc);
-                    }
-                    scores[d] += idf * tf * (k1 + 1.0) / (tf + norm);
-                }
+            if df > 0 {
+                let n = docs as f32;
+                let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+                cursors.push(Cursor::new(blocks, idf, p));
             }
         }
-        Ok(touched
+        Ok(max_score(cursors, k, candidates, p, avgdl))
+    }
+}
+
+/// A term's postings, walked in document order.
+struct Cursor<'t> {
+    blocks: Vec<&'t [u8]>,
+    /// First document of each block.
+    firsts: Vec<u32>,
+    /// Current block and entry.
+    b: usize,
+    i: usize,
+    idf: f32,
+    /// Upper bound of the term's contribution (`tf / (tf + norm)` < 1).
+    ub: f32,
+}
+
+fn doc_at(block: &[u8], i: usize) -> u32 {
+    let e = &block[i * ENTRY..i * ENTRY + 4];
+    u32::from_le_bytes([e[0], e[1], e[2], e[3]])
+}
+
+impl<'t> Cursor<'t> {
+    fn new(blocks: Vec<&'t [u8]>, idf: f32, p: Bm25Params) -> Self {
+        let firsts = blocks.iter().map(|b| doc_at(b, 0)).collect();
+        Cursor {
+            blocks,
+            firsts,
+            b: 0,
+            i: 0,
+            idf,
+            ub: idf * (p.k1 + 1.0),
+        }
+    }
+
+    /// The current document; `u32::MAX` once exhausted.
+    fn doc(&self) -> u32 {
+        match self.blocks.get(self.b) {
+            Some(block) => doc_at(block, self.i),
+            None => u32::MAX,
+        }
+    }
+
+    /// Moves to the first entry at or after `target`.
+    fn seek(&mut self, target: u32) {
+        if self.doc() >= target {
+            return;
+        }
+        // The last block starting at or before `target` (blocks are in document order).
+        let ahead = self.firsts[self.b + 1..].partition_point(|&f| f <= target);
+        if ahead > 0 {
+            self.b += ahead;
+            self.i = 0;
+        }
+        let block = self.blocks[self.b];
+        let n = block.len() / ENTRY;
+        let (mut lo, mut hi) = (self.i, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if doc_at(block, mid) < target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        self.i = lo;
+        if lo >= n {
+            self.b += 1;
+            self.i = 0;
+        }
+    }
+
+    /// The BM25 contribution of the current entry.
+    fn score(&self, p: Bm25Params, avgdl: f32) -> f32 {
+        let e = &self.blocks[self.b][self.i * ENTRY..(self.i + 1) * ENTRY];
+        let tf = u16::from_le_bytes([e[4], e[5]]) as f32;
+        let len = u16::from_le_bytes([e[6], e[7]]) as f32;
+        let norm = p.k1 * (1.0 - p.b + p.b * len / avgdl);
+        self.idf * tf * (p.k1 + 1.0) / (tf + norm)
+    }
+}
+
+/// Top `k` by BM25, the same documents as exhaustive scoring, term at a time with MaxScore
+/// pruning: terms are read rarest first (highest upper bound); once the terms not yet read
+/// cannot lift a document that has none of the read ones above the k-th best partial score,
+/// no new document can enter, and the remaining (frequent) terms are only looked up, by
+/// binary search in their blocks, for the documents that can still make the top `k`.
+fn max_score(
+    mut cursors: Vec<Cursor>,
+    k: usize,
+    candidates: &RoaringBitmap,
+    p: Bm25Params,
+    avgdl: f32,
+) -> Vec<(u32, f32)> {
+    cursors.sort_by(|a, b| b.ub.total_cmp(&a.ub));
+    let n = cursors.len();
+    // rest[i]: the most the terms i.. can add to any document.
+    let mut rest = vec![0f32; n + 1];
+    for i in (0..n).rev() {
+        rest[i] = rest[i + 1] + cursors[i].ub;
+    }
+    let bound = candidates.max().map_or(0, |m| m as usize + 1);
+    let mut allowed = vec![0u64; bound.div_ceil(64)];
+    for d in candidates {
+        allowed[d as usize >> 6] |= 1 << (d & 63);
+    }
+    let mut scores = vec![0f32; bound];
+    let mut touched: Vec<u32> = Vec::new();
+    let mut best = 0f32;
+    let mut theta = f32::NEG_INFINITY;
+    let mut scratch: Vec<f32> = Vec::new();
+    let mut read = 0;
+    while read < n {
+        let c = &cursors[read];
+        for block in &c.blocks {
+            for (doc, tf, len) in decode(block) {
+                let d = doc as usize;
+                if d >= bound || allowed[d >> 6] & (1 << (d & 63)) == 0 {
+                    continue;
+                }
+                let tf = tf as f32;
+                let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
+                if scores[d] == 0.0 {
+                    touched.push(doc);
+                }
+                scores[d] += c.idf * tf * (p.k1 + 1.0) / (tf + norm);
+                best = best.max(scores[d]);
+            }
+        }
+        read += 1;
+        if read < n && touched.len() >= k && rest[read] < best {
+            scratch.clear();
+            scratch.extend(touched.iter().map(|&d| scores[d as usize]));
+            scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            theta = scratch[k - 1];
+            if rest[read] < theta {
+                break;
+            }
+        }
+    }
+    if read < n {
+        // Only documents that can still reach the k-th best partial score (ties kept: a tie
+        // may win on its id).
+        let mut live: Vec<u32> = touched
+            .iter()
+            .copied()
+            .filter(|&d| scores[d as usize] + rest[read] >= theta)
+            .collect();
+        live.sort_unstable();
+        for j in read..n {
+            let c = &mut cursors[j];
+            for &d in &live {
+                c.seek(d);
+                if c.doc() == d {
+                    scores[d as usize] += c.score(p, avgdl);
+                }
+            }
+            live.retain(|&d| scores[d as usize] + rest[j + 1] >= theta);
+        }
+        touched = live;
+    }
+    top_k(
+        touched
             .into_iter()
             .map(|d| (d, scores[d as usize]))
-            .collect())
-    }
+            .collect(),
+        k,
+    )
 }
 
 /// Keeps the `k` highest scores, sorted best first (ties broken by id for determinism).
@@ -368,4 +495,130 @@ pub fn top_k(mut v: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
     v.sort_by(cmp);
     v.truncate(k);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Postings of a synthetic corpus (a skewed vocabulary, so some terms are in most
+    /// documents), cut into blocks of `block` entries: term → encoded blocks.
+    fn corpus(docs: u32, block: usize) -> (Vec<Vec<Vec<u8>>>, Vec<u16>) {
+        let vocab = 40;
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut postings: Vec<Vec<(u32, u16, u16)>> = vec![Vec::new(); vocab];
+        let mut lens = Vec::new();
+        for d in 0..docs {
+            let len = 3 + (rnd() % 30) as usize;
+            let mut tf = vec![0u16; vocab];
+            for _ in 0..len {
+                // Term t with probability ~ 1/(t+1): term 0 is in nearly every document.
+                let r = (rnd() % 10_000) as f64 / 10_000.0;
+                let t = ((vocab as f64).powf(r) - 1.0) as usize;
+                tf[t.min(vocab - 1)] += 1;
+            }
+            for (t, n) in tf.iter().enumerate() {
+                if *n > 0 {
+                    postings[t].push((d, *n, len as u16));
+                }
+            }
+            lens.push(len as u16);
+        }
+        let blocks = postings
+            .iter()
+            .map(|p| p.chunks(block).map(encode).collect())
+            .collect();
+        (blocks, lens)
+    }
+
+    fn exhaustive(
+        blocks: &[Vec<Vec<u8>>],
+        terms: &[usize],
+        docs: u32,
+        avgdl: f32,
+        cands: &RoaringBitmap,
+        k: usize,
+    ) -> Vec<(u32, f32)> {
+        let p = Bm25Params::default();
+        let mut scores = vec![0f32; docs as usize];
+        for &t in terms {
+            let df: usize = blocks[t].iter().map(|b| b.len() / ENTRY).sum();
+            let n = docs as f32;
+            let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+            for b in &blocks[t] {
+                for (d, tf, len) in decode(b) {
+                    let tf = tf as f32;
+                    let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
+                    scores[d as usize] += idf * tf * (p.k1 + 1.0) / (tf + norm);
+                }
+            }
+        }
+        let all = scores
+            .iter()
+            .enumerate()
+            .filter(|(d, s)| **s > 0.0 && cands.contains(*d as u32))
+            .map(|(d, s)| (d as u32, *s))
+            .collect();
+        top_k(all, k)
+    }
+
+    #[test]
+    fn max_score_finds_the_exhaustive_top_k() {
+        let docs = 5000;
+        let p = Bm25Params::default();
+        for block in [7, 64, 512] {
+            let (blocks, lens) = corpus(docs, block);
+            let avgdl = lens.iter().map(|l| *l as f32).sum::<f32>() / docs as f32;
+            let every: RoaringBitmap = (0..docs).collect();
+            let some: RoaringBitmap = (0..docs).filter(|d| d % 3 != 1).collect();
+            let queries: [&[usize]; 5] = [&[0], &[0, 1, 2, 3], &[0, 5, 17, 39], &[39], &[1, 2, 30]];
+            for terms in queries {
+                for cands in [&every, &some] {
+                    for k in [1, 10, 100, 6000] {
+                        let cursors = terms
+                            .iter()
+                            .map(|&t| {
+                                let df: usize = blocks[t].iter().map(|b| b.len() / ENTRY).sum();
+                                let n = docs as f32;
+                                let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+                                Cursor::new(
+                                    blocks[t].iter().map(|b| b.as_slice()).collect(),
+                                    idf,
+                                    p,
+                                )
+                            })
+                            .collect();
+                        let got = max_score(cursors, k, cands, p, avgdl);
+                        let want = exhaustive(&blocks, terms, docs, avgdl, cands, k);
+                        assert_eq!(got.len(), want.len(), "terms {terms:?} k {k}");
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!((g.1 - w.1).abs() <= 1e-4 * w.1, "{g:?} vs {w:?}");
+                        }
+                        // The same documents (up to scores equal within rounding).
+                        let cut = want.last().map_or(0.0, |w| w.1);
+                        let firm = |v: &[(u32, f32)]| -> Vec<u32> {
+                            let mut ids: Vec<u32> = v
+                                .iter()
+                                .filter(|x| x.1 > cut + 1e-4 * cut)
+                                .map(|x| x.0)
+                                .collect();
+                            ids.sort_unstable();
+                            ids
+                        };
+                        assert_eq!(
+                            firm(&got),
+                            firm(&want),
+                            "terms {terms:?} k {k} block {block}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

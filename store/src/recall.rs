@@ -1,6 +1,6 @@
 //! Recall over several cubes and every bucket: the search every interface runs (REST, cloud
 //! shapes, SQL `search()`, MCP, the bus). Per cube the candidates are computed once (filter,
-//! scope, the wanted memory types) and BM25 scored once, then each bucket of
+//! scope, the wanted memory types), then each bucket of
 //! [`Bucket::ALL`] is searched with its own top k; knowledge-base chunks found beside a user's
 //! memories keep at most half of the text bucket (MemOS gives documents half the results).
 
@@ -81,7 +81,8 @@ pub fn recall(
         .flat_map(|(b, _)| r.types_of(b))
         .collect();
     for (cube, filter) in r.cubes {
-        // BM25 once per cube over every requested bucket, shared by the bucket searches.
+        // Candidates once per cube over every requested bucket; each bucket then takes its own
+        // BM25 top k (MaxScore-pruned, so frequent query words cost little) and vector top k.
         let all = store.candidates(txn, cube, Some(&wanted), filter)?;
         let all = store.restrict(txn, cube, r.scope, all)?;
         let rewound = if r.at.is_set() {
@@ -89,7 +90,6 @@ pub fn recall(
         } else {
             None
         };
-        let lexical = store.bm25_scores(txn, cube, r.query, &all)?;
         for (b, k) in Bucket::ALL.into_iter().zip(r.top_k) {
             let types = r.types_of(b);
             let mut hits = Vec::new();
@@ -103,7 +103,6 @@ pub fn recall(
                 s.session_boost = r.session_boost;
                 s.pool = r.pool;
                 s.vector_pool = r.vector_pool;
-                s.lexical = Some(&lexical);
                 s.within = Some(&all);
                 hits = match &rewound {
                     Some(rw) => search_as_of(store, txn, &s, rw, embed)?,

@@ -120,19 +120,6 @@ impl Store {
         Ok(lexical::top_k(hits, k))
     }
 
-    /// BM25 scores of every matching document among `candidates`, unsorted: compute once and
-    /// share between searches over subsets (the buckets of one request).
-    pub fn bm25_scores(
-        &self,
-        txn: &RoTxn,
-        cube: &str,
-        query: &str,
-        candidates: &RoaringBitmap,
-    ) -> Result<Vec<(u32, f32)>> {
-        self.lexical
-            .scores(txn, cube, query, candidates, self.opts.bm25)
-    }
-
     /// BM25 over the cube among `candidates`. Returns (id, score), best first.
     pub fn bm25_search(
         &self,

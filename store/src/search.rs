@@ -88,9 +88,6 @@ pub struct SearchRequest<'a> {
     /// Candidates fetched from the vector retriever (at least `3 · top_k`). Smaller than `pool`
     /// because every lexical candidate gets its exact cosine anyway; ANN cost grows with it.
     pub vector_pool: usize,
-    /// BM25 scores computed once for a superset of this request's candidates (see
-    /// [`Store::bm25_scores`]); None computes them here.
-    pub lexical: Option<&'a [(u32, f32)]>,
     /// Activated ids already filtered by `filter` (a superset over several types, computed
     /// once per cube); None evaluates the filter here.
     pub within: Option<&'a roaring::RoaringBitmap>,
@@ -119,7 +116,6 @@ impl<'a> SearchRequest<'a> {
             session_boost: 0.1,
             pool: 100,
             vector_pool: 30,
-            lexical: None,
             within: None,
         }
     }
@@ -162,16 +158,7 @@ fn retrieve(
         )?,
         None => Vec::new(),
     };
-    let lex_hits = match req.lexical {
-        Some(all) => lexical::top_k(
-            all.iter()
-                .copied()
-                .filter(|(id, _)| candidates.contains(*id))
-                .collect(),
-            pool,
-        ),
-        None => store.bm25_search(txn, req.cube_id, req.query, pool, candidates)?,
-    };
+    let lex_hits = store.bm25_search(txn, req.cube_id, req.query, pool, candidates)?;
     Ok((vec_hits, lex_hits))
 }
 
