@@ -310,13 +310,24 @@ impl LexicalIndex {
                 }
             }
             if df > 0 {
-                let n = docs as f32;
-                let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
-                cursors.push(Cursor::new(blocks, idf, p));
+                cursors.push(Cursor::new(blocks, idf(docs, df), p));
             }
         }
         Ok(max_score(cursors, k, candidates, p, avgdl))
     }
+}
+
+/// BM25 inverse document frequency of a term in `df` of `docs` documents.
+fn idf(docs: u64, df: usize) -> f32 {
+    let (n, df) = (docs as f32, df as f32);
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+/// A posting's BM25 contribution: `tf` occurrences in a document of `len` tokens.
+fn term_score(idf: f32, tf: u16, len: u16, p: Bm25Params, avgdl: f32) -> f32 {
+    let tf = tf as f32;
+    let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
+    idf * tf * (p.k1 + 1.0) / (tf + norm)
 }
 
 /// A term's postings, walked in document order.
@@ -390,10 +401,9 @@ impl<'t> Cursor<'t> {
     /// The BM25 contribution of the current entry.
     fn score(&self, p: Bm25Params, avgdl: f32) -> f32 {
         let e = &self.blocks[self.b][self.i * ENTRY..(self.i + 1) * ENTRY];
-        let tf = u16::from_le_bytes([e[4], e[5]]) as f32;
-        let len = u16::from_le_bytes([e[6], e[7]]) as f32;
-        let norm = p.k1 * (1.0 - p.b + p.b * len / avgdl);
-        self.idf * tf * (p.k1 + 1.0) / (tf + norm)
+        let tf = u16::from_le_bytes([e[4], e[5]]);
+        let len = u16::from_le_bytes([e[6], e[7]]);
+        term_score(self.idf, tf, len, p, avgdl)
     }
 }
 
@@ -435,12 +445,10 @@ fn max_score(
                 if d >= bound || allowed[d >> 6] & (1 << (d & 63)) == 0 {
                     continue;
                 }
-                let tf = tf as f32;
-                let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
                 if scores[d] == 0.0 {
                     touched.push(doc);
                 }
-                scores[d] += c.idf * tf * (p.k1 + 1.0) / (tf + norm);
+                scores[d] += term_score(c.idf, tf, len, p, avgdl);
                 best = best.max(scores[d]);
             }
         }
@@ -537,6 +545,11 @@ mod tests {
         (blocks, lens)
     }
 
+    /// Documents in a term's blocks.
+    fn df(blocks: &[Vec<u8>]) -> usize {
+        blocks.iter().map(|b| b.len() / ENTRY).sum()
+    }
+
     fn exhaustive(
         blocks: &[Vec<Vec<u8>>],
         terms: &[usize],
@@ -548,14 +561,10 @@ mod tests {
         let p = Bm25Params::default();
         let mut scores = vec![0f32; docs as usize];
         for &t in terms {
-            let df: usize = blocks[t].iter().map(|b| b.len() / ENTRY).sum();
-            let n = docs as f32;
-            let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
+            let idf = idf(docs as u64, df(&blocks[t]));
             for b in &blocks[t] {
                 for (d, tf, len) in decode(b) {
-                    let tf = tf as f32;
-                    let norm = p.k1 * (1.0 - p.b + p.b * len as f32 / avgdl);
-                    scores[d as usize] += idf * tf * (p.k1 + 1.0) / (tf + norm);
+                    scores[d as usize] += term_score(idf, tf, len, p, avgdl);
                 }
             }
         }
@@ -584,14 +593,9 @@ mod tests {
                         let cursors = terms
                             .iter()
                             .map(|&t| {
-                                let df: usize = blocks[t].iter().map(|b| b.len() / ENTRY).sum();
-                                let n = docs as f32;
-                                let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln();
-                                Cursor::new(
-                                    blocks[t].iter().map(|b| b.as_slice()).collect(),
-                                    idf,
-                                    p,
-                                )
+                                let idf = idf(docs as u64, df(&blocks[t]));
+                                let blocks = blocks[t].iter().map(|b| b.as_slice()).collect();
+                                Cursor::new(blocks, idf, p)
                             })
                             .collect();
                         let got = max_score(cursors, k, cands, p, avgdl);
