@@ -247,9 +247,14 @@ impl Operator for DedupeOperator {
                 }
                 let queries: Vec<&[f32]> =
                     idx.iter().map(|&i| batch[i].embedding.as_slice()).collect();
-                let hits = ctx
-                    .store
-                    .near_neighbours_in(&txn, cube, &queries, 3, &cands)?;
+                let hits = ctx.store.near_neighbours_in(
+                    &txn,
+                    cube,
+                    &queries,
+                    3,
+                    &cands,
+                    self.cfg.near_threshold,
+                )?;
                 for (i, h) in idx.into_iter().zip(hits) {
                     near_hits[i] = h;
                 }

@@ -159,10 +159,10 @@ pub struct BatchStats {
 pub struct Processor {
     store: Arc<Store>,
     ctx: OpContext,
-    window: WindowOperator,
-    extract: ExtractOperator,
-    embed: EmbedOperator,
-    dedupe: DedupeOperator,
+    /// The per-event operators, and a second instance of them: a batch whose events span
+    /// several cubes is split by cube and its two shares are prepared on two cores.
+    chain: Chain,
+    helper: Chain,
     feedback: FeedbackMergeOperator,
     /// Opens the batch's write transaction; its hooks queue fine jobs and KV-cache builds.
     committer: Committer,
@@ -182,6 +182,133 @@ pub struct Processor {
     stages: Vec<Stage>,
     /// Set when an operator reported a fatal error: the supervisor replaces this processor.
     fatal: Option<String>,
+}
+
+/// Batches with fewer events than this are prepared on one core (a thread per batch costs
+/// more than it saves on a handful of events).
+const SPLIT_MIN_EVENTS: usize = 64;
+
+/// The per-event operators for one share of a batch: window → extract → (custom stages) →
+/// embed → dedupe. Dedupe compares a draft with its own cube only, so shares split by cube
+/// give the same result as the whole batch.
+struct Chain {
+    window: WindowOperator,
+    extract: ExtractOperator,
+    embed: EmbedOperator,
+    dedupe: DedupeOperator,
+}
+
+/// What a chain produced for its share: drafts, events that failed (id, reason), and when its
+/// embedding and dedupe ended (since the chain started).
+struct ChainOut {
+    drafts: Vec<Draft>,
+    failed: Vec<(String, String)>,
+    t_embed: Duration,
+    t_dedupe: Duration,
+}
+
+impl Chain {
+    fn build(cfg: &Config, embedder: Arc<dyn Embedder>) -> Chain {
+        Chain {
+            window: cfg.window.build(),
+            extract: cfg.extract.build(),
+            embed: EmbedOperator::new(embedder),
+            dedupe: cfg.dedupe.build(),
+        }
+    }
+
+    fn start(&mut self, ctx: &OpContext, stages: &mut [Stage]) -> Result<(), OperatorError> {
+        self.window.on_start(ctx)?;
+        self.extract.on_start(ctx)?;
+        for st in stages {
+            st.on_start(ctx)?;
+        }
+        self.embed.on_start(ctx)?;
+        self.dedupe.on_start(ctx)
+    }
+
+    fn close(&mut self, ctx: &OpContext, stages: &mut [Stage]) -> Vec<Result<(), OperatorError>> {
+        let mut results = vec![self.window.on_close(ctx), self.extract.on_close(ctx)];
+        for st in stages {
+            results.push(st.on_close(ctx));
+        }
+        results.push(self.embed.on_close(ctx));
+        results.push(self.dedupe.on_close(ctx));
+        results
+    }
+
+    /// Runs the chain over `events`. A per-event failure is listed, not returned; a transient
+    /// or fatal error fails the share.
+    fn run(
+        &mut self,
+        m: &crate::metrics::Metrics,
+        ctx: &OpContext,
+        stages: &mut [Stage],
+        events: Vec<IdentifiedEvent>,
+        retry_attempts: u32,
+    ) -> Result<ChainOut, PipelineError> {
+        let t0 = Instant::now();
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let (drafts, f) = guarded(m, &mut self.window, events, ctx)?;
+        failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+        let (mut drafts, f) = guarded(m, &mut self.extract, drafts, ctx)?;
+        failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+        for st in stages {
+            let (d, f) = guarded(m, st.as_mut(), drafts, ctx)?;
+            failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+            drafts = d;
+        }
+        let embedded = {
+            let embed = &mut self.embed;
+            m.embed_batch.observe(drafts.len() as f64);
+            retry(retry_attempts, || guarded(m, embed, drafts.clone(), ctx))
+        };
+        let drafts = match embedded {
+            Ok((d, f)) => {
+                failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+                d
+            }
+            Err(e) if !e.retryable() => {
+                failed.extend(ids.into_iter().map(|id| (id, format!("embed: {e}"))));
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let t_embed = t0.elapsed();
+        let (drafts, f) = guarded(m, &mut self.dedupe, drafts, ctx)?;
+        failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
+        Ok(ChainOut {
+            drafts,
+            failed,
+            t_embed,
+            t_dedupe: t0.elapsed() - t_embed,
+        })
+    }
+}
+
+/// Splits a batch's events in two shares of whole cubes, as even as the cubes allow (largest
+/// cube first to the lighter share). Returns one empty share when the batch has one cube.
+fn split_by_cube(events: Vec<IdentifiedEvent>) -> (Vec<IdentifiedEvent>, Vec<IdentifiedEvent>) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for e in &events {
+        *counts.entry(e.event.cube_id.as_str()).or_default() += 1;
+    }
+    let mut cubes: Vec<(&str, usize)> = counts.into_iter().collect();
+    cubes.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let (mut load_a, mut load_b) = (0, 0);
+    let mut to_b: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (cube, n) in cubes {
+        if load_b < load_a {
+            load_b += n;
+            to_b.insert(cube.to_string());
+        } else {
+            load_a += n;
+        }
+    }
+    events
+        .into_iter()
+        .partition(|e| !to_b.contains(e.event.cube_id.as_str()))
 }
 
 /// A custom stage: drafts in, drafts out; it runs between `extract` and `embed` (e.g. a redactor
@@ -217,9 +344,19 @@ fn stage<O: Operator + ?Sized>(
 }
 
 /// What the stages produced for one event: its drafts, or its feedback as read.
-struct EventInput {
-    drafts: Vec<Draft>,
+struct EventInput<'a> {
+    drafts: &'a [Draft],
     feedback: Option<FeedbackRequest>,
+}
+
+/// What the sink applied of a batch: per input index the event id, its memory ids and its
+/// (inserted, merged, feedback intent); the fine jobs; the buffered index writes; and the
+/// events that failed on their own (input index, reason).
+struct Applied {
+    produced: HashMap<usize, (String, Vec<String>, (usize, usize, Option<String>))>,
+    fine_jobs: Vec<crate::fine::FineJob>,
+    index: store::IndexBuffer,
+    dead: Vec<(usize, String)>,
 }
 
 /// What the sink did with one event.
@@ -387,13 +524,11 @@ impl Processor {
                 store: store.clone(),
             },
             store,
-            window: cfg.window.build(),
-            extract: cfg.extract.build(),
-            feedback: cfg.feedback.build(embedder.clone()),
+            chain: Chain::build(cfg, embedder.clone()),
+            helper: Chain::build(cfg, embedder.clone()),
+            feedback: cfg.feedback.build(embedder),
             committer,
             fine_enabled: false,
-            embed: EmbedOperator::new(embedder),
-            dedupe: cfg.dedupe.build(),
             capacity: cfg
                 .memory
                 .capacity
@@ -427,28 +562,16 @@ impl Processor {
     pub fn start(&mut self) -> Result<(), OperatorError> {
         let ctx = &self.ctx;
         self.feedback.on_start(ctx)?;
-        self.window.on_start(ctx)?;
-        self.extract.on_start(ctx)?;
-        for st in &mut self.stages {
-            st.on_start(ctx)?;
-        }
-        self.embed.on_start(ctx)?;
-        self.dedupe.on_start(ctx)
+        self.chain.start(ctx, &mut self.stages)?;
+        self.helper.start(ctx, &mut [])
     }
 
     /// Runs every stage's `on_close` hook (after the last batch); failures are logged.
     pub fn close(&mut self) {
         let ctx = &self.ctx;
-        let mut results = vec![
-            self.feedback.on_close(ctx),
-            self.window.on_close(ctx),
-            self.extract.on_close(ctx),
-        ];
-        for st in &mut self.stages {
-            results.push(st.on_close(ctx));
-        }
-        results.push(self.embed.on_close(ctx));
-        results.push(self.dedupe.on_close(ctx));
+        let mut results = vec![self.feedback.on_close(ctx)];
+        results.extend(self.chain.close(ctx, &mut self.stages));
+        results.extend(self.helper.close(ctx, &mut []));
         for e in results.into_iter().filter_map(Result::err) {
             tracing::warn!(error = %e, "operator on_close failed");
         }
@@ -709,7 +832,6 @@ impl Processor {
 
     /// Runs the operator chain; a per-event failure dead-letters that event only.
     fn run_stages(&mut self, pending: &[Pending]) -> Result<Staged, PipelineError> {
-        // Operators. A per-event failure dead-letters that event only.
         let mut failed: HashMap<String, String> = HashMap::new();
         let events: Vec<IdentifiedEvent> = pending.iter().map(|p| p.ie.clone()).collect();
         let t_ops = Instant::now();
@@ -726,40 +848,48 @@ impl Processor {
             failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
             reqs.into_iter().map(|r| (r.ie.id.clone(), r)).collect()
         };
-        let (drafts, f) = guarded(&m, &mut self.window, events, &self.ctx)?;
-        failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-        let (mut drafts, f) = guarded(&m, &mut self.extract, drafts, &self.ctx)?;
-        failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-        for st in &mut self.stages {
-            let (d, f) = guarded(&m, st.as_mut(), drafts, &self.ctx)?;
-            failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-            drafts = d;
+        // Custom stages may keep state across events, so a batch with them runs on one core.
+        let (mine, theirs) = if self.stages.is_empty() && events.len() >= SPLIT_MIN_EVENTS {
+            split_by_cube(events)
+        } else {
+            (events, Vec::new())
+        };
+        let attempts = self.retry_attempts;
+        let outs = if theirs.is_empty() {
+            vec![
+                self.chain
+                    .run(&m, &self.ctx, &mut self.stages, mine, attempts)?,
+            ]
+        } else {
+            let (chain, helper, ctx) = (&mut self.chain, &mut self.helper, &self.ctx);
+            let (a, b) = std::thread::scope(|s| {
+                let other = std::thread::Builder::new()
+                    .name("memos-prepare".into())
+                    .spawn_scoped(s, || helper.run(&m, ctx, &mut [], theirs, attempts));
+                let a = chain.run(&m, ctx, &mut [], mine, attempts);
+                let b = match other {
+                    Ok(h) => h.join().unwrap_or_else(|p| {
+                        Err(PipelineError::Operator(OperatorError::Fatal(format!(
+                            "the second preparing thread panicked: {}",
+                            panic_message(&*p)
+                        ))))
+                    }),
+                    Err(e) => Err(PipelineError::Unavailable(format!(
+                        "could not start the second preparing thread: {e}"
+                    ))),
+                };
+                (a, b)
+            });
+            vec![a?, b?]
+        };
+        let mut drafts = Vec::new();
+        let (mut t_embed, mut t_dedupe) = (Duration::ZERO, Duration::ZERO);
+        for o in outs {
+            drafts.extend(o.drafts);
+            failed.extend(o.failed);
+            t_embed = t_embed.max(o.t_embed);
+            t_dedupe = t_dedupe.max(o.t_dedupe);
         }
-        let embedded = {
-            let embed = &mut self.embed;
-            let ctx = &self.ctx;
-            m.embed_batch.observe(drafts.len() as f64);
-            retry(self.retry_attempts, || {
-                guarded(&m, embed, drafts.clone(), ctx)
-            })
-        };
-        let drafts = match embedded {
-            Ok((d, f)) => {
-                failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
-                d
-            }
-            Err(e) if !e.retryable() => {
-                for p in pending.iter() {
-                    failed.insert(p.ie.id.clone(), format!("embed: {e}"));
-                }
-                Vec::new()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let t_embed = t_ops.elapsed();
-        let (drafts, f) = guarded(&m, &mut self.dedupe, drafts, &self.ctx)?;
-        let t_dedupe = t_ops.elapsed() - t_embed;
-        failed.extend(f.into_iter().map(|(id, e)| (id, e.to_string())));
         Ok(Staged {
             drafts,
             feedback,
@@ -770,8 +900,9 @@ impl Processor {
         })
     }
 
-    /// The sink: one write transaction (a `Commit`) for the whole batch, each event in its own
-    /// child transaction; returns the memories each stored event produced, by input index.
+    /// The sink: one write transaction (a `Commit`) for the whole batch — events applied
+    /// straight into it, or, once one of them fails, each in its own child transaction;
+    /// returns the memories each stored event produced, by input index.
     fn sink(
         &mut self,
         decoded: &mut Decoded,
@@ -781,7 +912,7 @@ impl Processor {
     ) -> Result<HashMap<usize, (String, Vec<String>)>, PipelineError> {
         let Staged {
             drafts,
-            mut feedback,
+            feedback,
             failed,
             t_ops,
             t_embed,
@@ -791,53 +922,62 @@ impl Processor {
         let m = self.metrics.clone();
         // Sink: one write transaction for the whole batch.
         let committer = self.committer.clone();
-        let mut wtxn = committer.begin("batch")?;
         let mut by_event: HashMap<String, Vec<Draft>> = HashMap::new();
         for d in drafts {
             by_event.entry(d.event_id.clone()).or_default().push(d);
         }
-        let mut produced: HashMap<usize, (String, Vec<String>)> = HashMap::new();
-        let mut fine_jobs: Vec<crate::fine::FineJob> = Vec::new();
-        // New memories' bitmaps and postings are buffered for the whole batch and written once
-        // per key; the buffer is flushed before an event that reads them (merges, deletes,
-        // feedback) and at the end.
-        let mut index = store::IndexBuffer::default();
-        for p in pending.iter() {
-            if let Some(reason) = failed.get(&p.ie.id) {
-                dead.push((p.idx, self.dead_letter(p, reason.clone(), now)));
-                continue;
-            }
-            let drafts = by_event.remove(&p.ie.id).unwrap_or_default();
-            let reads_index = matches!(p.ie.event.kind, EventKind::Delete | EventKind::Feedback)
-                || drafts
-                    .iter()
-                    .any(|d| matches!(d.action, Action::Merge { .. }));
-            if reads_index && !index.is_empty() {
-                self.store
-                    .flush_index(&mut wtxn, std::mem::take(&mut index))?;
-            }
-            let input = EventInput {
-                drafts,
-                feedback: feedback.remove(&p.ie.id),
-            };
-            let applied = self.apply_isolated(&mut wtxn, p, input, now, &mut index)?;
-            match applied {
-                Ok(out) => {
-                    stats.inserted += out.inserted;
-                    stats.merged += out.merged;
-                    if let Some(intent) = &out.feedback_intent {
-                        stats.feedback += 1;
-                        m.feedback.with_label_values(&[intent]).inc();
+        // Optimistic first: every event applied straight into the batch's transaction. Only
+        // when one fails for a reason of its own (or panics) is the transaction aborted and the
+        // batch applied again with each event in a child transaction, so that event alone is
+        // undone. Child transactions copy every page an event touches that the batch has
+        // already dirtied, so the common case — nothing fails — skips them.
+        let mut wtxn = committer.begin("batch")?;
+        let applied = match self.apply_events(
+            &mut wtxn, pending, &by_event, &feedback, &failed, now, false,
+        )? {
+            Ok(applied) => applied,
+            Err(reason) => {
+                tracing::debug!(%reason, "an event failed in the batch's transaction; applying each event in its own child transaction");
+                drop(wtxn);
+                wtxn = committer.begin("batch")?;
+                match self
+                    .apply_events(&mut wtxn, pending, &by_event, &feedback, &failed, now, true)?
+                {
+                    Ok(applied) => applied,
+                    Err(reason) => {
+                        return Err(PipelineError::BadRequest(format!(
+                            "internal: an isolated event failed its batch: {reason}"
+                        )));
                     }
-                    fine_jobs.extend(out.fine_job);
-                    produced.insert(p.idx, (p.ie.id.clone(), out.ids));
                 }
-                Err(reason) => {
-                    tracing::warn!(event_id = %p.ie.id, %reason, "event dead-lettered by the sink");
-                    dead.push((p.idx, self.dead_letter(p, reason, now)));
+            }
+        };
+        let Applied {
+            produced,
+            fine_jobs,
+            index,
+            dead: sink_dead,
+        } = applied;
+        for (idx, reason) in sink_dead {
+            if let Some(p) = pending.iter().find(|p| p.idx == idx) {
+                dead.push((idx, self.dead_letter(p, reason, now)));
+            }
+        }
+        for p in pending.iter() {
+            if produced.contains_key(&p.idx) {
+                let (inserted, merged, intent) = &produced[&p.idx].2;
+                stats.inserted += inserted;
+                stats.merged += merged;
+                if let Some(intent) = intent {
+                    stats.feedback += 1;
+                    m.feedback.with_label_values(&[intent]).inc();
                 }
             }
         }
+        let produced: HashMap<usize, (String, Vec<String>)> = produced
+            .into_iter()
+            .map(|(idx, (id, ids, _))| (idx, (id, ids)))
+            .collect();
         self.store.flush_index(&mut wtxn, index)?;
         for (_, dl) in dead.iter() {
             self.store.put_dead_letter(&mut wtxn, dl)?;
@@ -887,6 +1027,109 @@ impl Processor {
         Ok(produced)
     }
 
+    /// Applies the batch's events in `wtxn`. With `isolate`, each event runs in its own child
+    /// transaction ([`Processor::apply_isolated`]) and one that fails is undone alone and
+    /// listed in [`Applied::dead`]. Without it, events are applied straight into `wtxn` (under
+    /// catch_unwind) and the first event that fails for a reason of its own stops the pass:
+    /// its reason is returned and the caller must abort `wtxn`. A transient error fails the
+    /// batch either way.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_events(
+        &self,
+        wtxn: &mut store::heed::RwTxn,
+        pending: &[Pending],
+        by_event: &HashMap<String, Vec<Draft>>,
+        feedback: &HashMap<String, FeedbackRequest>,
+        failed: &HashMap<String, String>,
+        now: i64,
+        isolate: bool,
+    ) -> Result<Result<Applied, String>, PipelineError> {
+        let mut applied = Applied {
+            produced: HashMap::new(),
+            fine_jobs: Vec::new(),
+            index: store::IndexBuffer::default(),
+            dead: Vec::new(),
+        };
+        // New memories' bitmaps and postings are buffered for the whole batch and written once
+        // per key; the buffer is flushed before an event that reads them (merges, deletes,
+        // feedback) and at the end (by the caller).
+        for p in pending {
+            if let Some(reason) = failed.get(&p.ie.id) {
+                applied.dead.push((p.idx, reason.clone()));
+                continue;
+            }
+            let drafts = by_event
+                .get(&p.ie.id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            // Deletes and feedback read the indexes through filters and searches; a merge
+            // rewrites its target's entries, which must not still wait in the buffer.
+            let reads_index = matches!(p.ie.event.kind, EventKind::Delete | EventKind::Feedback)
+                || self.merges_buffered(wtxn, &applied.index, drafts)?;
+            if reads_index && !applied.index.is_empty() {
+                self.store
+                    .flush_index(wtxn, std::mem::take(&mut applied.index))?;
+            }
+            let input = EventInput {
+                drafts,
+                feedback: feedback.get(&p.ie.id).cloned(),
+            };
+            let r = if isolate {
+                self.apply_isolated(wtxn, p, input, now, &mut applied.index)?
+            } else {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.sink_event(wtxn, p, input, now, &mut applied.index)
+                }));
+                match r {
+                    Ok(Ok(out)) => Ok(out),
+                    Ok(Err(e)) if e.is_transient() => return Err(e),
+                    Ok(Err(e)) => return Ok(Err(format!("sink: {e}"))),
+                    Err(panic) => {
+                        return Ok(Err(format!("sink panicked: {}", panic_message(&*panic))));
+                    }
+                }
+            };
+            match r {
+                Ok(out) => {
+                    applied.fine_jobs.extend(out.fine_job);
+                    applied.produced.insert(
+                        p.idx,
+                        (
+                            p.ie.id.clone(),
+                            out.ids,
+                            (out.inserted, out.merged, out.feedback_intent),
+                        ),
+                    );
+                }
+                Err(reason) => {
+                    tracing::warn!(event_id = %p.ie.id, %reason, "event dead-lettered by the sink");
+                    applied.dead.push((p.idx, reason));
+                }
+            }
+        }
+        Ok(Ok(applied))
+    }
+
+    /// Whether one of `drafts` merges into a memory whose index entries wait in `index`.
+    fn merges_buffered(
+        &self,
+        txn: &store::heed::RoTxn,
+        index: &store::IndexBuffer,
+        drafts: &[Draft],
+    ) -> Result<bool, PipelineError> {
+        if index.is_empty() {
+            return Ok(false);
+        }
+        for d in drafts {
+            if let Action::Merge { target, .. } = &d.action
+                && self.store.buffered(txn, index, target)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Applies one event in its own child transaction of `wtxn`, under catch_unwind: an event
     /// that cannot be written (a key LMDB refuses, a record that does not encode, a panic) is
     /// undone alone and its reason returned (it becomes a dead letter); the rest of the batch
@@ -895,7 +1138,7 @@ impl Processor {
         &self,
         wtxn: &mut store::heed::RwTxn,
         p: &Pending,
-        input: EventInput,
+        input: EventInput<'_>,
         now: i64,
         index: &mut store::IndexBuffer,
     ) -> Result<Result<SinkOut, String>, PipelineError> {
@@ -1035,7 +1278,7 @@ impl Processor {
         &self,
         wtxn: &mut store::heed::RwTxn,
         p: &Pending,
-        input: EventInput,
+        input: EventInput<'_>,
         now: i64,
         index: &mut store::IndexBuffer,
     ) -> Result<SinkOut, PipelineError> {
@@ -1047,7 +1290,7 @@ impl Processor {
             _ => {
                 let mut fast_turns = Vec::new();
                 for d in input.drafts {
-                    match d.action {
+                    match &d.action {
                         Action::Skip => out.ids.push(d.record.id.clone()),
                         Action::Insert => {
                             self.store
@@ -1062,31 +1305,38 @@ impl Processor {
                                 fast_turns.push(d.record.id.clone());
                             }
                         }
-                        Action::Merge { target, reason } => match self.store.get(wtxn, &target)? {
-                            Some(existing) => {
-                                let merged = merge_records(&existing, &d.record);
-                                let emb = (merged.memory != existing.memory)
-                                    .then_some(d.embedding.as_slice());
-                                self.store.update(
-                                    wtxn,
-                                    &merged,
-                                    emb,
-                                    reason,
-                                    Some(d.record.id.clone()),
-                                )?;
-                                out.merged += 1;
-                                if !out.ids.contains(&target) {
-                                    out.ids.push(target);
+                        Action::Merge { target, reason } => {
+                            // A target written earlier in this event (two near-identical
+                            // sentences) still has its index entries in the buffer.
+                            if self.store.buffered(wtxn, index, target)? {
+                                self.store.flush_index(wtxn, std::mem::take(index))?;
+                            }
+                            match self.store.get(wtxn, target)? {
+                                Some(existing) => {
+                                    let merged = merge_records(&existing, &d.record);
+                                    let emb = (merged.memory != existing.memory)
+                                        .then_some(d.embedding.as_slice());
+                                    self.store.update(
+                                        wtxn,
+                                        &merged,
+                                        emb,
+                                        reason,
+                                        Some(d.record.id.clone()),
+                                    )?;
+                                    out.merged += 1;
+                                    if !out.ids.contains(target) {
+                                        out.ids.push(target.clone());
+                                    }
+                                }
+                                // The target was not written (its event was dead-lettered): keep
+                                // this memory on its own.
+                                None => {
+                                    self.store.insert(wtxn, &d.record, &d.embedding)?;
+                                    out.inserted += 1;
+                                    out.ids.push(d.record.id.clone());
                                 }
                             }
-                            // The target was not written (its event was dead-lettered): keep
-                            // this memory on its own.
-                            None => {
-                                self.store.insert(wtxn, &d.record, &d.embedding)?;
-                                out.inserted += 1;
-                                out.ids.push(d.record.id.clone());
-                            }
-                        },
+                        }
                     }
                 }
                 if ev.mode == operators::event::Mode::Fine

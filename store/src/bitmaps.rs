@@ -40,6 +40,34 @@ impl Store {
         self.index_hash(wtxn, r, id, add)
     }
 
+    /// Moves memory `id` from the field bitmaps and content hash of `old` to those of `new`,
+    /// touching only the keys that differ.
+    pub(crate) fn reindex_fields(
+        &self,
+        wtxn: &mut RwTxn,
+        old: &MemoryRecord,
+        new: &MemoryRecord,
+        id: u32,
+    ) -> Result<()> {
+        let before = field_keys(old);
+        let after = field_keys(new);
+        for k in before.iter().filter(|k| !after.contains(k)) {
+            self.bitmap_update(wtxn, k, id, false)?;
+        }
+        for k in after.iter().filter(|k| !before.contains(k)) {
+            self.bitmap_update(wtxn, k, id, true)?;
+        }
+        let same_hash = old.cube_id == new.cube_id
+            && old.memory == new.memory
+            && old.memory_type.bucket() == new.memory_type.bucket()
+            && old.status == new.status;
+        if !same_hash {
+            self.index_hash(wtxn, old, id, false)?;
+            self.index_hash(wtxn, new, id, true)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn index_hash(
         &self,
         wtxn: &mut RwTxn,

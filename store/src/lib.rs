@@ -456,6 +456,8 @@ fn field_keys(r: &MemoryRecord) -> Vec<Vec<u8>> {
 pub struct IndexBuffer {
     fields: std::collections::HashMap<Vec<u8>, RoaringBitmap>,
     lexical: lexical::PostingsBuffer,
+    /// The memories whose index entries wait here.
+    ids: RoaringBitmap,
 }
 
 impl IndexBuffer {
@@ -464,12 +466,19 @@ impl IndexBuffer {
         self.fields.is_empty() && self.lexical.is_empty()
     }
 
+    /// Whether the index entries of memory `id` wait in this buffer (so a write that reads or
+    /// changes them — an update, a delete — must flush it first).
+    pub fn holds(&self, id: u32) -> bool {
+        self.ids.contains(id)
+    }
+
     /// Adds `other`'s writes (of later ids) to this buffer.
     pub fn absorb(&mut self, other: IndexBuffer) {
         for (k, b) in other.fields {
             *self.fields.entry(k).or_default() |= b;
         }
         self.lexical.absorb(other.lexical);
+        self.ids |= other.ids;
     }
 }
 

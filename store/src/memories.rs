@@ -59,6 +59,7 @@ impl Store {
         for k in keys {
             buf.fields.entry(k).or_default().insert(id);
         }
+        buf.ids.insert(id);
         self.index_hash(wtxn, r, id, true)?;
         if r.status == Status::Activated {
             self.lexical
@@ -86,6 +87,14 @@ impl Store {
             self.fields.put(wtxn, &k, &bitmap_bytes(&b))?;
         }
         self.lexical.flush(wtxn, buf.lexical)
+    }
+
+    /// Whether memory `uuid`'s index entries wait in `buf` (see [`IndexBuffer::holds`]).
+    pub fn buffered(&self, txn: &RoTxn, buf: &IndexBuffer, uuid: &str) -> Result<bool> {
+        Ok(match self.internal_id(txn, uuid)? {
+            Some(id) => buf.holds(id),
+            None => false,
+        })
     }
 
     /// Internal id of a memory uuid.
@@ -179,13 +188,18 @@ impl Store {
             merged_from,
         });
         rec.updated_at = time::now_micros();
-        self.index_fields(wtxn, &old, id, false)?;
-        if old.status == Status::Activated {
+        // Only what changed is re-indexed: the field bitmaps of keys that differ, the content
+        // hash and the postings when the text or the status changed (a merge keeps the cube,
+        // user, session and type, so it rewrites no cube-wide bitmap).
+        self.reindex_fields(wtxn, &old, &rec, id)?;
+        let was = old.status == Status::Activated;
+        let is = rec.status == Status::Activated;
+        let text_changed = old.memory != rec.memory;
+        if was && (!is || text_changed) {
             self.lexical.remove(wtxn, &old.cube_id, id, &old.memory)?;
         }
         self.records.put(wtxn, &k32(id), &rec.encode()?)?;
-        self.index_fields(wtxn, &rec, id, true)?;
-        if rec.status == Status::Activated {
+        if is && (!was || text_changed) {
             self.lexical.add(wtxn, &rec.cube_id, id, &rec.memory)?;
         }
         if let Some(v) = embedding {

@@ -19,10 +19,11 @@ impl Store {
         Ok(hits.pop().unwrap_or_default())
     }
 
-    /// The `k` nearest of `candidates` (ids of `cube`) to each of `queries`, for probes with a
-    /// high similarity threshold (near-duplicate detection): the cube's codes are brought up to
-    /// date once, and each query is narrowed by the sign codes to a short list before the int8
-    /// and exact f32 rescoring. A cube too large for the memory budget goes to
+    /// The `k` nearest of `candidates` (ids of `cube`) to each of `queries` with a cosine of at
+    /// least `min_cosine` (near-duplicate detection): the cube's codes are brought up to date
+    /// once, each query is narrowed by the cube's LSH index (or, in a small cube, takes every
+    /// candidate), re-ranked by int8 dot products, and only the candidates that may reach
+    /// `min_cosine` are scored exactly. A cube too large for the memory budget goes to
     /// [`Store::vector_search`] per query.
     pub fn near_neighbours_in(
         &self,
@@ -31,8 +32,14 @@ impl Store {
         queries: &[&[f32]],
         k: usize,
         candidates: &RoaringBitmap,
+        min_cosine: f32,
     ) -> Result<Vec<Vec<(u32, f32)>>> {
-        self.search_in(txn, cube, queries, k, candidates, Some(64))
+        let probe = vecmem::Probe { min_cosine };
+        let mut hits = self.search_in(txn, cube, queries, k, candidates, Some(probe))?;
+        for h in &mut hits {
+            h.retain(|&(_, cos)| cos >= min_cosine);
+        }
+        Ok(hits)
     }
 
     /// The RAM codes' search for [`Store::vector_search_in`] and [`Store::near_neighbours_in`],
@@ -44,7 +51,7 @@ impl Store {
         queries: &[&[f32]],
         k: usize,
         candidates: &RoaringBitmap,
-        shortlist: Option<usize>,
+        probe: Option<vecmem::Probe>,
     ) -> Result<Vec<Vec<(u32, f32)>>> {
         for q in queries {
             model::check_dims(self.opts.dimensions, q)?;
@@ -53,7 +60,7 @@ impl Store {
         let src = SnapshotVectors { store: self, txn };
         match self
             .vecmem
-            .search_many(&src, cube, &all, queries, k, candidates, shortlist)?
+            .search_many(&src, cube, &all, queries, k, candidates, probe)?
         {
             Some(hits) => Ok(hits),
             None => queries

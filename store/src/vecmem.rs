@@ -20,6 +20,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use roaring::RoaringBitmap;
 
+mod lsh;
+
+/// Near-duplicate probes use the cube's LSH index above this many candidates; below it they
+/// score every candidate's int8 code.
+const LSH_ABOVE: usize = 1024;
+
 /// Tuning of the RAM index.
 #[derive(Debug, Clone, Copy)]
 pub struct VecMemOptions {
@@ -57,18 +63,39 @@ struct Codes {
     q8: Vec<i8>,
     /// Dequantisation scale per vector.
     scales: Vec<f32>,
+    /// The near-duplicate index over the positions, built on the cube's first probe and kept
+    /// up to date from then on (`None` until then, and after an insertion in the middle).
+    lsh: Option<lsh::Lsh>,
 }
 
 impl Codes {
     fn bytes(&self, dims: usize) -> usize {
-        self.ids.len() * bytes_per_vector(dims)
+        self.ids.len() * bytes_per_vector(dims) + self.lsh.as_ref().map_or(0, lsh::Lsh::bytes)
+    }
+
+    /// Builds the LSH index from the int8 codes (dequantised), when it is missing.
+    fn ensure_lsh(&mut self, dims: usize, rot: &lsh::Rotation) {
+        if self.lsh.as_ref().is_some_and(|l| l.len() == self.ids.len()) {
+            return;
+        }
+        let mut v = vec![0f32; dims];
+        let keys = (0..self.ids.len())
+            .map(|p| {
+                let s = self.scales[p];
+                for (x, q) in v.iter_mut().zip(&self.q8[p * dims..(p + 1) * dims]) {
+                    *x = *q as f32 * s;
+                }
+                rot.keys(&v)
+            })
+            .collect();
+        self.lsh = Some(lsh::Lsh::build(keys));
     }
 
     fn max_id(&self) -> Option<u32> {
         self.ids.last().copied()
     }
 
-    fn push(&mut self, dims: usize, id: u32, v: &[f32]) {
+    fn push(&mut self, dims: usize, keys: &dyn Fn(&[f32]) -> lsh::Keys, id: u32, v: &[f32]) {
         let words = dims.div_ceil(64);
         let (q, scale) = quantize(v);
         let new_signs = signs(v, words);
@@ -77,14 +104,22 @@ impl Codes {
                 self.q8[pos * dims..(pos + 1) * dims].copy_from_slice(&q);
                 self.scales[pos] = scale;
                 self.signs[pos * words..(pos + 1) * words].copy_from_slice(&new_signs);
+                if let Some(l) = &mut self.lsh {
+                    l.set(pos, keys(v));
+                }
             }
             Err(pos) if pos == self.ids.len() => {
                 self.ids.push(id);
                 self.q8.extend_from_slice(&q);
                 self.scales.push(scale);
                 self.signs.extend_from_slice(&new_signs);
+                if let Some(l) = &mut self.lsh {
+                    l.set(pos, keys(v));
+                }
             }
             Err(pos) => {
+                // Positions after it shift: the LSH index is rebuilt on the next probe.
+                self.lsh = None;
                 self.ids.insert(pos, id);
                 self.q8.splice(pos * dims..pos * dims, q);
                 self.scales.insert(pos, scale);
@@ -106,6 +141,10 @@ struct Entry {
 pub struct VecMem {
     dims: usize,
     opts: VecMemOptions,
+    rotation: lsh::Rotation,
+    /// LSH keys of recent probe queries by a hash of the vector's bits: a draft probes before
+    /// it is stored, and its keys are taken from here when its vector joins the codes.
+    probed: Mutex<HashMap<u64, lsh::Keys>>,
     inner: Mutex<Inner>,
 }
 
@@ -122,6 +161,14 @@ struct Inner {
 
 /// Nearest neighbours as (id, exact cosine), best first.
 pub type Hits = Vec<(u32, f32)>;
+
+/// A probe for near duplicates: only vectors whose cosine may reach `min_cosine` matter.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// Candidates whose int8 estimate is below this by more than the quantisation error can
+    /// bound are not scored exactly (they cannot reach it).
+    pub min_cosine: f32,
+}
 
 /// What a search needs from the store: the candidates' f32 vectors from the caller's snapshot.
 pub trait VectorSource {
@@ -154,6 +201,8 @@ impl VecMem {
         VecMem {
             dims,
             opts,
+            rotation: lsh::Rotation::new(dims),
+            probed: Mutex::new(HashMap::new()),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -196,6 +245,27 @@ impl VecMem {
         s
     }
 
+    /// The LSH keys of a probe's query, remembered for when the vector is stored.
+    fn probe_keys(&self, v: &[f32]) -> lsh::Keys {
+        let k = self.rotation.keys(v);
+        let mut m = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= 1 << 16 {
+            m.clear();
+        }
+        m.insert(bits_hash(v), k);
+        k
+    }
+
+    /// The LSH keys of a vector joining the codes: remembered from its probe, or computed.
+    fn stored_keys(&self, v: &[f32]) -> lsh::Keys {
+        let known = self
+            .probed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&bits_hash(v));
+        known.unwrap_or_else(|| self.rotation.keys(v))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -219,10 +289,11 @@ impl VecMem {
     }
 
     /// [`VecMem::search`] for several queries over the same candidates (the codes are brought
-    /// up to date and the candidates located once). With `shortlist`, every query is first
-    /// narrowed to that many candidates by the sign codes whatever the cube's size: for probes
-    /// with a high similarity threshold (near-duplicate detection), where only the very
-    /// closest vectors matter.
+    /// up to date and the candidates located once). With a [`Probe`] (near-duplicate
+    /// detection, where only the very closest vectors matter), a cube of more than
+    /// `LSH_ABOVE` candidates is narrowed by its LSH index (a cost that does not grow with the
+    /// cube), a smaller one has every int8 code scored, and only the candidates that may reach
+    /// the probe's cosine are scored exactly.
     #[allow(clippy::too_many_arguments)]
     pub fn search_many(
         &self,
@@ -232,7 +303,7 @@ impl VecMem {
         queries: &[&[f32]],
         k: usize,
         candidates: &RoaringBitmap,
-        shortlist: Option<usize>,
+        probe: Option<Probe>,
     ) -> crate::Result<Option<Vec<Hits>>> {
         if k == 0 || candidates.is_empty() || queries.is_empty() {
             return Ok(Some(vec![Vec::new(); queries.len()]));
@@ -266,8 +337,14 @@ impl VecMem {
                 }
                 let mut c = codes.write().unwrap_or_else(|p| p.into_inner());
                 for (id, v) in &read {
-                    c.push(self.dims, *id, v);
+                    c.push(self.dims, &|v| self.stored_keys(v), *id, v);
                 }
+            }
+        }
+        if probe.is_some() {
+            let mut c = codes.write().unwrap_or_else(|p| p.into_inner());
+            if c.ids.len() > LSH_ABOVE {
+                c.ensure_lsh(self.dims, &self.rotation);
             }
         }
         let bytes = codes
@@ -279,7 +356,7 @@ impl VecMem {
         let pos = positions(&c, candidates);
         let ranked: Vec<Vec<u32>> = queries
             .iter()
-            .map(|q| self.rank(&c, &pos, q, k, shortlist))
+            .map(|q| self.rank(&c, &pos, q, k, probe))
             .collect();
         drop(c);
         // Exact scores from the snapshot.
@@ -345,17 +422,29 @@ impl VecMem {
         pos: &[u32],
         query: &[f32],
         k: usize,
-        forced: Option<usize>,
+        probe: Option<Probe>,
     ) -> Vec<u32> {
         let dims = self.dims;
         let words = dims.div_ceil(64);
         let rescore = (k * self.opts.rescore_factor).max(k + 16);
-        let shortlist = match forced {
-            Some(s) => Some(s.max(rescore)),
+        let shortlist = match probe {
+            Some(_) => None,
             None if pos.len() > self.opts.exact_below.max(rescore) => {
                 Some((k * self.opts.shortlist_factor).max(200))
             }
             None => None,
+        };
+        let near: Vec<u32>;
+        let pos = match (probe, &c.lsh) {
+            (Some(_), Some(l)) if pos.len() > LSH_ABOVE && l.len() == c.ids.len() => {
+                // Positions sharing a band with the query, among the candidates.
+                let mut found = Vec::new();
+                l.candidates(&self.probe_keys(query), &mut found);
+                found.retain(|p| pos.binary_search(p).is_ok());
+                near = found;
+                &near
+            }
+            _ => pos,
         };
         let short: Vec<u32>;
         let pos = match shortlist.filter(|s| pos.len() > *s) {
@@ -382,6 +471,18 @@ impl VecMem {
                 (d as f32 * qscale * c.scales[p], p as u32)
             })
             .collect();
+        if let Some(probe) = probe {
+            // Rounding moves each int8 component by at most half a step, so a code is off its
+            // vector by at most `scale / 2 · √dims` (Euclidean), and the estimate of a dot
+            // product of unit vectors by at most `eq + ev · (1 + eq)`. A candidate below the
+            // threshold by more than that cannot reach it exactly.
+            let half_root = 0.5 * (dims as f32).sqrt();
+            let eq = qscale * half_root;
+            scored.retain(|&(est, p)| {
+                let ev = c.scales[p as usize] * half_root;
+                est + eq + ev * (1.0 + eq) + 1e-4 >= probe.min_cosine
+            });
+        }
         let keep = rescore.min(scored.len());
         if keep == 0 {
             return Vec::new();
@@ -391,6 +492,14 @@ impl VecMem {
         scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         scored.into_iter().map(|(_, p)| c.ids[p as usize]).collect()
     }
+}
+
+/// A hash of a vector's exact bits (a collision costs LSH recall for one vector, never a
+/// wrong score).
+fn bits_hash(v: &[f32]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(x.to_bits())).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// RAM per vector of `dims` dimensions: id, scale, int8 code and sign code.
@@ -685,6 +794,101 @@ mod tests {
         let hits = vm.search(&mem, "c", &all2, &q, 2, &only).unwrap().unwrap();
         assert_eq!(hits[0].0, 2);
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_probe_scores_exactly_only_what_may_reach_its_threshold() {
+        // 60 random vectors plus, for one query, vectors at cosines from 0.90 to 0.99.
+        let dims = 384;
+        let q = unit(42, dims);
+        let noise = unit(4242, dims);
+        // Orthogonalise the noise against q, so `cos · q + sin · noise` has cosine `cos`.
+        let dq = crate::vector::dot(&q, &noise);
+        let mut o: Vec<f32> = noise.iter().zip(&q).map(|(n, a)| n - dq * a).collect();
+        let on = o.iter().map(|a| a * a).sum::<f32>().sqrt();
+        o.iter_mut().for_each(|a| *a /= on);
+        let mut mem = Mem(HashMap::new());
+        let cosines = [0.90f32, 0.93, 0.945, 0.955, 0.97, 0.99];
+        for (i, c) in cosines.iter().enumerate() {
+            let sin = (1.0 - c * c).sqrt();
+            let v: Vec<f32> = q.iter().zip(&o).map(|(a, b)| c * a + sin * b).collect();
+            mem.0.insert(i as u32, v);
+        }
+        for id in 10..70u32 {
+            mem.0.insert(id, unit(id as u64 * 7, dims));
+        }
+        let all: RoaringBitmap = mem.0.keys().copied().collect();
+        let vm = VecMem::new(dims, VecMemOptions::default());
+        struct Counting<'a>(&'a Mem, std::cell::Cell<usize>);
+        impl VectorSource for Counting<'_> {
+            fn vector(&self, id: u32) -> crate::Result<Option<Vec<f32>>> {
+                self.1.set(self.1.get() + 1);
+                self.0.vector(id)
+            }
+        }
+        // Load the codes first, so the count below is the exact rescoring only.
+        vm.search(&mem, "c", &all, &q, 1, &all).unwrap().unwrap();
+        let src = Counting(&mem, std::cell::Cell::new(0));
+        let probe = Probe { min_cosine: 0.95 };
+        let hits = vm
+            .search_many(&src, "c", &all, &[&q], 10, &all, Some(probe))
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut found: Vec<u32> = hits
+            .iter()
+            .filter(|(_, c)| *c >= 0.95)
+            .map(|(id, _)| *id)
+            .collect();
+        found.sort_unstable();
+        assert_eq!(found, vec![3, 4, 5], "{hits:?}");
+        // Without the threshold, the top 10 (and 16 more) would have been scored exactly; the
+        // probe reads the three that qualify and at most the near misses within the bound.
+        assert!(
+            src.1.get() >= 3 && src.1.get() <= 6,
+            "{} exact reads",
+            src.1.get()
+        );
+        // A cube past LSH_ABOVE: 3,000 more random vectors; the probe goes through the LSH
+        // index and still finds exactly the three, and a new near vector once it is added.
+        for id in 100..3100u32 {
+            mem.0.insert(id, unit(id as u64 * 13, dims));
+        }
+        let all: RoaringBitmap = mem.0.keys().copied().collect();
+        let run = |all: &RoaringBitmap, mem: &Mem| {
+            let hits = vm
+                .search_many(mem, "c", all, &[&q], 10, all, Some(probe))
+                .unwrap()
+                .unwrap()
+                .pop()
+                .unwrap();
+            let mut found: Vec<u32> = hits
+                .iter()
+                .filter(|(_, c)| *c >= 0.95)
+                .map(|(id, _)| *id)
+                .collect();
+            found.sort_unstable();
+            found
+        };
+        assert_eq!(run(&all, &mem), vec![3, 4, 5]);
+        assert!(vm.lock().cubes["c"].codes.read().unwrap().lsh.is_some());
+        let sin = (1.0f32 - 0.96 * 0.96).sqrt();
+        let v: Vec<f32> = q.iter().zip(&o).map(|(a, b)| 0.96 * a + sin * b).collect();
+        mem.0.insert(5000, v);
+        let all: RoaringBitmap = mem.0.keys().copied().collect();
+        assert_eq!(run(&all, &mem), vec![3, 4, 5, 5000]);
+        // Candidates still restrict a probe.
+        let only: RoaringBitmap = [4, 5000].into_iter().chain(100..200).collect();
+        let hits = vm
+            .search_many(&mem, "c", &all, &[&q], 10, &only, Some(probe))
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut ids: Vec<u32> = hits.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![4, 5000]);
     }
 
     #[test]
