@@ -922,9 +922,13 @@ impl Processor {
         let m = self.metrics.clone();
         // Sink: one write transaction for the whole batch.
         let committer = self.committer.clone();
-        let mut by_event: HashMap<String, Vec<Draft>> = HashMap::new();
+        // By (cube, event id): one request fanned out to several cubes is one event id in each.
+        let mut by_event: HashMap<(String, String), Vec<Draft>> = HashMap::new();
         for d in drafts {
-            by_event.entry(d.event_id.clone()).or_default().push(d);
+            by_event
+                .entry((d.record.cube_id.clone(), d.event_id.clone()))
+                .or_default()
+                .push(d);
         }
         // Optimistic first: every event applied straight into the batch's transaction. Only
         // when one fails for a reason of its own (or panics) is the transaction aborted and the
@@ -952,32 +956,7 @@ impl Processor {
                 }
             }
         };
-        let Applied {
-            produced,
-            fine_jobs,
-            index,
-            dead: sink_dead,
-        } = applied;
-        for (idx, reason) in sink_dead {
-            if let Some(p) = pending.iter().find(|p| p.idx == idx) {
-                dead.push((idx, self.dead_letter(p, reason, now)));
-            }
-        }
-        for p in pending.iter() {
-            if produced.contains_key(&p.idx) {
-                let (inserted, merged, intent) = &produced[&p.idx].2;
-                stats.inserted += inserted;
-                stats.merged += merged;
-                if let Some(intent) = intent {
-                    stats.feedback += 1;
-                    m.feedback.with_label_values(&[intent]).inc();
-                }
-            }
-        }
-        let produced: HashMap<usize, (String, Vec<String>)> = produced
-            .into_iter()
-            .map(|(idx, (id, ids, _))| (idx, (id, ids)))
-            .collect();
+        let (produced, fine_jobs, index) = self.account(applied, pending, dead, stats, now);
         self.store.flush_index(&mut wtxn, index)?;
         for (_, dl) in dead.iter() {
             self.store.put_dead_letter(&mut wtxn, dl)?;
@@ -1027,6 +1006,46 @@ impl Processor {
         Ok(produced)
     }
 
+    /// Books what the sink applied: dead letters for the events that failed alone, the batch's
+    /// counts and feedback metrics; returns the memories per input index, the fine jobs and
+    /// the index writes still to flush.
+    #[allow(clippy::type_complexity)]
+    fn account(
+        &self,
+        applied: Applied,
+        pending: &[Pending],
+        dead: &mut Vec<(usize, DeadLetter)>,
+        stats: &mut BatchStats,
+        now: i64,
+    ) -> (
+        HashMap<usize, (String, Vec<String>)>,
+        Vec<crate::fine::FineJob>,
+        store::IndexBuffer,
+    ) {
+        let Applied {
+            produced,
+            fine_jobs,
+            index,
+            dead: sink_dead,
+        } = applied;
+        for (idx, reason) in sink_dead {
+            if let Some(p) = pending.iter().find(|p| p.idx == idx) {
+                dead.push((idx, self.dead_letter(p, reason, now)));
+            }
+        }
+        let mut out = HashMap::with_capacity(produced.len());
+        for (idx, (id, ids, (inserted, merged, intent))) in produced {
+            stats.inserted += inserted;
+            stats.merged += merged;
+            if let Some(intent) = &intent {
+                stats.feedback += 1;
+                self.metrics.feedback.with_label_values(&[intent]).inc();
+            }
+            out.insert(idx, (id, ids));
+        }
+        (out, fine_jobs, index)
+    }
+
     /// Applies the batch's events in `wtxn`. With `isolate`, each event runs in its own child
     /// transaction ([`Processor::apply_isolated`]) and one that fails is undone alone and
     /// listed in [`Applied::dead`]. Without it, events are applied straight into `wtxn` (under
@@ -1038,7 +1057,7 @@ impl Processor {
         &self,
         wtxn: &mut store::heed::RwTxn,
         pending: &[Pending],
-        by_event: &HashMap<String, Vec<Draft>>,
+        by_event: &HashMap<(String, String), Vec<Draft>>,
         feedback: &HashMap<String, FeedbackRequest>,
         failed: &HashMap<String, String>,
         now: i64,
@@ -1058,10 +1077,8 @@ impl Processor {
                 applied.dead.push((p.idx, reason.clone()));
                 continue;
             }
-            let drafts = by_event
-                .get(&p.ie.id)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let key = (p.ie.event.cube_id.clone(), p.ie.id.clone());
+            let drafts = by_event.get(&key).map(Vec::as_slice).unwrap_or_default();
             // Deletes and feedback read the indexes through filters and searches; a merge
             // rewrites its target's entries, which must not still wait in the buffer.
             let reads_index = matches!(p.ie.event.kind, EventKind::Delete | EventKind::Feedback)
@@ -1765,4 +1782,49 @@ fn down(health: &PipelineHealth, metrics: &crate::metrics::Metrics, reason: Stri
     tracing::error!(%reason, "pipeline down");
     metrics.pipeline_up.set(0);
     health.set_down(Some(reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: usize, cube: &str) -> IdentifiedEvent {
+        let json = serde_json::json!({"event_id": format!("e{id}"), "kind": "messages",
+            "cube_id": cube, "user_id": "u",
+            "payload": {"messages": [{"role": "user", "content": "hi"}]}});
+        let event = Event::decode(json.to_string().as_bytes(), 1 << 20).expect("valid event");
+        IdentifiedEvent {
+            id: format!("e{id}"),
+            event,
+        }
+    }
+
+    #[test]
+    fn a_batch_splits_into_whole_cubes_as_evenly_as_they_allow() {
+        // Cubes of 50, 30, 15 and 5 events: 50 | 30 + 15 + 5.
+        let sizes = [("w", 50), ("x", 30), ("y", 15), ("z", 5)];
+        let mut events = Vec::new();
+        for (cube, n) in sizes {
+            for i in 0..n {
+                events.push(ev(events.len() + i, cube));
+            }
+        }
+        let (a, b) = split_by_cube(events);
+        assert_eq!(a.len() + b.len(), 100);
+        let cubes = |v: &[IdentifiedEvent]| {
+            let mut c: Vec<String> = v.iter().map(|e| e.event.cube_id.clone()).collect();
+            c.sort();
+            c.dedup();
+            c
+        };
+        let (ca, cb) = (cubes(&a), cubes(&b));
+        assert!(ca.iter().all(|c| !cb.contains(c)), "{ca:?} {cb:?}");
+        assert_eq!((a.len(), b.len()), (50, 50), "{ca:?} {cb:?}");
+        // Order within a share is the batch's order.
+        let pos: Vec<usize> = a.iter().map(|e| e.id[1..].parse().unwrap()).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]));
+        // One cube: nothing to split.
+        let (a, b) = split_by_cube((0..80).map(|i| ev(i, "only")).collect());
+        assert_eq!((a.len(), b.len()), (80, 0));
+    }
 }

@@ -264,3 +264,111 @@ async fn preferences_and_facts_are_extracted() {
     assert_eq!(memories.len(), 1);
     assert_eq!(memories[0].memory_type, "LongTermMemory");
 }
+
+/// One batch of 120 events over three cubes — prepared on two cores (split by cube), applied
+/// without child transactions, with a near duplicate merged into a memory written earlier in
+/// the same batch — stores what the same events store one batch each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_split_over_two_cores_equals_one_event_at_a_time() {
+    let places = ["museum", "beach", "library", "market", "stadium", "zoo"];
+    let mut events = Vec::new();
+    for i in 0..120usize {
+        let cube = ["a", "b", "c"][i % 3];
+        let text = match i {
+            3 => "I have two cats named Tom and Jerry.".to_string(),
+            // Near duplicate of event 3, same cube, later in the batch.
+            63 => "I have two cats named Tom and Jerry!!".to_string(),
+            // Exact duplicate of event 3's text in another cube: not merged across cubes.
+            4 => "I have two cats named Tom and Jerry.".to_string(),
+            _ => format!(
+                "On day {i} I went to the {} with my cousin number {}.",
+                places[i % places.len()],
+                i * 7
+            ),
+        };
+        events.push(event(&format!("big-{i}"), cube, &text));
+    }
+    let snapshot = |m: &Memos| {
+        let t = m.store.read_txn().unwrap();
+        let mut out = Vec::new();
+        for cube in ["a", "b", "c"] {
+            let ids = m
+                .store
+                .candidates(&t, cube, None, &store::Filter::True)
+                .unwrap();
+            let mut rows: Vec<(String, u32, String)> = ids
+                .iter()
+                .map(|id| {
+                    let r = m.store.record(&t, id).unwrap().unwrap();
+                    (r.memory, r.version, r.memory_type.as_str().to_string())
+                })
+                .collect();
+            rows.sort();
+            let all = m.store.cube_ids(&t, cube).unwrap();
+            let lexical: Vec<String> = m
+                .store
+                .bm25_search(&t, cube, "cats Jerry museum cousin", 50, &all)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| m.store.record(&t, id).unwrap().unwrap().memory)
+                .collect();
+            out.push((cube, rows, lexical));
+        }
+        out
+    };
+    // One batch.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tests::config(dir.path());
+    cfg.pipeline.linger_ms = 500;
+    let store = Arc::new(store::Store::open(&cfg.data_dir, cfg.store_options()).unwrap());
+    let (m, _p) = Memos::with_parts(cfg, store, tests::embedder()).unwrap();
+    let mut rxs = Vec::new();
+    for ev in &events {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        m.pipeline
+            .submit(Incoming {
+                payload: Payload::Bytes(serde_json::to_vec(ev).unwrap()),
+                source: "test".into(),
+                position: None,
+                reply: Some(tx),
+            })
+            .await
+            .unwrap();
+        rxs.push(rx);
+    }
+    for rx in rxs {
+        assert!(matches!(rx.await.unwrap(), Outcome::Stored { .. }));
+    }
+    assert_eq!(
+        m.metrics.commits.with_label_values(&["batch"]).get(),
+        1,
+        "the 120 events were meant to share one batch"
+    );
+    let together = snapshot(&m);
+    // One event per batch.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (m2, _p2) = service(dir2.path()).await;
+    for ev in &events {
+        assert!(matches!(send(&m2, ev).await, Outcome::Stored { .. }));
+    }
+    let apart = snapshot(&m2);
+    assert_eq!(together, apart);
+    // The near duplicate was merged (the newer text, version 2); the other cube kept its own.
+    let a = &together[0].1;
+    assert!(
+        a.iter()
+            .any(|(t, v, _)| t.ends_with("Tom and Jerry!!") && *v == 2),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|(t, _, _)| t.ends_with("Tom and Jerry.")));
+    let b = &together[1].1;
+    assert!(
+        b.iter()
+            .any(|(t, v, _)| t.ends_with("Tom and Jerry.") && *v == 1)
+    );
+    // BM25 finds the merged memory once, by its current text.
+    assert_eq!(
+        together[0].2.iter().filter(|t| t.contains("Jerry")).count(),
+        1
+    );
+}
