@@ -349,11 +349,20 @@ struct EventInput<'a> {
     feedback: Option<FeedbackRequest>,
 }
 
-/// What the sink applied of a batch: per input index the event id, its memory ids and its
-/// (inserted, merged, feedback intent); the fine jobs; the buffered index writes; and the
-/// events that failed on their own (input index, reason).
+/// One event the sink applied: its id, its memories, what it inserted and merged, and its
+/// feedback intent.
+struct Done {
+    event_id: String,
+    ids: Vec<String>,
+    inserted: usize,
+    merged: usize,
+    intent: Option<String>,
+}
+
+/// What the sink applied of a batch: per input index what the event did; the fine jobs; the
+/// buffered index writes; and the events that failed on their own (input index, reason).
 struct Applied {
-    produced: HashMap<usize, (String, Vec<String>, (usize, usize, Option<String>))>,
+    produced: HashMap<usize, Done>,
     fine_jobs: Vec<crate::fine::FineJob>,
     index: store::IndexBuffer,
     dead: Vec<(usize, String)>,
@@ -1034,14 +1043,14 @@ impl Processor {
             }
         }
         let mut out = HashMap::with_capacity(produced.len());
-        for (idx, (id, ids, (inserted, merged, intent))) in produced {
-            stats.inserted += inserted;
-            stats.merged += merged;
-            if let Some(intent) = &intent {
+        for (idx, done) in produced {
+            stats.inserted += done.inserted;
+            stats.merged += done.merged;
+            if let Some(intent) = &done.intent {
                 stats.feedback += 1;
                 self.metrics.feedback.with_label_values(&[intent]).inc();
             }
-            out.insert(idx, (id, ids));
+            out.insert(idx, (done.event_id, done.ids));
         }
         (out, fine_jobs, index)
     }
@@ -1111,11 +1120,13 @@ impl Processor {
                     applied.fine_jobs.extend(out.fine_job);
                     applied.produced.insert(
                         p.idx,
-                        (
-                            p.ie.id.clone(),
-                            out.ids,
-                            (out.inserted, out.merged, out.feedback_intent),
-                        ),
+                        Done {
+                            event_id: p.ie.id.clone(),
+                            ids: out.ids,
+                            inserted: out.inserted,
+                            merged: out.merged,
+                            intent: out.feedback_intent,
+                        },
                     );
                 }
                 Err(reason) => {
