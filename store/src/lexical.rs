@@ -431,7 +431,33 @@ fn max_score(
     for d in candidates {
         allowed[d as usize >> 6] |= 1 << (d & 63);
     }
-    let mut scores = vec![0f32; bound];
+    SCORES.with_borrow_mut(|scores| {
+        if scores.len() < allowed.len() * 64 {
+            scores.resize(allowed.len() * 64, 0.0);
+        }
+        accumulate(&mut cursors, k, &allowed, &rest, scores, p, avgdl)
+    })
+}
+
+thread_local! {
+    /// Score accumulators indexed by document id, reused across searches on a thread (sized
+    /// by the store's largest id; only the entries a search touched are reset after it).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The body of [`max_score`] over a zeroed `scores` table (at least 64 entries per word of
+/// `allowed`), left zeroed again.
+fn accumulate(
+    cursors: &mut [Cursor],
+    k: usize,
+    allowed: &[u64],
+    rest: &[f32],
+    scores: &mut [f32],
+    p: Bm25Params,
+    avgdl: f32,
+) -> Vec<(u32, f32)> {
+    let n = cursors.len();
+    let bound = allowed.len() * 64;
     let mut touched: Vec<u32> = Vec::new();
     let mut best = 0f32;
     let mut theta = f32::NEG_INFINITY;
@@ -482,15 +508,17 @@ fn max_score(
             }
             live.retain(|&d| scores[d as usize] + rest[j + 1] >= theta);
         }
-        touched = live;
+        let out = live.iter().map(|&d| (d, scores[d as usize])).collect();
+        for &d in &touched {
+            scores[d as usize] = 0.0;
+        }
+        return top_k(out, k);
     }
-    top_k(
-        touched
-            .into_iter()
-            .map(|d| (d, scores[d as usize]))
-            .collect(),
-        k,
-    )
+    let out = touched
+        .into_iter()
+        .map(|d| (d, std::mem::take(&mut scores[d as usize])))
+        .collect();
+    top_k(out, k)
 }
 
 /// Keeps the `k` highest scores, sorted best first (ties broken by id for determinism).

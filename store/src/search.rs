@@ -293,35 +293,45 @@ pub fn dedup(hits: Vec<Hit>, top_k: usize, method: Dedup) -> Vec<Hit> {
         }
         Dedup::Mmr => {
             let mut pool: Vec<Hit> = hits.into_iter().take(top_k * 3).collect();
+            // Per pool item, kept up to date as items are selected (each selection costs one
+            // dot product per remaining item, not one per selected × remaining): its highest
+            // cosine to a selected hit, and whether it repeats one (same text, or a close
+            // embedding with nearly the same characters — skipped outright, like MemOS).
+            let mut div = vec![0.0f32; pool.len()];
+            let mut repeats = vec![false; pool.len()];
             let mut selected: Vec<Hit> = Vec::new();
             while selected.len() < top_k && !pool.is_empty() {
                 let mut best: Option<(usize, f32)> = None;
                 for (i, h) in pool.iter().enumerate() {
-                    // Like MemOS: a candidate that repeats a selected memory (same text, or a
-                    // close embedding with nearly the same characters) is skipped outright.
-                    if selected.iter().any(|s| {
-                        s.record.memory == h.record.memory
-                            || (dot(&s.record.embedding, &h.record.embedding) > 0.9
-                                && char_dice(&s.record.memory, &h.record.memory) >= 0.8)
-                    }) {
+                    if repeats[i] {
                         continue;
                     }
-                    let mut div = selected
-                        .iter()
-                        .map(|s| dot(&s.record.embedding, &h.record.embedding))
-                        .fold(0.0f32, f32::max);
-                    if div > 0.9 {
-                        div *= (10.0 * (div - 0.9)).exp();
+                    let mut d = div[i];
+                    if d > 0.9 {
+                        d *= (10.0 * (d - 0.9)).exp();
                     }
-                    let m = 0.8 * h.score - 0.2 * div;
+                    let m = 0.8 * h.score - 0.2 * d;
                     if best.is_none_or(|(_, b)| m > b) {
                         best = Some((i, m));
                     }
                 }
-                match best {
-                    Some((i, _)) => selected.push(pool.swap_remove(i)),
-                    None => break,
+                let Some((i, _)) = best else { break };
+                let s = pool.swap_remove(i);
+                div.swap_remove(i);
+                repeats.swap_remove(i);
+                for (j, h) in pool.iter().enumerate() {
+                    if repeats[j] {
+                        continue;
+                    }
+                    let cos = dot(&s.record.embedding, &h.record.embedding);
+                    if s.record.memory == h.record.memory
+                        || (cos > 0.9 && char_dice(&s.record.memory, &h.record.memory) >= 0.8)
+                    {
+                        repeats[j] = true;
+                    }
+                    div[j] = div[j].max(cos);
                 }
+                selected.push(s);
             }
             // Final order is relevance (MemOS keeps the original order per bucket).
             selected.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
@@ -513,4 +523,122 @@ pub fn search_as_of(
     }
     hits.sort_by(|a, b| b.score.total_cmp(&a.score));
     Ok(dedup(hits, req.top_k, req.dedup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// MMR as first written: every candidate compared with every selected hit in each round.
+    fn mmr_reference(hits: Vec<Hit>, top_k: usize) -> Vec<Hit> {
+        let mut pool: Vec<Hit> = hits.into_iter().take(top_k * 3).collect();
+        let mut selected: Vec<Hit> = Vec::new();
+        while selected.len() < top_k && !pool.is_empty() {
+            let mut best: Option<(usize, f32)> = None;
+            for (i, h) in pool.iter().enumerate() {
+                if selected.iter().any(|s| {
+                    s.record.memory == h.record.memory
+                        || (dot(&s.record.embedding, &h.record.embedding) > 0.9
+                            && char_dice(&s.record.memory, &h.record.memory) >= 0.8)
+                }) {
+                    continue;
+                }
+                let mut div = selected
+                    .iter()
+                    .map(|s| dot(&s.record.embedding, &h.record.embedding))
+                    .fold(0.0f32, f32::max);
+                if div > 0.9 {
+                    div *= (10.0 * (div - 0.9)).exp();
+                }
+                let m = 0.8 * h.score - 0.2 * div;
+                if best.is_none_or(|(_, b)| m > b) {
+                    best = Some((i, m));
+                }
+            }
+            match best {
+                Some((i, _)) => selected.push(pool.swap_remove(i)),
+                None => break,
+            }
+        }
+        selected.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        selected
+    }
+
+    fn record(memory: String, embedding: Vec<f32>) -> MemoryRecord {
+        MemoryRecord {
+            id: String::new(),
+            memory,
+            cube_id: "c".into(),
+            user_id: "u".into(),
+            session_id: String::new(),
+            agent_id: None,
+            app_id: None,
+            memory_type: MemoryType::LongTermMemory,
+            status: Status::Activated,
+            key: None,
+            tags: Vec::new(),
+            info: Default::default(),
+            source: None,
+            sources: Vec::new(),
+            confidence: 1.0,
+            created_at: 0,
+            updated_at: 0,
+            event_time: None,
+            version: 1,
+            history: Vec::new(),
+            event_id: String::new(),
+            file_ids: Vec::new(),
+            embedding,
+        }
+    }
+
+    #[test]
+    fn incremental_mmr_selects_what_the_pairwise_form_selects() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let texts = [
+            "tea at noon",
+            "tea at noon!",
+            "a walk by the river",
+            "jazz records",
+        ];
+        for round in 0..200 {
+            // A few clusters of close vectors, repeated and nearly repeated texts among them.
+            let centres: Vec<Vec<f32>> = (0..3)
+                .map(|_| (0..16).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+                .collect();
+            let n = rng.random_range(1..40usize);
+            let mut hits: Vec<Hit> = (0..n)
+                .map(|i| {
+                    let c = &centres[rng.random_range(0..3)];
+                    let noise = if rng.random_bool(0.5) { 0.05 } else { 0.8 };
+                    let mut e: Vec<f32> = c
+                        .iter()
+                        .map(|x| x + rng.random_range(-noise..noise))
+                        .collect();
+                    let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    e.iter_mut().for_each(|x| *x /= norm);
+                    let memory = if rng.random_bool(0.3) {
+                        texts[rng.random_range(0..texts.len())].to_string()
+                    } else {
+                        format!("memory {round} {i}")
+                    };
+                    Hit {
+                        id: i as u32,
+                        record: record(memory, e),
+                        score: rng.random_range(0.0..1.0),
+                        vector_score: None,
+                        lexical_score: None,
+                    }
+                })
+                .collect();
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let k = rng.random_range(1..12usize);
+            let ids = |v: Vec<Hit>| v.into_iter().map(|h| h.id).collect::<Vec<_>>();
+            let want = ids(mmr_reference(hits.clone(), k));
+            let got = ids(dedup(hits, k, Dedup::Mmr));
+            assert_eq!(got, want, "round {round}, k {k}");
+            assert!(!got.is_empty());
+        }
+    }
 }
