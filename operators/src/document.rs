@@ -22,6 +22,16 @@ pub enum Format {
     Html,
     /// PDF.
     Pdf,
+    /// Word (DOCX).
+    Docx,
+    /// PowerPoint (PPTX).
+    Pptx,
+    /// A spreadsheet (XLSX, XLS, ODS).
+    Spreadsheet,
+    /// CSV.
+    Csv,
+    /// JSON.
+    Json,
 }
 
 impl Format {
@@ -32,6 +42,17 @@ impl Format {
             Format::Markdown => "text/markdown",
             Format::Html => "text/html",
             Format::Pdf => "application/pdf",
+            Format::Docx => {
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            }
+            Format::Pptx => {
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+            }
+            Format::Spreadsheet => {
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            }
+            Format::Csv => "text/csv",
+            Format::Json => "application/json",
         }
     }
 }
@@ -40,13 +61,38 @@ impl Format {
 pub fn detect(mime: Option<&str>, filename: &str, bytes: &[u8]) -> Format {
     let mime = mime.unwrap_or("").to_ascii_lowercase();
     let name = filename.to_ascii_lowercase();
-    if mime.contains("pdf") || name.ends_with(".pdf") || bytes.starts_with(b"%PDF-") {
+    let ext = |e: &[&str]| e.iter().any(|e| name.ends_with(e));
+    if mime.contains("pdf") || ext(&[".pdf"]) || bytes.starts_with(b"%PDF-") {
         Format::Pdf
-    } else if mime.contains("html") || name.ends_with(".html") || name.ends_with(".htm") {
+    } else if mime.contains("wordprocessingml") || ext(&[".docx"]) {
+        Format::Docx
+    } else if mime.contains("presentationml") || ext(&[".pptx"]) {
+        Format::Pptx
+    } else if mime.contains("spreadsheetml")
+        || mime.contains("ms-excel")
+        || mime.contains("opendocument.spreadsheet")
+        || ext(&[".xlsx", ".xlsm", ".xls", ".ods"])
+    {
+        Format::Spreadsheet
+    } else if mime.contains("csv") || ext(&[".csv", ".tsv"]) {
+        Format::Csv
+    } else if mime.contains("json") || ext(&[".json"]) {
+        Format::Json
+    } else if mime.contains("html") || ext(&[".html", ".htm"]) {
         Format::Html
-    } else if mime.contains("markdown") || name.ends_with(".md") || name.ends_with(".markdown") {
+    } else if mime.contains("markdown") || ext(&[".md", ".markdown"]) {
         Format::Markdown
     } else {
+        match crate::office::zip_kind(bytes) {
+            Some("docx") => return Format::Docx,
+            Some("pptx") => return Format::Pptx,
+            Some(_) => return Format::Spreadsheet,
+            None => {}
+        }
+        // An old Excel file (OLE compound document).
+        if bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+            return Format::Spreadsheet;
+        }
         let head = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_ascii_lowercase();
         if head.trim_start().starts_with("<!doctype html") || head.contains("<html") {
             Format::Html
@@ -118,6 +164,11 @@ impl Format {
             Format::Markdown => "markdown",
             Format::Html => "html",
             Format::Pdf => "pdf",
+            Format::Docx => "docx",
+            Format::Pptx => "pptx",
+            Format::Spreadsheet => "spreadsheet",
+            Format::Csv => "csv",
+            Format::Json => "json",
         }
     }
 
@@ -128,6 +179,11 @@ impl Format {
             "markdown" => Format::Markdown,
             "html" => Format::Html,
             "pdf" => Format::Pdf,
+            "docx" => Format::Docx,
+            "pptx" => Format::Pptx,
+            "spreadsheet" => Format::Spreadsheet,
+            "csv" => Format::Csv,
+            "json" => Format::Json,
             _ => return None,
         })
     }
@@ -187,7 +243,10 @@ pub fn parse(format: Format, bytes: &[u8], limits: &ParseLimits) -> Result<Vec<S
             )));
         }
     }
-    if matches!(format, Format::Text | Format::Markdown) {
+    if matches!(
+        format,
+        Format::Text | Format::Markdown | Format::Csv | Format::Json
+    ) {
         // Linear-time parsers with no nesting: nothing to isolate.
         return sections(format, bytes);
     }
@@ -339,6 +398,17 @@ pub fn sections(format: Format, bytes: &[u8]) -> Result<Vec<Section>> {
             text: utf8()?,
         }],
         Format::Markdown => markdown_sections(&utf8()?),
+        Format::Docx => markdown_sections(&crate::office::docx_text(bytes)?),
+        Format::Pptx => crate::office::pptx_sections(bytes)?,
+        Format::Spreadsheet => crate::office::spreadsheet_sections(bytes)?,
+        Format::Csv => vec![Section {
+            path: vec![],
+            text: crate::office::csv_text(bytes)?,
+        }],
+        Format::Json => vec![Section {
+            path: vec![],
+            text: crate::office::json_text(bytes)?,
+        }],
         Format::Html => {
             let text = html2text::from_read(bytes, 10_000)
                 .map_err(|e| OperatorError::Invalid(format!("HTML: {e}")))?;

@@ -23,6 +23,8 @@ pub enum EventKind {
     Feedback,
     /// A delete by ids or filter.
     Delete,
+    /// Skills to store as `SkillMemory` (`payload.messages`: texts, skill files, packages).
+    Skill,
 }
 
 /// Extraction mode.
@@ -234,7 +236,10 @@ fn file_of(p: &Value) -> Result<Option<FilePart>> {
             };
             (mime, bytes)
         }
-        None => (None, d.as_bytes().to_vec()),
+        None => match raw_base64(d) {
+            Some(bytes) => (None, bytes),
+            None => (None, d.as_bytes().to_vec()),
+        },
     };
     Ok(Some(FilePart {
         file_id,
@@ -242,6 +247,25 @@ fn file_of(p: &Value) -> Result<Option<FilePart>> {
         mime,
         bytes,
     }))
+}
+
+/// MemOS accepts `file_data` as raw base64 (no `data:` prefix). A string is taken for base64
+/// when it is one token of at least 16 base64 characters that decodes to a known binary
+/// document (PDF, zip container: DOCX/PPTX/XLSX/ODS, OLE: XLS) or to UTF-8 text; anything else
+/// (prose, a hex digest) stays text.
+fn raw_base64(d: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let compact: String = d.split_whitespace().collect();
+    if compact.len() < 16 || d.trim().contains(' ') {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .ok()?;
+    let binary = bytes.starts_with(b"%PDF-")
+        || bytes.starts_with(b"PK\x03\x04")
+        || bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]);
+    (binary || std::str::from_utf8(&bytes).is_ok()).then_some(bytes)
 }
 
 /// An image part's URL and caption (`alt`, `caption` or `detail` text beside the URL).
@@ -437,11 +461,11 @@ impl Event {
             return Err(bad(format!("time \"{t}\" is not RFC 3339")));
         }
         match self.kind {
-            EventKind::Messages => {
+            EventKind::Messages | EventKind::Skill => {
                 let m = self
                     .payload
                     .get("messages")
-                    .ok_or_else(|| bad("a messages event needs payload.messages"))?;
+                    .ok_or_else(|| bad("a messages or skill event needs payload.messages"))?;
                 let msgs = parse_messages(m)?;
                 if msgs.is_empty() {
                     return Err(bad("payload.messages is empty"));
@@ -521,4 +545,32 @@ impl Event {
 pub fn memory_id(cube: &str, event_id: &str, seq: u32) -> String {
     const NS: uuid::Uuid = uuid::Uuid::from_u128(0x6d656d6f_735f_4e53_8000_6d656d6f7331);
     uuid::Uuid::new_v5(&NS, format!("{cube}\u{0}{event_id}\u{0}{seq}").as_bytes()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn raw_base64_is_decoded_only_when_it_is_a_document() {
+        use base64::Engine;
+        let enc = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        assert_eq!(
+            raw_base64(&enc(b"%PDF-1.7 body")).unwrap(),
+            b"%PDF-1.7 body"
+        );
+        assert_eq!(
+            raw_base64(&enc(b"Some UTF-8 text, long enough.")).unwrap(),
+            b"Some UTF-8 text, long enough."
+        );
+        // A hex digest is valid base64 but decodes to noise: it stays text. So do prose and
+        // short tokens.
+        assert!(raw_base64("d41d8cd98f00b204e9800998ecf8427e").is_none());
+        assert!(raw_base64("I like green tea very much").is_none());
+        assert!(raw_base64("aGk=").is_none());
+        let part =
+            json!({"type": "file", "file": {"filename": "a.pdf", "file_data": enc(b"%PDF-1.4 x")}});
+        assert_eq!(file_of(&part).unwrap().unwrap().bytes, b"%PDF-1.4 x");
+    }
 }

@@ -17,6 +17,8 @@ pub mod event;
 pub mod extract;
 pub mod feedback;
 pub mod llm;
+pub mod office;
+pub mod skill;
 pub mod window;
 
 use std::sync::Arc;

@@ -69,9 +69,6 @@ pub struct LlmConfig {
     pub extract: String,
     /// The models; none = no LLM (chat answers 503, fine mode behaves as fast).
     pub models: Vec<ModelConfig>,
-    /// Fine-extraction jobs queued at most; beyond it a job is dropped (its fast memories
-    /// stay) and counted.
-    pub fine_queue: usize,
 }
 
 impl Default for LlmConfig {
@@ -80,7 +77,6 @@ impl Default for LlmConfig {
             chat: String::new(),
             extract: String::new(),
             models: Vec::new(),
-            fine_queue: 1000,
         }
     }
 }

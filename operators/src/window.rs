@@ -122,9 +122,13 @@ pub(crate) fn base_record(
 }
 
 fn draft(ie: &IdentifiedEvent, record: MemoryRecord) -> Draft {
+    draft_at(ie, 0, record)
+}
+
+fn draft_at(ie: &IdentifiedEvent, seq: u32, record: MemoryRecord) -> Draft {
     Draft {
         event_id: ie.id.clone(),
-        seq: 0,
+        seq,
         record,
         embedding: Vec::new(),
         action: Action::Insert,
@@ -407,6 +411,61 @@ impl WindowOperator {
         Ok(())
     }
 
+    /// A skill upload (MemOS `is_upload_skill`): each file part is a skill package (zip with a
+    /// `SKILL.md`) or a skill file, each message without files is a skill in its text; each
+    /// becomes one `SkillMemory` (key = name; `info`: name, description, procedure, files).
+    fn skills(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
+        let msgs = parse_messages(ie.event.payload.get("messages").unwrap_or(&Value::Null))?;
+        let mut skills = Vec::new();
+        for m in &msgs {
+            if m.files.is_empty() {
+                if !m.content.trim().is_empty() {
+                    skills.push((crate::skill::from_markdown(&m.content, "skill")?, None));
+                }
+                continue;
+            }
+            for f in &m.files {
+                let s = if f.bytes.starts_with(b"PK\x03\x04") {
+                    crate::skill::from_package(&f.bytes, &f.filename)?
+                } else {
+                    let text = std::str::from_utf8(&f.bytes).map_err(|_| {
+                        OperatorError::Invalid(format!(
+                            "skill {}: neither a zip package nor UTF-8 text",
+                            f.filename
+                        ))
+                    })?;
+                    crate::skill::from_markdown(text, &f.filename)?
+                };
+                skills.push((s, f.file_id.clone()));
+            }
+        }
+        if skills.is_empty() {
+            return Err(OperatorError::Invalid(
+                "the skill upload holds no skill".into(),
+            ));
+        }
+        for (seq, (s, file_id)) in skills.into_iter().enumerate() {
+            let mut r = base_record(ie, seq as u32, s.memory(), MemoryType::SkillMemory);
+            if let Some(f) = file_id {
+                r.info.insert("file_id".into(), Value::from(f.clone()));
+                r.file_ids.push(f);
+            }
+            r.key = Some(s.name.clone());
+            r.source = Some("skill".into());
+            r.tags.push("skill".into());
+            for (k, v) in [
+                ("name", Value::from(s.name)),
+                ("description", Value::from(s.description)),
+                ("procedure", Value::from(s.procedure)),
+                ("files", Value::from(s.files)),
+            ] {
+                r.info.insert(k.into(), v);
+            }
+            out.push(draft_at(ie, seq as u32, r));
+        }
+        Ok(())
+    }
+
     /// A document: text extracted by format (text, Markdown, HTML, PDF), cut into chunks by
     /// structure and size; each chunk is a `RawFileMemory` linked to its neighbours.
     fn document(&self, ie: &IdentifiedEvent, out: &mut Vec<Draft>) -> Result<()> {
@@ -577,6 +636,7 @@ impl Operator for WindowOperator {
                 EventKind::Messages => self.messages(&ie, &mut drafts),
                 EventKind::ToolCall => self.tool_call(&ie, &mut drafts),
                 EventKind::Document => self.document(&ie, &mut drafts),
+                EventKind::Skill => self.skills(&ie, &mut drafts),
                 // Feedback and deletes carry no new memories; the sink applies them.
                 EventKind::Feedback | EventKind::Delete => Ok(()),
             };

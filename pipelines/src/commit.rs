@@ -112,9 +112,15 @@ impl Commit<'_> {
         }
     }
 
-    /// Queues a fine job to start once this commit is durable.
-    pub fn fine_job(&mut self, job: FineJob) {
-        self.changes.fine_jobs.push(job);
+    /// Queues a fine job in this transaction: it is due once this commit is durable, and it
+    /// stays queued (across restarts) until a commit settles it.
+    pub fn fine_job(&mut self, job: store::JobRecord) -> Result<store::JobKey, store::StoreError> {
+        let key = self.committer.store.put_job(&mut self.txn, &job)?;
+        self.changes.fine_jobs.push(FineJob {
+            key: key.clone(),
+            job,
+        });
+        Ok(key)
     }
 
     /// Commits, then counts it and tells the subscribers.

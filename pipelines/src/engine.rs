@@ -51,12 +51,11 @@ impl Engine {
             .llm
             .build(Some(metrics.clone() as Arc<dyn operators::llm::LlmObserver>))
             .map_err(|e| PipelineError::Config(e.to_string()))?;
-        // Fine mode: the sink queues jobs after its commits; the worker runs them.
-        let (fine_tx, fine_rx) = tokio::sync::mpsc::channel(cfg.llm.fine_queue.max(1));
+        // Fine mode: the sink queues jobs in the store in its commits; the worker runs them.
+        let fine_wake = Arc::new(tokio::sync::Notify::new());
         let fine = llm.extract_model().is_some().then(|| FineQueue {
-            tx: fine_tx,
+            wake: fine_wake.clone(),
             tasks: tasks.clone(),
-            metrics: metrics.clone(),
         });
         let (activation, kv_rx) = if cfg.activation.enabled {
             let (a, rx) = Activation::load(&cfg.activation)?;
@@ -92,7 +91,7 @@ impl Engine {
                 metrics: metrics.clone(),
                 tasks: tasks.clone(),
             }
-            .spawn(fine_rx);
+            .spawn(fine_wake);
         }
         Ok((
             Engine {

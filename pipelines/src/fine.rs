@@ -1,23 +1,30 @@
 //! Fine mode: LLM extraction as asynchronous work after the fast memories are committed
 //! (memos-spec §3.3/§3.5), never on the request path.
 //!
-//! The pipeline's sink queues a [`FineJob`] for every stored `messages` event in `fine` mode
-//! (after its commit). The worker reads the job's fast memories and runs the `fine_extract`
+//! The pipeline's sink queues a [`FineJob`] for every stored `messages` event in `fine` mode,
+//! in the store's job queue, in the transaction that writes the fast memories. The worker takes
+//! due jobs round-robin across cubes (one busy tenant cannot starve the others), at most as many
+//! at once as the extraction model takes requests; jobs queued before a restart run after it.
+//! The worker reads the job's fast memories and runs the `fine_extract`
 //! operator ([`FineExtractOperator`], through the `Operator` trait, on a blocking thread): it
 //! asks the extraction model for memories (third person, pronouns and relative dates resolved,
 //! key + tags + memory_type), validates the JSON (repairing the usual damage) and embeds the
 //! values. The worker then, in **one** LMDB transaction on the commit path, writes the extracted
-//! memories and archives the fast ones (`info.evolve_to` → the new ids). Unlike MemOS
+//! memories, archives the fast ones (`info.evolve_to` → the new ids) and removes the job. A
+//! crash before that commit runs the job again; the extracted ids are derived from the event,
+//! so a rerun cannot duplicate them. Unlike MemOS
 //! (its issue #1950) a failed, timed-out or unusable extraction changes nothing: the fast
 //! memories stay searchable, the job is `failed` in `scheduler/status` with its reason, and the
-//! reason and the model's reply are kept as a dead letter (`source = "fine"`).
+//! reason and the model's reply are kept as a dead letter (`source = "fine"`) in the commit that
+//! removes the job.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use operators::llm::{ChatOptions, Msg};
 use serde_json::{Value, json};
-use store::{DeadLetter, MemoryRecord, MemoryType, Status};
-use tokio::sync::mpsc;
+use store::{DeadLetter, JobKey, MemoryRecord, MemoryType, Status};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::commit::{Changes, CommitHook, Committer};
 use crate::error::PipelineError;
@@ -25,45 +32,26 @@ use crate::metrics::Metrics;
 pub use crate::tasks::FineJob;
 use crate::tasks::{AddedMemory, TaskStatus, Tasks};
 
-/// After a commit, the jobs it made due are queued.
+/// After a commit, the jobs it queued show as waiting and the worker is woken.
 impl CommitHook for FineQueue {
     fn committed(&self, changes: &Changes) {
-        for job in &changes.fine_jobs {
-            self.submit(job.clone());
+        if changes.fine_jobs.is_empty() {
+            return;
         }
+        for job in &changes.fine_jobs {
+            self.tasks.set(task(job, "waiting", vec![], None));
+        }
+        self.wake.notify_one();
     }
 }
 
-/// The sink's side of the fine queue.
+/// The commit side of the fine queue: the jobs themselves are in the store.
 #[derive(Clone)]
 pub struct FineQueue {
-    /// Jobs.
-    pub tx: mpsc::Sender<FineJob>,
+    /// Wakes the worker when a commit queued jobs.
+    pub wake: Arc<Notify>,
     /// Task statuses (queued jobs show in `scheduler/status`).
     pub tasks: Arc<Tasks>,
-    /// Metrics (dropped jobs).
-    pub metrics: Arc<Metrics>,
-}
-
-impl FineQueue {
-    /// Queues a job after its fast memories were committed; a full queue drops it (the fast
-    /// memories stay) and counts it.
-    pub fn submit(&self, job: FineJob) {
-        self.tasks.set(task(&job, "waiting", vec![], None));
-        if let Err(e) = self.tx.try_send(job) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-            };
-            tracing::warn!(task = %job.task_id(), "fine queue full: job dropped, fast memories kept");
-            self.metrics.fine_jobs.with_label_values(&["dropped"]).inc();
-            self.tasks.set(task(
-                &job,
-                "failed",
-                vec![],
-                Some("fine queue full; fast memories kept".into()),
-            ));
-        }
-    }
 }
 
 const PROMPT: &str = "You turn a conversation into long-term memories about the user and the \
@@ -76,7 +64,9 @@ about the user) or \"LongTermMemory\" (anything else worth remembering), \"value
 one sentence\", \"preference_type\": \"explicit_preference\" (said outright) or \
 \"implicit_preference\" (shown by habits or choices), \"reasoning\": \"why\"}], \
 \"tool_trajectories\": [{\"tool\": \"name\", \"trajectory\": \"task -> action -> result\", \
-\"correctness\": \"success\" or \"failed\", \"experience\": \"when ... then ...\"}], \"summary\": \
+\"correctness\": \"success\" or \"failed\", \"experience\": \"when ... then ...\"}], \"skills\": \
+[{\"name\": \"a short name\", \"description\": \"what the procedure achieves\", \"procedure\": \
+\"the steps the user or assistant followed that worked and could be reused\"}], \"summary\": \
 \"one or two sentences\"}. Use empty lists when nothing is worth remembering.";
 
 /// One validated extracted memory (the model's JSON, checked; it never leaves the engine).
@@ -152,6 +142,12 @@ pub(crate) fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
             info: Default::default(),
         });
     }
+    extras(v, &mut out)?;
+    Ok(out)
+}
+
+/// The model's preferences, tool trajectories and skills, appended to `out`.
+fn extras(v: &Value, out: &mut Vec<Extracted>) -> Result<(), String> {
     let str_of = |m: &Value, k: &str| {
         m.get(k)
             .and_then(Value::as_str)
@@ -206,7 +202,30 @@ pub(crate) fn validate(v: &Value) -> Result<Vec<Extracted>, String> {
             info,
         });
     }
-    Ok(out)
+    // Skills (MemOS extracts reusable procedures as SkillMemory).
+    for (i, s) in list("skills").iter().enumerate() {
+        let name = str_of(s, "name").ok_or_else(|| format!("skills[{i}] has no name"))?;
+        let procedure =
+            str_of(s, "procedure").ok_or_else(|| format!("skills[{i}] has no procedure"))?;
+        let skill = operators::skill::Skill {
+            name: name.clone(),
+            description: str_of(s, "description").unwrap_or_default(),
+            procedure,
+            files: vec![],
+        };
+        let mut info = serde_json::Map::new();
+        info.insert("name".into(), json!(skill.name));
+        info.insert("description".into(), json!(skill.description));
+        info.insert("procedure".into(), json!(skill.procedure));
+        out.push(Extracted {
+            key: name,
+            memory_type: MemoryType::SkillMemory,
+            value: skill.memory(),
+            tags: vec!["skill".into()],
+            info,
+        });
+    }
+    Ok(())
 }
 
 /// What the fine worker works with: explicit dependencies, no service object.
@@ -225,22 +244,73 @@ pub struct FineWorker {
 }
 
 impl FineWorker {
-    /// Starts the worker; it ends when every sender is dropped (the pipeline stopped).
-    pub fn spawn(self, mut rx: mpsc::Receiver<FineJob>) {
+    /// Starts the worker: the jobs already queued (from before a restart) show as waiting,
+    /// then it takes due jobs round-robin across cubes, each on its own task, as many at once
+    /// as the extraction model takes requests; with nothing due it sleeps until `wake`.
+    pub fn spawn(self, wake: Arc<Notify>) {
         let w = Arc::new(self);
         tokio::spawn(async move {
-            // As many jobs at once as the extraction model takes requests.
-            let slots = Arc::new(tokio::sync::Semaphore::new(
+            let slots = Arc::new(Semaphore::new(
                 w.llm.extract_model().map(|c| c.concurrency()).unwrap_or(1),
             ));
-            while let Some(job) = rx.recv().await {
+            let queued = w
+                .blocking(|store| {
+                    let txn = store.read_txn()?;
+                    Ok(store.jobs(&txn)?)
+                })
+                .await;
+            match queued {
+                Ok(queued) => {
+                    for (key, job) in queued {
+                        w.tasks
+                            .set(task(&FineJob { key, job }, "waiting", vec![], None));
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "fine queue: reading the queued jobs failed"),
+            }
+            let busy: Arc<Mutex<HashSet<JobKey>>> = Arc::default();
+            let mut last: Option<String> = None;
+            loop {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let w = w.clone();
+                let taken = busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let after = last.clone();
+                let next = w
+                    .blocking(move |store| {
+                        let txn = store.read_txn()?;
+                        Ok(store.next_job(&txn, after.as_deref(), &taken)?)
+                    })
+                    .await;
+                let job = match next {
+                    Ok(Some((key, job))) => FineJob { key, job },
+                    Ok(None) => {
+                        drop(permit);
+                        wake.notified().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "fine queue: reading the next job failed");
+                        drop(permit);
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                last = Some(job.cube_id.clone());
+                busy.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.key.clone());
+                let (w, busy, wake) = (w.clone(), busy.clone(), wake.clone());
                 tokio::spawn(async move {
-                    run(&w, job).await;
+                    // A job whose settling commit failed stays busy: it runs again after a
+                    // restart, never in a loop here.
+                    if run(&w, &job).await {
+                        busy.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&job.key);
+                    }
                     drop(permit);
+                    wake.notify_one();
                 });
             }
         });
@@ -274,41 +344,60 @@ fn task(
     }
 }
 
-async fn run(m: &FineWorker, job: FineJob) {
-    m.tasks.set(task(&job, "in_progress", vec![], None));
-    let outcome = extract(m, &job).await;
+/// Runs one job to its end: extracted and committed, or failed with the reason kept as a dead
+/// letter; either way the job leaves the queue in that commit. False when that commit failed
+/// (the job stays queued).
+async fn run(m: &FineWorker, job: &FineJob) -> bool {
+    m.tasks.set(task(job, "in_progress", vec![], None));
+    let outcome = extract(m, job).await;
     let label = match &outcome {
         Ok(_) => "ok",
         Err(_) => "failed",
     };
     m.metrics.fine_jobs.with_label_values(&[label]).inc();
     match outcome {
-        Ok(added) => m.tasks.set(task(&job, "completed", added, None)),
+        Ok(added) => {
+            m.tasks.set(task(job, "completed", added, None));
+            true
+        }
         Err((reason, reply)) => {
             tracing::warn!(task = %job.task_id(), %reason, "fine extraction failed; fast memories kept");
-            let dl = DeadLetter {
-                source: "fine".into(),
-                position: Some(job.task_id()),
-                reason: reason.clone(),
-                payload: reply
-                    .unwrap_or_else(|| {
-                        json!({"cube_id": job.cube_id, "event_id": job.event_id,
-                        "memory_ids": job.memory_ids})
-                        .to_string()
-                    })
-                    .into_bytes(),
-                at: store::time::now_micros(),
-            };
-            let _ = m
-                .commits
-                .run("dead_letter", move |store, w| {
-                    store.put_dead_letter(w, &dl)?;
-                    Ok::<_, PipelineError>(())
-                })
-                .await;
-            m.tasks.set(task(&job, "failed", vec![], Some(reason)));
+            let settled = settle_failed(m, job, &reason, reply).await;
+            m.tasks.set(task(job, "failed", vec![], Some(reason)));
+            settled
         }
     }
+}
+
+/// Removes a failed job from the queue and keeps its reason (and the model's reply) as a dead
+/// letter, in one commit.
+async fn settle_failed(m: &FineWorker, job: &FineJob, reason: &str, reply: Option<String>) -> bool {
+    let dl = DeadLetter {
+        source: "fine".into(),
+        position: Some(job.task_id()),
+        reason: reason.to_string(),
+        payload: reply
+            .unwrap_or_else(|| {
+                json!({"cube_id": job.cube_id, "event_id": job.event_id,
+                "memory_ids": job.memory_ids})
+                .to_string()
+            })
+            .into_bytes(),
+        at: store::time::now_micros(),
+    };
+    let key = job.key.clone();
+    let r = m
+        .commits
+        .run("fine", move |store, w| {
+            store.put_dead_letter(w, &dl)?;
+            store.delete_job(w, &key)?;
+            Ok::<_, PipelineError>(())
+        })
+        .await;
+    if let Err(e) = &r {
+        tracing::error!(task = %job.task_id(), error = %e, "fine queue: the failed job could not be settled; it runs again after a restart");
+    }
+    r.is_ok()
 }
 
 /// An extracted memory as a record: the first fast memory's fields, the extracted text, key,
@@ -513,7 +602,7 @@ async fn extract(
         .await
         .map_err(fail)?;
     if fast.is_empty() {
-        return Ok(vec![]);
+        return settle_nothing(m, job).await.map_err(fail);
     }
     let op = FineExtractOperator {
         client,
@@ -533,7 +622,7 @@ async fn extract(
         Ok(FineOutput::Extracted { fast, items, model }) => (fast, items, model),
     };
     if items.is_empty() {
-        return Ok(vec![]);
+        return settle_nothing(m, job).await.map_err(fail);
     }
     let job2 = job.clone();
     m.commits
@@ -567,8 +656,21 @@ async fn extract(
             }
             // The extracted memories change the cube (its KV cache is rebuilt after the commit).
             w.touch(&job2.cube_id);
+            store.delete_job(w, &job2.key)?;
             Ok::<_, PipelineError>(added)
         })
         .await
         .map_err(fail)
+}
+
+/// Removes a job that had nothing to extract (its fast memories are gone, or the model found
+/// nothing worth keeping).
+async fn settle_nothing(m: &FineWorker, job: &FineJob) -> Result<Vec<AddedMemory>, PipelineError> {
+    let key = job.key.clone();
+    m.commits
+        .run("fine", move |store, w| {
+            store.delete_job(w, &key)?;
+            Ok::<_, PipelineError>(vec![])
+        })
+        .await
 }

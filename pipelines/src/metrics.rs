@@ -164,10 +164,7 @@ pub mod names {
             "LLM tokens by configured model and kind (prompt, completion).",
         ),
         (LLM_SECONDS, "LLM request latency by configured model."),
-        (
-            FINE_JOBS,
-            "Fine-extraction jobs by outcome (ok, failed, dropped).",
-        ),
+        (FINE_JOBS, "Fine-extraction jobs by outcome (ok, failed)."),
         (
             KV_BUILDS,
             "Activation-memory KV-cache builds by outcome (built, unchanged, cleared, stale, failed).",

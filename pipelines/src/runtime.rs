@@ -363,7 +363,7 @@ struct Done {
 /// buffered index writes; and the events that failed on their own (input index, reason).
 struct Applied {
     produced: HashMap<usize, Done>,
-    fine_jobs: Vec<crate::fine::FineJob>,
+    fine_jobs: Vec<store::JobRecord>,
     index: store::IndexBuffer,
     dead: Vec<(usize, String)>,
 }
@@ -375,7 +375,7 @@ struct SinkOut {
     inserted: usize,
     merged: usize,
     feedback_intent: Option<String>,
-    fine_job: Option<crate::fine::FineJob>,
+    fine_job: Option<store::JobRecord>,
 }
 
 /// "partition@position", as dead letters record a source position.
@@ -766,6 +766,7 @@ impl Processor {
                         EventKind::Document => "document",
                         EventKind::Feedback => "feedback",
                         EventKind::Delete => "delete",
+                        EventKind::Skill => "skill",
                     },
                     Err(_) => "invalid",
                 };
@@ -997,7 +998,7 @@ impl Processor {
             wtxn.touch(cube);
         }
         for job in fine_jobs {
-            wtxn.fine_job(job);
+            wtxn.fine_job(job)?;
         }
         let t_sink = Instant::now();
         wtxn.commit()?;
@@ -1028,7 +1029,7 @@ impl Processor {
         now: i64,
     ) -> (
         HashMap<usize, (String, Vec<String>)>,
-        Vec<crate::fine::FineJob>,
+        Vec<store::JobRecord>,
         store::IndexBuffer,
     ) {
         let Applied {
@@ -1372,12 +1373,14 @@ impl Processor {
                     && !fast_turns.is_empty()
                     && self.fine_enabled
                 {
-                    out.fine_job = Some(crate::fine::FineJob {
+                    out.fine_job = Some(store::JobRecord {
+                        kind: "fine".into(),
                         cube_id: ev.cube_id.clone(),
                         user_id: ev.user_id.clone(),
                         event_id: p.ie.id.clone(),
                         memory_ids: fast_turns,
                         tags: ev.tags.clone(),
+                        queued_at: now,
                     });
                 }
             }

@@ -19,26 +19,32 @@ pub struct AddedMemory {
     pub cube_id: String,
 }
 
-/// Work for the fine stage: the fast memories one event produced.
+/// Work for the fine stage, as queued in the store: the fast memories one event produced.
 #[derive(Debug, Clone)]
 pub struct FineJob {
-    /// Cube.
-    pub cube_id: String,
-    /// User.
-    pub user_id: String,
-    /// The event.
-    pub event_id: String,
-    /// The fast memories (window turns) to extract from.
-    pub memory_ids: Vec<String>,
-    /// `custom_tags` hint.
-    pub tags: Vec<String>,
+    /// Where it is queued (it leaves the queue in the transaction that settles it).
+    pub key: store::JobKey,
+    /// The job: cube, user, event, fast memory ids, `custom_tags` hint.
+    pub job: store::JobRecord,
+}
+
+impl std::ops::Deref for FineJob {
+    type Target = store::JobRecord;
+    fn deref(&self) -> &store::JobRecord {
+        &self.job
+    }
 }
 
 impl FineJob {
     /// The job's task id in `scheduler/status`.
     pub fn task_id(&self) -> String {
-        format!("fine:{}:{}", self.cube_id, self.event_id)
+        task_id(&self.job)
     }
+}
+
+/// A queued job's task id in `scheduler/status`.
+pub fn task_id(job: &store::JobRecord) -> String {
+    format!("{}:{}:{}", job.kind, job.cube_id, job.event_id)
 }
 
 /// Status of an asynchronous add.

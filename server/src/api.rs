@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 /// `POST /product/add`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AddRequest {
     /// End user.
     pub user_id: Option<String>,
@@ -23,7 +23,9 @@ pub struct AddRequest {
     pub mem_cube_id: Option<String>,
     /// "sync" | "async" (default async).
     pub async_mode: Option<String>,
-    /// "fast" | "fine".
+    /// "fast" | "fine". Absent: fine for an async add (LLM extraction in the background, when
+    /// an LLM is configured; the fast memories are searchable until it commits), fast for a
+    /// sync add.
     pub mode: Option<String>,
     /// Tags.
     pub custom_tags: Option<Vec<String>>,
@@ -51,11 +53,21 @@ pub struct AddRequest {
     /// Context for extraction (kept as the feedback history when `is_feedback`).
     #[schema(value_type = Option<Object>)]
     pub chat_history: Option<Value>,
+    /// Stamped on every memory as `info.manager_user_id`.
+    pub manager_user_id: Option<String>,
+    /// Stamped on every memory as `info.project_id`.
+    pub project_id: Option<String>,
+    /// The messages are skills, stored as SkillMemory in `skill_mem`: skill packages (zip with a
+    /// `SKILL.md`), skill files, or skills written as message text.
+    pub is_upload_skill: bool,
+    /// Deprecated in MemOS, which ignores it; refused with a 400 when set.
+    #[schema(value_type = Option<Object>)]
+    pub operation: Option<Value>,
 }
 
 /// `POST /product/search`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SearchRequest {
     /// Query text.
     pub query: String,
@@ -103,6 +115,29 @@ pub struct SearchRequest {
     /// Knowledge bases to search alongside the cubes (their chunks take at most half of
     /// top_k when the cubes have results too).
     pub knowledgebase_ids: Option<Vec<String>>,
+    /// Rerank the candidates (default true): with the configured reranker, else the hybrid
+    /// scorer's exact-cosine rescoring. false: refused (400) unless a reranker is configured.
+    pub rerank: bool,
+    /// "memory" (the only format; anything else is a 400).
+    pub context_format: Option<String>,
+    /// Web results as OuterMemory (a 400 when no internet search endpoint is configured).
+    pub internet_search: bool,
+    /// A minimum score, like `relativity` (the higher of the two applies).
+    pub threshold: Option<f32>,
+    /// "Now" for the fine-mode query rewrite (RFC 3339); fast mode refuses it.
+    pub reference_time: Option<String>,
+    /// The conversation so far, for the fine-mode query rewrite; fast mode refuses it.
+    #[schema(value_type = Option<Object>)]
+    pub chat_history: Option<Value>,
+    /// MemOS's shared "MOS cube" (not supported: true is a 400).
+    pub moscube: bool,
+    /// Deprecated in MemOS, which ignores it; refused with a 400 when set.
+    #[schema(value_type = Option<Object>)]
+    pub operation: Option<Value>,
+    /// MemOS's "plugin" retrieval path (not supported: a 400 when set).
+    pub source: Option<String>,
+    /// Adds the chunks before and after each document hit, at 0.8 × its score.
+    pub neighbor_discovery: bool,
 }
 
 impl SearchRequest {
@@ -145,13 +180,23 @@ impl Default for SearchRequest {
             as_of: None,
             event_as_of: None,
             knowledgebase_ids: None,
+            rerank: true,
+            context_format: None,
+            internet_search: false,
+            threshold: None,
+            reference_time: None,
+            chat_history: None,
+            moscube: false,
+            operation: None,
+            source: None,
+            neighbor_discovery: false,
         }
     }
 }
 
 /// `POST /product/delete_memory`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeleteRequest {
     /// Mode (a): ids.
     pub memory_ids: Option<Vec<String>>,
@@ -170,11 +215,14 @@ pub struct DeleteRequest {
     pub session_id: Option<String>,
     /// Alias of session_id.
     pub conversation_id: Option<String>,
+    /// With memory_ids: also delete the WorkingMemory bound to them (memos keeps no such
+    /// bindings, so there is nothing more to delete); with another mode a 400.
+    pub auto_cleanup_working: Option<bool>,
 }
 
 /// `POST /product/feedback`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FeedbackRequest {
     /// End user (required).
     pub user_id: Option<String>,
@@ -212,7 +260,7 @@ pub struct FeedbackRequest {
 
 /// `POST /product/get_memory`: a paginated export of one cube.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GetMemoryRequest {
     /// Cube (required).
     pub mem_cube_id: Option<String>,
@@ -250,7 +298,7 @@ impl Default for GetMemoryRequest {
 
 /// `POST /product/get_all`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GetAllRequest {
     /// User.
     pub user_id: Option<String>,
@@ -266,13 +314,13 @@ pub struct GetAllRequest {
 
 /// `POST /product/create_cube`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CreateCubeRequest {
     /// Name (required).
     pub cube_name: Option<String>,
     /// Owner (required).
     pub owner_id: Option<String>,
-    /// Accepted for compatibility; cubes live in the data dir.
+    /// Refused (400): cubes live in the server's data directory.
     pub cube_path: Option<String>,
     /// Id (default: a new uuid).
     pub cube_id: Option<String>,
@@ -280,7 +328,7 @@ pub struct CreateCubeRequest {
 
 /// `POST /product/exist_mem_cube_id`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExistCubeRequest {
     /// Cube (required).
     pub mem_cube_id: Option<String>,
@@ -308,7 +356,7 @@ impl OneOrMany {
 
 /// Cloud `POST add/message` (SDK `MemOSClient.add_message`).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudAddRequest {
     /// Messages (required).
     #[schema(value_type = Object)]
@@ -331,15 +379,17 @@ pub struct CloudAddRequest {
     pub async_mode: Option<bool>,
     /// Tags.
     pub tags: Option<Vec<String>>,
-    /// Accepted; public memory is not shared across keys.
+    /// Public memory (shared across keys) is not supported: true is a 400.
     pub allow_public: Option<bool>,
-    /// Knowledge bases the extraction may consult (accepted).
+    /// Knowledge bases the extraction may consult: not supported, a non-empty list is a 400.
     pub allow_knowledgebase_ids: Option<Vec<String>>,
+    /// Cloud memory views: not supported, a non-empty list is a 400.
+    pub allow_memory_view: Option<Vec<String>>,
 }
 
 /// Cloud `POST search/memory`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudSearchRequest {
     /// Query (required).
     pub query: String,
@@ -358,7 +408,7 @@ pub struct CloudSearchRequest {
     /// Filter (§4.8).
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
-    /// Source.
+    /// MemOS's plugin retrieval path: not supported, a 400 when set.
     pub source: Option<String>,
     /// Include tool memory.
     pub include_tool_memory: bool,
@@ -372,6 +422,10 @@ pub struct CloudSearchRequest {
     pub include_skill: bool,
     /// Skills wanted.
     pub skill_limit_number: usize,
+    /// Cloud memory views: not supported, a non-empty list is a 400.
+    pub include_memory_view: Option<Vec<String>>,
+    /// "memory" (the only format; anything else is a 400).
+    pub context_format: Option<String>,
 }
 
 impl Default for CloudSearchRequest {
@@ -392,13 +446,15 @@ impl Default for CloudSearchRequest {
             relativity: None,
             include_skill: false,
             skill_limit_number: 6,
+            include_memory_view: None,
+            context_format: None,
         }
     }
 }
 
 /// Cloud `POST get/memory`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudGetMemoryRequest {
     /// User (this or agent_id).
     pub user_id: Option<String>,
@@ -415,6 +471,8 @@ pub struct CloudGetMemoryRequest {
     /// Filter.
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
+    /// Cloud memory views: not supported, a non-empty list is a 400.
+    pub include_memory_view: Option<Vec<String>>,
 }
 
 impl Default for CloudGetMemoryRequest {
@@ -427,13 +485,14 @@ impl Default for CloudGetMemoryRequest {
             page: 1,
             size: 10,
             filter: None,
+            include_memory_view: None,
         }
     }
 }
 
 /// Cloud `POST delete/memory`: exactly one of memory_ids, user_id, agent_id, filter.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudDeleteRequest {
     /// Ids.
     pub memory_ids: Option<Vec<String>>,
@@ -450,7 +509,7 @@ pub struct CloudDeleteRequest {
 
 /// Cloud `POST add/feedback`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudFeedbackRequest {
     /// User (required).
     pub user_id: Option<String>,
@@ -464,7 +523,7 @@ pub struct CloudFeedbackRequest {
     pub app_id: Option<String>,
     /// When.
     pub feedback_time: Option<String>,
-    /// Accepted.
+    /// Public memory (shared across keys) is not supported: true is a 400.
     pub allow_public: Option<bool>,
     /// Knowledge bases this feedback may change (none when absent).
     pub allow_knowledgebase_ids: Option<Vec<String>>,
@@ -476,7 +535,7 @@ pub struct CloudFeedbackRequest {
 
 /// Cloud `POST get/status`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudStatusRequest {
     /// Task (required).
     pub task_id: Option<String>,
@@ -484,7 +543,7 @@ pub struct CloudStatusRequest {
 
 /// Cloud `POST create/knowledgebase`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CreateKbRequest {
     /// Name (required).
     #[serde(alias = "name")]
@@ -496,7 +555,7 @@ pub struct CreateKbRequest {
 
 /// Cloud `POST delete/knowledgebase`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeleteKbRequest {
     /// Knowledge base (required).
     pub knowledgebase_id: Option<String>,
@@ -504,7 +563,7 @@ pub struct DeleteKbRequest {
 
 /// One file of `add/knowledgebase-file`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct KbFile {
     /// File id (default: a new uuid).
     pub file_id: Option<String>,
@@ -523,7 +582,7 @@ pub struct KbFile {
 
 /// Cloud `POST get/knowledgebase-file`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GetKbFileRequest {
     /// Files to list (or every file of `knowledgebase_id`).
     pub file_ids: Option<Vec<String>>,
@@ -533,11 +592,14 @@ pub struct GetKbFileRequest {
     pub page: Option<usize>,
     /// Page size.
     pub page_size: Option<usize>,
+    /// File type (`skill`): not supported yet, a 400 when set.
+    #[serde(rename = "type")]
+    pub file_type: Option<String>,
 }
 
 /// Cloud `POST delete/knowledgebase-file`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeleteKbFileRequest {
     /// Files to delete (required).
     pub file_ids: Option<Vec<String>>,
@@ -547,12 +609,15 @@ pub struct DeleteKbFileRequest {
 
 /// Cloud `POST add/knowledgebase-file` (JSON form).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AddKbFileRequest {
     /// Knowledge base (required).
     pub knowledgebase_id: Option<String>,
     /// Files with text content.
     pub file: Vec<KbFile>,
+    /// File type (`skill`): not supported yet, a 400 when set.
+    #[serde(rename = "type")]
+    pub file_type: Option<String>,
 }
 
 /// `POST /admin/keys`.

@@ -11,7 +11,7 @@ use store::MemoryType;
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
-use crate::api::{AddRequest, SearchRequest};
+use crate::api::{AddRequest, FeedbackRequest, SearchRequest};
 use crate::auth::{Access, Principal};
 use crate::error::ServerError;
 use crate::service::Memos;
@@ -19,7 +19,7 @@ use crate::service::Memos;
 /// `POST /product/chat/complete` and `/product/chat/stream` (MemOS `APIChatCompleteRequest` /
 /// `ChatRequest`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChatRequest {
     /// End user (required).
     pub user_id: Option<String>,
@@ -66,6 +66,14 @@ pub struct ChatRequest {
     pub filter: Option<Value>,
     /// fast | fine | mixture.
     pub mode: Option<String>,
+    /// Stamped on the added exchange as `info.manager_user_id`.
+    pub manager_user_id: Option<String>,
+    /// Stamped on the added exchange as `info.project_id`.
+    pub project_id: Option<String>,
+    /// Web results in the context (a 400 when no internet search endpoint is configured).
+    pub internet_search: bool,
+    /// MemOS's shared "MOS cube" (not supported: true is a 400).
+    pub moscube: bool,
 }
 
 impl Default for ChatRequest {
@@ -92,6 +100,10 @@ impl Default for ChatRequest {
             threshold: 0.5,
             filter: None,
             mode: None,
+            manager_user_id: None,
+            project_id: None,
+            internet_search: false,
+            moscube: false,
         }
     }
 }
@@ -250,12 +262,144 @@ impl Memos {
         })
     }
 
+    /// MemOS `suggestions`: three follow-up questions from the cube's most recent memories
+    /// (and the conversation so far), in Chinese or English. 503 without an LLM.
+    pub async fn suggest(
+        &self,
+        cube: &str,
+        user: &str,
+        zh: bool,
+        conversation: &str,
+        p: &Principal,
+    ) -> Result<Vec<String>, ServerError> {
+        if !self.llm.is_configured() {
+            return Err(ServerError::Unavailable(
+                "no LLM is configured: add [[llm.models]] to the config (or set MEMOS_LLM_URL and MEMOS_LLM_MODEL)".into(),
+            ));
+        }
+        let client = self.llm.chat_model(None)?;
+        let filter =
+            store::Filter::parse_for_cube(&json!({"user_id": user}), cube, &[cube.to_string()])?;
+        let (mut recent, _) = self
+            .export(
+                cube,
+                filter,
+                store::Bucket::Text.types(),
+                Some((1, 10_000)),
+                p,
+            )
+            .await?;
+        recent.sort_by_key(|r| std::cmp::Reverse(r.updated_at));
+        let memories: Vec<String> = recent
+            .iter()
+            .take(20)
+            .map(|r| format!("- {}", r.memory))
+            .collect();
+        let language = if zh { "Chinese" } else { "English" };
+        let system = format!(
+            "Suggest three short questions the user might ask next, about themselves and what \
+             they told you, in {language}. Use the memories and the conversation. Answer with \
+             JSON only: {{\"query\": [\"question 1\", \"question 2\", \"question 3\"]}}."
+        );
+        let user_msg = format!(
+            "Memories:\n{}\n\nConversation:\n{}",
+            memories.join("\n"),
+            if conversation.is_empty() {
+                "(none)"
+            } else {
+                conversation
+            }
+        );
+        let opts = ChatOptions {
+            max_tokens: Some(256),
+            temperature: Some(0.7),
+            top_p: None,
+        };
+        let (v, _) = client
+            .complete_json(
+                &[Msg::new("system", system), Msg::new("user", user_msg)],
+                &opts,
+            )
+            .await?;
+        let list = v.get("query").and_then(Value::as_array).ok_or_else(|| {
+            ServerError::Unavailable(format!(
+                "suggestions: the model answered {v}, not {{\"query\": [...]}}"
+            ))
+        })?;
+        Ok(list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .take(3)
+            .collect())
+    }
+
+    /// `corrected_answer` on feedback: it needs the chat model and a sync request (the answer
+    /// comes back with the feedback); otherwise a 400 naming it.
+    pub fn can_correct_answers(&self, sync: bool) -> Result<(), ServerError> {
+        if self.llm.chat_model(None).is_err() {
+            return Err(ServerError::BadRequest(
+                "corrected_answer: needs an LLM, and none is configured".into(),
+            ));
+        }
+        if !sync {
+            return Err(ServerError::BadRequest(
+                "corrected_answer: needs async_mode sync (the answer is returned with the feedback)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// MemOS `corrected_answer`: the chat model rewrites the assistant's last answer in the
+    /// feedback's history so that it follows the feedback.
+    pub async fn corrected_answer(&self, req: &FeedbackRequest) -> Result<String, ServerError> {
+        let client = self
+            .llm
+            .chat_model(None)
+            .map_err(|e| ServerError::BadRequest(format!("corrected_answer: {e}")))?;
+        let mut messages = vec![Msg::new(
+            "system",
+            "The user gave feedback on your last answer. Write the corrected answer: follow the \
+             feedback, keep what it does not contradict, answer in the user's language. Answer \
+             with the corrected answer only.",
+        )];
+        if let Some(h) = req.history.as_ref().filter(|h| !h.is_null()) {
+            let turns = operators::event::parse_messages(h)
+                .map_err(|e| ServerError::BadRequest(format!("history: {e}")))?;
+            for t in turns.iter().rev().take(20).rev() {
+                let role = if t.role == "assistant" {
+                    "assistant"
+                } else {
+                    "user"
+                };
+                messages.push(Msg::new(role, t.content.as_str()));
+            }
+        }
+        messages.push(Msg::new(
+            "user",
+            format!(
+                "Feedback: {}",
+                req.feedback_content.as_deref().unwrap_or_default()
+            ),
+        ));
+        let opts = ChatOptions {
+            max_tokens: Some(512),
+            temperature: Some(0.2),
+            top_p: None,
+        };
+        let c = client.complete(&messages, &opts).await?;
+        Ok(split_think(&c.text).1)
+    }
+
     /// Retrieval and prompt for a chat; 503 without an LLM, 400 for an unknown model.
     pub async fn chat_plan(
         &self,
         req: &ChatRequest,
         p: &Principal,
     ) -> Result<ChatPlan, ServerError> {
+        crate::fields::check_chat(req, !self.cfg.search.internet.url.is_empty())?;
         let (local, client) = self.chat_answerer(req)?;
         let user = req
             .user_id
@@ -296,6 +440,7 @@ impl Memos {
             include_skill_memory: false,
             filter: req.filter.clone(),
             mode: req.mode.clone().unwrap_or_else(|| "fast".into()),
+            internet_search: req.internet_search,
             ..Default::default()
         };
         let hits = self.search_hits(&search, p).await?;
@@ -326,6 +471,8 @@ impl Memos {
                 user_id: Some(user),
                 writable_cube_ids: Some(cubes),
                 session_id: req.session_id.clone(),
+                manager_user_id: req.manager_user_id.clone(),
+                project_id: req.project_id.clone(),
                 ..Default::default()
             })
         } else {

@@ -60,6 +60,8 @@ pub struct Config {
     pub search: SearchConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// Files the server reads for a request (`doc_path`).
+    pub documents: DocumentsConfig,
     /// `MEMOS_API_KEYS`: comma-separated `KEY` (every cube) or `KEY:CUBE+CUBE` (those cubes).
     pub api_keys: String,
     /// API keys, scopes and rate limits.
@@ -94,6 +96,28 @@ pub struct SearchConfig {
     pub vector_memory_mb: usize,
     /// Candidate sets up to this size skip the sign-code step (int8 codes for all).
     pub exact_scan_below: usize,
+    /// An HTTP reranker for `rerank` (none by default).
+    #[serde(default)]
+    pub rerank: crate::rerank::RerankConfig,
+    /// SearXNG for `internet_search` (none by default).
+    #[serde(default)]
+    pub internet: crate::rerank::InternetConfig,
+}
+
+/// Files the server reads for a request: `doc_path`, and documents by URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsConfig {
+    /// The directory `doc_path` may name files under (resolved, links followed; a path
+    /// outside it is a 400). Empty: `doc_path` is refused.
+    pub doc_root: String,
+    /// Largest file `doc_path` or a URL brings (a larger one is a 413).
+    pub max_file_bytes: u64,
+    /// Longest a document URL may take to fetch.
+    pub fetch_timeout_ms: u64,
+    /// Let document URLs reach loopback, private and link-local addresses (off: such a URL
+    /// is a 400, so a request cannot make the server read its own network).
+    pub allow_private_urls: bool,
 }
 
 /// Request limits.

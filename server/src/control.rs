@@ -75,10 +75,26 @@ impl Memos {
         text: String,
         p: &Principal,
     ) -> Result<MemoryRecord, ServerError> {
-        if text.trim().is_empty() {
+        self.update_fields(id, Some(text), None, None, p).await
+    }
+
+    /// Updates a memory's text (re-embedded; the key follows it unless `title` is given), its
+    /// title (key) or its status, as one new version.
+    pub async fn update_fields(
+        &self,
+        id: String,
+        text: Option<String>,
+        title: Option<String>,
+        status: Option<store::Status>,
+        p: &Principal,
+    ) -> Result<MemoryRecord, ServerError> {
+        if text.as_ref().is_some_and(|t| t.trim().is_empty()) {
             return Err(ServerError::BadRequest("content is empty".into()));
         }
-        let v = self.embed_query(&text).await?;
+        let v = match &text {
+            Some(t) => Some(self.embed_query(t).await?),
+            None => None,
+        };
         let p = p.clone();
         self.committer
             .run("update", move |store, w| {
@@ -86,9 +102,17 @@ impl Memos {
                     return Err(ServerError::NotFound(format!("memory {id} not found")));
                 };
                 p.check(Access::Write, std::slice::from_ref(&r.cube_id), None)?;
-                r.key = Some(operators::window::key_of(&text));
-                r.memory = text;
-                let r = store.update(w, &r, Some(&v), "update", None)?;
+                if let Some(text) = text {
+                    r.key = Some(operators::window::key_of(&text));
+                    r.memory = text;
+                }
+                if let Some(t) = title {
+                    r.key = Some(t);
+                }
+                if let Some(s) = status {
+                    r.status = s;
+                }
+                let r = store.update(w, &r, v.as_deref(), "update", None)?;
                 w.touch(&r.cube_id);
                 Ok(r)
             })
@@ -305,6 +329,7 @@ impl Memos {
         &self,
         kb: &store::CubeInfo,
         files: &[crate::api::KbFile],
+        skills: bool,
     ) -> Result<Vec<Value>, ServerError> {
         let id = &kb.cube_id;
         let mut events = Vec::new();
@@ -330,10 +355,23 @@ impl Memos {
                 (_, Some(d)) => payload["data_base64"] = json!(d),
                 _ => {}
             }
+            let kind = if skills {
+                // The file as a skill upload: one file part (text, or base64 data).
+                let data = match (&payload["text"], &payload["data_base64"]) {
+                    (Value::String(t), _) => t.clone(),
+                    (_, Value::String(d)) => format!("data:;base64,{d}"),
+                    _ => String::new(),
+                };
+                payload = json!({"messages": [{"role": "user", "content": [{"type": "file",
+                    "file": {"filename": name, "file_id": file_id, "file_data": data}}]}]});
+                operators::event::EventKind::Skill
+            } else {
+                operators::event::EventKind::Document
+            };
             let e = operators::event::Event {
                 version: operators::event::EVENT_VERSION,
                 event_id: Some(format!("{id}/{file_id}")),
-                kind: operators::event::EventKind::Document,
+                kind,
                 cube_id: id.clone(),
                 user_id: kb.owner_id.clone(),
                 session_id: None,

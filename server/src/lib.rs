@@ -12,9 +12,12 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod export;
+pub mod fetch;
+mod fields;
 pub mod http;
 pub mod kv;
 pub mod mcp;
+pub mod rerank;
 pub mod service;
 pub mod sqlapi;
 

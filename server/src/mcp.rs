@@ -162,14 +162,16 @@ impl MemosMcp {
                         return Err(ServerError::BadRequest("give content or messages".into()));
                     }
                 };
-                let req = AddRequest {
+                let mut req = AddRequest {
                     user_id: Some(a.user_id),
                     writable_cube_ids: a.cube_id.map(|c| vec![c]),
                     session_id: a.session_id,
                     mode: a.mode,
                     messages: Some(messages),
+                    async_mode: Some("sync".into()),
                     ..Default::default()
                 };
+                self.memos.fetch_documents(&mut req.messages).await?;
                 let events = self.memos.add_events(&req, &p)?;
                 Ok(json!(self.memos.add_sync(events).await?))
             }

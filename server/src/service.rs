@@ -114,6 +114,8 @@ pub struct Memos {
     pub activation: Option<Arc<pipelines::activation::Activation>>,
     /// The one commit path: every write transaction (hooks and metrics fire after each).
     pub committer: pipelines::Committer,
+    /// The HTTP reranker (`[search.rerank]`), if configured.
+    pub reranker: Option<Arc<crate::rerank::HttpReranker>>,
 }
 
 /// Loads the configured embedder (fetching the local model first if allowed and missing).
@@ -159,6 +161,7 @@ impl Memos {
             store.api_keys(&txn)?
         };
         let auth = Auth::new(&cfg.auth, &cfg.api_keys, &stored)?;
+        let reranker = crate::rerank::HttpReranker::new(&cfg.search.rerank)?.map(Arc::new);
         let sql = Arc::new(sql::Engine::new(
             store.clone(),
             cfg.sql.clone(),
@@ -190,6 +193,7 @@ impl Memos {
             llm,
             activation,
             committer,
+            reranker,
         });
         Ok((memos, task))
     }
@@ -255,6 +259,7 @@ impl Memos {
             .user_id
             .clone()
             .ok_or_else(|| ServerError::BadRequest("user_id is required".into()))?;
+        crate::fields::check_add(req)?;
         let cubes = cube_list(&req.writable_cube_ids, &req.mem_cube_id, &req.user_id)?;
         self.cfg.limits.check_cubes(&cubes)?;
         p.check(Access::Write, &cubes, Some(&user))?;
@@ -264,7 +269,7 @@ impl Memos {
             extra_parts.push(json!({"type": "text", "text": t}));
         }
         if let Some(p) = &req.doc_path {
-            extra_parts.push(json!({"type": "file", "file": {"path": p, "filename": p}}));
+            extra_parts.push(self.doc_path_part(p)?);
         }
         if !extra_parts.is_empty() {
             messages = match messages {
@@ -290,21 +295,12 @@ impl Memos {
                 self.cfg.limits.max_messages_per_add
             )));
         }
-        let mut info: Map<String, Value> = req.info.clone().unwrap_or_default();
-        if let Some(s) = &req.source {
-            info.insert("source".into(), Value::String(s.clone()));
-        }
-        let mode = match req.mode.as_deref() {
-            Some("fine") => Mode::Fine,
-            None | Some("fast") => Mode::Fast,
-            Some(o) => {
-                return Err(ServerError::BadRequest(format!(
-                    "mode \"{o}\" is not fast or fine"
-                )));
-            }
-        };
+        let info = add_info(req);
+        let mode = add_mode(req)?;
         let kind = if req.is_feedback {
             EventKind::Feedback
+        } else if req.is_upload_skill {
+            EventKind::Skill
         } else {
             EventKind::Messages
         };
@@ -362,6 +358,55 @@ impl Memos {
             e.validate()?;
         }
         Ok(events)
+    }
+
+    /// Fetches the documents named by URL in an add's messages (see [`crate::fetch`]) before
+    /// the add becomes events: a failure is this request's error, naming the URL.
+    pub async fn fetch_documents(&self, messages: &mut Option<Value>) -> Result<(), ServerError> {
+        match messages.as_mut() {
+            Some(m) => crate::fetch::resolve(m, &self.cfg.documents).await,
+            None => Ok(()),
+        }
+    }
+
+    /// MemOS `doc_path`: a file under `documents.doc_root`, read as a file part (its format
+    /// detected from its name and bytes, as any uploaded file).
+    fn doc_path_part(&self, path: &str) -> Result<Value, ServerError> {
+        let bad = |why: String| ServerError::BadRequest(format!("doc_path: {why}"));
+        let root = &self.cfg.documents.doc_root;
+        if root.is_empty() {
+            return Err(bad(
+                "reading files on the server is off (set documents.doc_root)".into(),
+            ));
+        }
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| ServerError::Unavailable(format!("documents.doc_root {root}: {e}")))?;
+        let full =
+            std::fs::canonicalize(root.join(path)).map_err(|e| bad(format!("{path}: {e}")))?;
+        if !full.starts_with(&root) || !full.is_file() {
+            return Err(bad(format!(
+                "{path} is not a file under documents.doc_root"
+            )));
+        }
+        let len = std::fs::metadata(&full)
+            .map_err(|e| bad(format!("{path}: {e}")))?
+            .len();
+        if len > self.cfg.documents.max_file_bytes {
+            return Err(ServerError::TooLarge(format!(
+                "doc_path: {path} has {len} bytes; the limit is {} (documents.max_file_bytes)",
+                self.cfg.documents.max_file_bytes
+            )));
+        }
+        let bytes = std::fs::read(&full).map_err(|e| bad(format!("{path}: {e}")))?;
+        let name = full
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.to_string());
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        Ok(
+            json!({"type": "file", "file": {"file_data": format!("data:;base64,{data}"), "filename": name}}),
+        )
     }
 
     /// Adds synchronously: returns after the memories are committed.
@@ -624,18 +669,35 @@ impl Memos {
 
     /// Asks the chat model for a search query; None (after a log line) when there is no model
     /// or it fails or takes more than half the search budget.
-    async fn rewrite_query(&self, query: &str, deadline: Instant) -> Option<String> {
+    /// The request's `reference_time` is "now" for relative times, and its `chat_history`
+    /// comes before the question (pronouns resolved against it).
+    async fn rewrite_query(&self, req: &SearchRequest, deadline: Instant) -> Option<String> {
         let client = self.llm.chat_model(None).ok()?;
-        let now = store::time::micros_to_rfc3339(store::time::now_micros());
-        let messages = [
-            operators::llm::Msg::new(
-                "system",
-                format!(
-                    "Rewrite the user's question as a short search query for their memory store: keep names, places and dates, turn relative times into dates (now is {now}), drop filler words. Answer with the query only."
-                ),
+        let now = req
+            .reference_time
+            .as_deref()
+            .and_then(store::time::parse_time)
+            .unwrap_or_else(store::time::now_micros);
+        let now = store::time::micros_to_rfc3339(now);
+        let mut messages = vec![operators::llm::Msg::new(
+            "system",
+            format!(
+                "Rewrite the user's last question as a short search query for their memory store: keep names, places and dates, resolve pronouns from the conversation, turn relative times into dates (now is {now}), drop filler words. Answer with the query only."
             ),
-            operators::llm::Msg::new("user", query),
-        ];
+        )];
+        if let Some(h) = &req.chat_history
+            && let Ok(turns) = operators::event::parse_messages(h)
+        {
+            for t in turns.iter().rev().take(20).rev() {
+                let role = if t.role == "assistant" {
+                    "assistant"
+                } else {
+                    "user"
+                };
+                messages.push(operators::llm::Msg::new(role, t.content.as_str()));
+            }
+        }
+        messages.push(operators::llm::Msg::new("user", req.query.as_str()));
         let opts = operators::llm::ChatOptions {
             max_tokens: Some(64),
             temperature: Some(0.0),
@@ -704,7 +766,13 @@ impl Memos {
                 store::validate_key_part(what, v)?;
             }
         }
-        Ok(())
+        let has = crate::fields::Configured {
+            rewrites: matches!(req.mode.as_str(), "fine" | "mixture")
+                && self.llm.chat_model(None).is_ok(),
+            reranker: self.reranker.is_some(),
+            internet: !self.cfg.search.internet.url.is_empty(),
+        };
+        crate::fields::check_search(req, &has)
     }
 
     /// Search (§4): per cube, per bucket (text, preference, tool, skill), hybrid retrieval.
@@ -713,26 +781,22 @@ impl Memos {
         req: &SearchRequest,
         p: &Principal,
     ) -> Result<SearchHits, ServerError> {
+        self.search_hits_with(req, p, store::search::Retrievers::Hybrid)
+            .await
+    }
+
+    /// [`Memos::search_hits`] with a choice of retrievers (`get_all`'s `search_type`).
+    pub async fn search_hits_with(
+        &self,
+        req: &SearchRequest,
+        p: &Principal,
+        retrievers: store::search::Retrievers,
+    ) -> Result<SearchHits, ServerError> {
         self.check_search(req)?;
         let cubes = req.cubes()?;
         self.cfg.limits.check_cubes(&cubes)?;
         p.check(Access::Read, &cubes, req.user_id.as_deref())?;
-        let dedup = match req.dedup.as_deref() {
-            None | Some("mmr") => Dedup::Mmr,
-            Some("sim") => Dedup::Sim,
-            Some("no") => Dedup::No,
-            Some(o) => {
-                return Err(ServerError::BadRequest(format!(
-                    "dedup \"{o}\" is not no, sim or mmr"
-                )));
-            }
-        };
-        let only_type = match req.search_memory_type.as_str() {
-            "All" | "" => None,
-            t => Some(MemoryType::parse(t).ok_or_else(|| {
-                ServerError::BadRequest(format!("search_memory_type \"{t}\" is unknown"))
-            })?),
-        };
+        let (dedup, only_type) = dedup_and_type(req)?;
         let filters: Vec<Filter> = cubes
             .iter()
             .map(|c| Filter::parse_for_cube(req.filter.as_ref().unwrap_or(&Value::Null), c, &cubes))
@@ -748,7 +812,7 @@ impl Memos {
         let mut req = req.clone();
         let mut semantic = req.query.clone();
         if matches!(req.mode.as_str(), "fine" | "mixture")
-            && let Some(rewritten) = self.rewrite_query(&req.query, deadline).await
+            && let Some(rewritten) = self.rewrite_query(&req, deadline).await
         {
             req.query = format!("{} {rewritten}", req.query);
             semantic = rewritten;
@@ -785,19 +849,26 @@ impl Memos {
                 scope: &scope,
                 at,
                 session_id: req2.session_id.as_deref(),
-                relativity: req2.relativity.unwrap_or(0.0),
+                relativity: req2
+                    .relativity
+                    .unwrap_or(0.0)
+                    .max(req2.threshold.unwrap_or(0.0)),
                 dedup,
                 fusion: cfg.fusion,
                 session_boost: cfg.session_boost,
                 pool: cfg.pool,
                 vector_pool: cfg.vector_pool,
+                retrievers,
             };
             let mut embed = |t: &[String]| {
                 embedder
                     .embed(t)
                     .map_err(|e| store::StoreError::InvalidArgument(e.to_string()))
             };
-            let buckets = store::recall::recall(&store, &txn, &recall, &mut embed)?;
+            let mut buckets = store::recall::recall(&store, &txn, &recall, &mut embed)?;
+            if req2.neighbor_discovery {
+                store::recall::add_neighbors(&store, &txn, &mut buckets, &scope)?;
+            }
             let pref_lines: Vec<(bool, String)> = buckets
                 .iter()
                 .filter(|b| b.name == store::Bucket::Pref.name())
@@ -815,7 +886,7 @@ impl Memos {
                 pref_string,
             })
         });
-        tokio::time::timeout_at(deadline.into(), work)
+        let mut hits = tokio::time::timeout_at(deadline.into(), work)
             .await
             .map_err(|_| {
                 ServerError::Timeout(format!(
@@ -823,13 +894,38 @@ impl Memos {
                     self.cfg.search.timeout_ms
                 ))
             })?
-            .map_err(|e| ServerError::Unavailable(e.to_string()))?
+            .map_err(|e| ServerError::Unavailable(e.to_string()))??;
+        self.web_and_rerank(req, &mut hits).await?;
+        Ok(hits)
+    }
+
+    /// After recall: web results when `internet_search`, then the HTTP reranker when
+    /// configured and `rerank`.
+    async fn web_and_rerank(
+        &self,
+        req: &SearchRequest,
+        hits: &mut SearchHits,
+    ) -> Result<(), ServerError> {
+        if req.internet_search {
+            self.add_web_results(req, hits).await?;
+        }
+        if req.rerank
+            && let Some(r) = &self.reranker
+        {
+            let min = req
+                .relativity
+                .unwrap_or(0.0)
+                .max(req.threshold.unwrap_or(0.0));
+            crate::rerank::rerank_buckets(r, &req.query, &mut hits.buckets, min).await?;
+        }
+        Ok(())
     }
 
     /// MemOS delete (§1.3): exactly one of memory_ids, file_ids, or filter + quick constraints
     /// (user_id, session_id/conversation_id), within the caller's writable cubes. Unknown or
     /// out-of-scope ids are a 404 and nothing is deleted.
     pub async fn delete(&self, req: &DeleteRequest, p: &Principal) -> Result<Value, ServerError> {
+        crate::fields::check_delete(req)?;
         p.check(Access::Write, &[], None)?;
         let session = match (&req.session_id, &req.conversation_id) {
             (Some(a), Some(b)) if a != b => {
@@ -1261,4 +1357,59 @@ impl sql::Embed for EmbedAdapter {
             .pop()
             .ok_or_else(|| sql::SqlError::Search("embedder returned nothing".into()))
     }
+}
+
+/// An add's `info`: the request's, with `source` and MemOS's stamped fields.
+fn add_info(req: &AddRequest) -> Map<String, Value> {
+    let mut info: Map<String, Value> = req.info.clone().unwrap_or_default();
+    if let Some(s) = &req.source {
+        info.insert("source".into(), Value::String(s.clone()));
+    }
+    // MemOS stamps these on every item.
+    for (k, v) in [
+        ("manager_user_id", &req.manager_user_id),
+        ("project_id", &req.project_id),
+    ] {
+        if let Some(v) = v {
+            info.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    info
+}
+
+/// MemOS: an async add is fine-extracted in the background (here: when an LLM is configured;
+/// without one fine behaves as fast), a sync add is fast unless it asks for fine. An explicit
+/// mode is honoured either way.
+fn add_mode(req: &AddRequest) -> Result<Mode, ServerError> {
+    let asynchronous = !matches!(req.async_mode.as_deref(), Some("sync"));
+    match req.mode.as_deref() {
+        Some("fine") => Ok(Mode::Fine),
+        Some("fast") => Ok(Mode::Fast),
+        None if asynchronous => Ok(Mode::Fine),
+        None => Ok(Mode::Fast),
+        Some(o) => Err(ServerError::BadRequest(format!(
+            "mode \"{o}\" is not fast or fine"
+        ))),
+    }
+}
+
+/// A search's `dedup` and `search_memory_type`.
+fn dedup_and_type(req: &SearchRequest) -> Result<(Dedup, Option<MemoryType>), ServerError> {
+    let dedup = match req.dedup.as_deref() {
+        None | Some("mmr") => Dedup::Mmr,
+        Some("sim") => Dedup::Sim,
+        Some("no") => Dedup::No,
+        Some(o) => {
+            return Err(ServerError::BadRequest(format!(
+                "dedup \"{o}\" is not no, sim or mmr"
+            )));
+        }
+    };
+    let only_type = match req.search_memory_type.as_str() {
+        "All" | "" => None,
+        t => Some(MemoryType::parse(t).ok_or_else(|| {
+            ServerError::BadRequest(format!("search_memory_type \"{t}\" is unknown"))
+        })?),
+    };
+    Ok((dedup, only_type))
 }

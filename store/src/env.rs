@@ -66,7 +66,7 @@ impl Store {
             })?
             .unwrap_commit();
         let wtxn = env.write_txn()?;
-        let (dead_letters, offsets, api_keys, feedback, kv, ann_pending) = env
+        let (dead_letters, offsets, api_keys, feedback, kv, ann_pending, jobs) = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     dbo.create_database(wtxn, Some("dead_letters"))?,
@@ -75,6 +75,7 @@ impl Store {
                     dbo.create_database(wtxn, Some("feedback"))?,
                     dbo.create_database(wtxn, Some("kv_cache"))?,
                     dbo.create_database(wtxn, Some("ann_pending"))?,
+                    dbo.create_database(wtxn, Some("jobs"))?,
                 )))
             })?
             .unwrap_commit();
@@ -98,6 +99,7 @@ impl Store {
             feedback,
             kv,
             ann_pending,
+            jobs,
             lexical: lexical::LexicalIndex { postings, stats },
             vindex,
             vecmem: vecmem::VecMem::new(opts.dimensions, opts.vecmem),

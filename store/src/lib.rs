@@ -29,6 +29,7 @@ pub mod vector;
 mod bitmaps;
 mod catalog;
 mod env;
+mod jobs;
 mod memories;
 mod retrieval;
 
@@ -44,6 +45,7 @@ use serde_json::Value;
 pub use error::{Result, StoreError};
 pub use filter::Filter;
 pub use heed;
+pub use jobs::{JobKey, JobRecord};
 pub use lexical::Bm25Params;
 pub use model::{Bucket, HistoryEntry, MemoryRecord, MemoryType, SourceMessage, Status};
 pub use roaring;
@@ -377,6 +379,8 @@ pub struct Store {
     /// Vector changes not yet in the arroy trees: big-endian id → 1 (added or replaced) or 0
     /// (removed). One small put per change; the background fold drains it.
     ann_pending: Database<'static, Bytes, Bytes>,
+    /// The durable job queue (`jobs.rs`): `cube\0seq` → [`JobRecord`].
+    jobs: Database<'static, Bytes, Bytes>,
     lexical: lexical::LexicalIndex,
     vindex: ArroyIndex,
     vecmem: vecmem::VecMem,

@@ -6,7 +6,7 @@
 
 use heed::RoTxn;
 
-use crate::model::{Bucket, MemoryType};
+use crate::model::{Bucket, MemoryType, Status};
 use crate::search::{
     AsOf, Dedup, EmbedFn, Fusion, Hit, Rewound, SearchRequest, search, search_as_of,
 };
@@ -54,6 +54,8 @@ pub struct Recall<'a> {
     pub pool: usize,
     /// Vector candidates before fusion.
     pub vector_pool: usize,
+    /// Which retrievers run.
+    pub retrievers: crate::search::Retrievers,
 }
 
 impl Recall<'_> {
@@ -104,6 +106,7 @@ pub fn recall(
                 s.pool = r.pool;
                 s.vector_pool = r.vector_pool;
                 s.within = Some(&all);
+                s.retrievers = r.retrievers;
                 hits = match &rewound {
                     Some(rw) => search_as_of(store, txn, &s, rw, embed)?,
                     None => search(store, txn, &s)?,
@@ -118,6 +121,59 @@ pub fn recall(
     }
     cap_documents(&mut buckets, r.top_k[0]);
     Ok(buckets)
+}
+
+/// MemOS `neighbor_discovery`: each document chunk in a text bucket brings the chunks before
+/// and after it (`info.preceding_id` / `following_id`) at 0.8 × its score, when they are
+/// activated, in the same cube, visible to `scope` and not found already. Each text bucket
+/// stays sorted by score.
+pub fn add_neighbors(
+    store: &Store,
+    txn: &RoTxn,
+    buckets: &mut [BucketHits],
+    scope: &Scope,
+) -> Result<()> {
+    for b in buckets.iter_mut().filter(|b| b.name == Bucket::Text.name()) {
+        let mut seen: std::collections::HashSet<u32> = b.hits.iter().map(|h| h.id).collect();
+        let mut extra = Vec::new();
+        for h in b
+            .hits
+            .iter()
+            .filter(|h| h.record.memory_type == MemoryType::RawFileMemory)
+        {
+            for key in ["preceding_id", "following_id"] {
+                let Some(uuid) = h.record.info.get(key).and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                let Some(id) = store.internal_id(txn, uuid)? else {
+                    continue;
+                };
+                if !seen.insert(id) {
+                    continue;
+                }
+                let one: roaring::RoaringBitmap = [id].into_iter().collect();
+                if store.restrict(txn, &b.cube, scope, one)?.is_empty() {
+                    continue;
+                }
+                let Some(r) = store.get(txn, uuid)? else {
+                    continue;
+                };
+                if r.status != Status::Activated || r.cube_id != b.cube {
+                    continue;
+                }
+                extra.push(Hit {
+                    id,
+                    record: r,
+                    score: h.score * 0.8,
+                    vector_score: None,
+                    lexical_score: None,
+                });
+            }
+        }
+        b.hits.extend(extra);
+        b.hits.sort_by(|x, y| y.score.total_cmp(&x.score));
+    }
+    Ok(())
 }
 
 /// Knowledge-base chunks searched alongside a user's memories take at most half of `top_k`

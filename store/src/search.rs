@@ -58,6 +58,18 @@ pub enum Dedup {
     Mmr,
 }
 
+/// Which retrievers a search runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retrievers {
+    /// BM25 and vectors, fused (every candidate scored by exact cosine too).
+    #[default]
+    Hybrid,
+    /// BM25 only (MemOS `search_type: fulltext`): scores are normalised BM25.
+    Lexical,
+    /// Vectors only (MemOS `search_type: embedding`): scores are cosines.
+    Vector,
+}
+
 /// One search over one cube.
 #[derive(Debug, Clone)]
 pub struct SearchRequest<'a> {
@@ -91,6 +103,8 @@ pub struct SearchRequest<'a> {
     /// Activated ids already filtered by `filter` (a superset over several types, computed
     /// once per cube); None evaluates the filter here.
     pub within: Option<&'a roaring::RoaringBitmap>,
+    /// Which retrievers run ([`Retrievers::Lexical`] ignores `query_vec`).
+    pub retrievers: Retrievers,
 }
 
 impl<'a> SearchRequest<'a> {
@@ -117,6 +131,7 @@ impl<'a> SearchRequest<'a> {
             pool: 100,
             vector_pool: 30,
             within: None,
+            retrievers: Retrievers::Hybrid,
         }
     }
 }
@@ -148,7 +163,10 @@ fn retrieve(
     candidates: &RoaringBitmap,
 ) -> Result<(Vec<(u32, f32)>, Vec<(u32, f32)>)> {
     let pool = req.pool.max(req.top_k * 3);
-    let vec_hits = match req.query_vec {
+    let vec_hits = match req
+        .query_vec
+        .filter(|_| req.retrievers != Retrievers::Lexical)
+    {
         Some(q) => store.vector_search_in(
             txn,
             req.cube_id,
@@ -158,7 +176,10 @@ fn retrieve(
         )?,
         None => Vec::new(),
     };
-    let lex_hits = store.bm25_search(txn, req.cube_id, req.query, pool, candidates)?;
+    let lex_hits = match req.retrievers {
+        Retrievers::Vector => Vec::new(),
+        _ => store.bm25_search(txn, req.cube_id, req.query, pool, candidates)?,
+    };
     Ok((vec_hits, lex_hits))
 }
 
@@ -234,6 +255,17 @@ pub fn search(store: &Store, txn: &RoTxn, req: &SearchRequest) -> Result<Vec<Hit
     if req.top_k == 0 {
         return Ok(Vec::new());
     }
+    // Lexical only: no cosine enters the scores.
+    let lexical_only;
+    let req = if req.retrievers == Retrievers::Lexical && req.query_vec.is_some() {
+        lexical_only = SearchRequest {
+            query_vec: None,
+            ..req.clone()
+        };
+        &lexical_only
+    } else {
+        req
+    };
     let candidates = match (req.within, req.types) {
         (Some(w), Some(types)) => store.type_ids(txn, req.cube_id, types)? & w,
         (Some(w), None) => w.clone(),
@@ -640,5 +672,54 @@ mod tests {
             assert_eq!(got, want, "round {round}, k {k}");
             assert!(!got.is_empty());
         }
+    }
+
+    #[test]
+    fn each_retriever_alone_finds_only_what_it_can_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            crate::StoreOptions {
+                dimensions: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // "apple" is in the text of one record and near the query vector in the other.
+        let mut w = store.write_txn().unwrap();
+        for (id, text, v) in [
+            ("words", "apple orchard in spring", [1.0, 0.0, 0.0, 0.0]),
+            ("near", "zebra crossing downtown", [0.0, 1.0, 0.0, 0.0]),
+        ] {
+            let mut r = record(text.into(), vec![]);
+            r.id = id.into();
+            r.session_id = "s".into();
+            r.event_id = id.into();
+            store.insert(&mut w, &r, &v).unwrap();
+        }
+        w.commit().unwrap();
+        let txn = store.read_txn().unwrap();
+        let filter = Filter::True;
+        let q = [0.0, 1.0, 0.0, 0.0];
+        let ids = |r: Retrievers| -> Vec<(String, Option<f32>, Option<f32>)> {
+            let mut s = SearchRequest::new("c", "apple", Some(&q), 5, &filter);
+            s.retrievers = r;
+            search(&store, &txn, &s)
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.record.id, h.vector_score, h.lexical_score))
+                .collect()
+        };
+        let lexical = ids(Retrievers::Lexical);
+        assert_eq!(lexical.len(), 1, "{lexical:?}");
+        assert_eq!(lexical[0].0, "words");
+        assert_eq!(lexical[0].1, None, "no cosine in a lexical search");
+        let vector = ids(Retrievers::Vector);
+        assert_eq!(vector[0].0, "near", "{vector:?}");
+        assert!(vector.iter().all(|h| h.2.is_none()), "{vector:?}");
+        let hybrid = ids(Retrievers::Hybrid);
+        let mut found: Vec<&str> = hybrid.iter().map(|h| h.0.as_str()).collect();
+        found.sort();
+        assert_eq!(found, ["near", "words"], "{hybrid:?}");
     }
 }

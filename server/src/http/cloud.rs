@@ -7,8 +7,10 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use store::{Filter, MemoryRecord, MemoryType};
+use utoipa::ToSchema;
 
 use super::product::{bucket_types, new_cube_id};
 use super::{AppState, Body};
@@ -39,6 +41,85 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/create/knowledgebase", post(create_knowledgebase))
         .route("/delete/knowledgebase", post(delete_knowledgebase))
         .route("/add/knowledgebase-file", post(add_knowledgebase_file))
+        .route("/rerank", post(rerank))
+        .merge(super::cloud_more::routes())
+}
+
+/// Cloud `POST rerank` (SDK `rerank(query, documents, model, top_n)`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankRequest {
+    /// Query (required).
+    pub query: String,
+    /// Documents to score (required, at most `limits.max_ids`).
+    pub documents: Vec<String>,
+    /// Must name the configured reranker's model when given (a 400 otherwise).
+    pub model: Option<String>,
+    /// Best results returned (default: all).
+    pub top_n: Option<usize>,
+}
+
+/// Scores documents against a query with the configured reranker (`[search.rerank]`), else by
+/// cosine of the embedder's vectors: `{"results": [{index, relevance_score, document}]}`, best
+/// first.
+#[utoipa::path(post, path = "/api/openmem/v1/rerank", tag = "cloud", request_body = RerankRequest,
+    responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
+        (status = 413, body = crate::api::Envelope)),
+    security(("token" = [])))]
+pub async fn rerank(
+    State(m): State<AppState>,
+    Extension(p): P,
+    Body(req): Body<RerankRequest>,
+) -> R {
+    p.check(Access::Read, &[], None)?;
+    if req.query.trim().is_empty() || req.documents.is_empty() {
+        return Err(ServerError::BadRequest(
+            "query and documents are required".into(),
+        ));
+    }
+    if req.documents.len() > m.cfg.limits.max_ids {
+        return Err(ServerError::TooLarge(format!(
+            "{} documents; the limit is {} (limits.max_ids)",
+            req.documents.len(),
+            m.cfg.limits.max_ids
+        )));
+    }
+    let scores = match &m.reranker {
+        Some(r) => {
+            if let Some(model) = &req.model
+                && *model != m.cfg.search.rerank.model
+            {
+                return Err(ServerError::BadRequest(format!(
+                    "model: \"{model}\" is not the configured reranker ({})",
+                    m.cfg.search.rerank.model
+                )));
+            }
+            r.scores(&req.query, &req.documents).await?
+        }
+        None => {
+            if req.model.is_some() {
+                return Err(ServerError::BadRequest(
+                    "model: no reranker is configured ([search.rerank]); omit model for the cosine fallback".into(),
+                ));
+            }
+            let e = m.embedder.clone();
+            let mut texts = vec![req.query.clone()];
+            texts.extend(req.documents.iter().cloned());
+            let mut v = tokio::task::spawn_blocking(move || e.embed(&texts))
+                .await
+                .map_err(|e| ServerError::Unavailable(e.to_string()))??;
+            let q = v.remove(0);
+            crate::rerank::cosine_scores(&q, &v)
+        }
+    };
+    let mut results: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    results.sort_by(|a, b| b.1.total_cmp(&a.1));
+    results.truncate(req.top_n.unwrap_or(results.len()));
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|(i, s)| json!({"index": i, "relevance_score": s, "document": req.documents[i]}))
+        .collect();
+    Ok(ok(json!({"results": results})))
 }
 
 pub(crate) fn ok(data: Value) -> Json<Value> {
@@ -101,8 +182,10 @@ pub fn cloud_item(r: &MemoryRecord, relativity: Option<f32>) -> Value {
 pub async fn add_message(
     State(m): State<AppState>,
     Extension(p): P,
-    Body(req): Body<CloudAddRequest>,
+    Body(mut req): Body<CloudAddRequest>,
 ) -> R {
+    crate::fields::check_cloud_add(&req)?;
+    m.fetch_documents(&mut req.messages).await?;
     let users = req.user_id.as_ref().map(|u| u.to_vec()).unwrap_or_default();
     let agents = req
         .agent_id
@@ -134,6 +217,14 @@ pub async fn add_message(
             agent_id: agents.first().cloned(),
             app_id: req.app_id.clone(),
             custom_tags: req.tags.clone(),
+            async_mode: Some(
+                if req.async_mode.unwrap_or(true) {
+                    "async"
+                } else {
+                    "sync"
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         events.extend(m.add_events(&add, &p)?);
@@ -166,6 +257,7 @@ pub async fn search_memory(
     Extension(p): P,
     Body(req): Body<CloudSearchRequest>,
 ) -> R {
+    crate::fields::check_memory_view(&req.include_memory_view)?;
     // The user's cube, or the agent's when no user is given (as add/message stores it).
     let user = match (&req.user_id, &req.agent_id) {
         (Some(u), _) if !u.trim().is_empty() => u.clone(),
@@ -193,6 +285,8 @@ pub async fn search_memory(
         session_id: req.conversation_id.clone(),
         top_k: req.memory_limit_number,
         relativity: req.relativity,
+        source: req.source.clone(),
+        context_format: req.context_format.clone(),
         include_preference: req.include_preference,
         pref_top_k: req.preference_limit_number,
         search_tool_memory: req.include_tool_memory,
@@ -255,6 +349,7 @@ pub async fn get_memory(
     Extension(p): P,
     Body(req): Body<CloudGetMemoryRequest>,
 ) -> R {
+    crate::fields::check_memory_view(&req.include_memory_view)?;
     if req.page == 0 || req.size == 0 || req.size > 1000 {
         return Err(ServerError::BadRequest(
             "page must be >= 1 and size 1..=1000".into(),
@@ -400,6 +495,7 @@ pub async fn add_feedback(
     Extension(p): P,
     Body(req): Body<CloudFeedbackRequest>,
 ) -> R {
+    crate::fields::check_public(req.allow_public)?;
     let user = required(&req.user_id, "user_id")?;
     let f = FeedbackRequest {
         user_id: Some(user.clone()),
@@ -515,13 +611,16 @@ pub async fn delete_knowledgebase(
 /// (UTF-8 text files; anything else is a 400 naming the file).
 async fn multipart_files(req: Request) -> Result<AddKbFileRequest, ServerError> {
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Kb {
         knowledgebase_id: Option<String>,
+        #[serde(rename = "type")]
+        file_type: Option<String>,
     }
-    let kb = axum::extract::Query::<Kb>::try_from_uri(req.uri())
+    let q = axum::extract::Query::<Kb>::try_from_uri(req.uri())
         .map_err(|e| ServerError::BadRequest(e.body_text()))?
-        .0
-        .knowledgebase_id;
+        .0;
+    let (kb, file_type) = (q.knowledgebase_id, q.file_type);
     let mut mp = axum::extract::Multipart::from_request(req, &())
         .await
         .map_err(|e| ServerError::BadRequest(e.body_text()))?;
@@ -557,6 +656,7 @@ async fn multipart_files(req: Request) -> Result<AddKbFileRequest, ServerError> 
     Ok(AddKbFileRequest {
         knowledgebase_id: kb,
         file: files,
+        file_type,
     })
 }
 
@@ -586,6 +686,7 @@ pub async fn add_knowledgebase_file(
             .await?
             .0
     };
+    let skills = crate::fields::kb_upload_type(&req.file_type)?;
     let id = required(&req.knowledgebase_id, "knowledgebase_id")?;
     if req.file.is_empty() {
         return Err(ServerError::BadRequest(
@@ -593,6 +694,6 @@ pub async fn add_knowledgebase_file(
         ));
     }
     let kb = knowledge_base(&m, &p, &id, Access::Write).await?;
-    let out = m.kb_add_files(&kb, &req.file).await?;
+    let out = m.kb_add_files(&kb, &req.file, skills).await?;
     Ok(ok(json!(out)))
 }

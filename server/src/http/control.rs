@@ -218,7 +218,7 @@ pub async fn add_kb_files(
     let kb = knowledge_base(&m, &p, &id, Access::Write).await?;
     Ok(ok(
         "Files added",
-        json!(m.kb_add_files(&kb, &req.files).await?),
+        json!(m.kb_add_files(&kb, &req.files, false).await?),
     ))
 }
 
@@ -267,6 +267,7 @@ pub async fn cloud_get_kb_files(
     Extension(p): P,
     Body(req): Body<GetKbFileRequest>,
 ) -> R {
+    crate::fields::check_kb_list_type(&req.file_type)?;
     if let Some(ids) = &req.file_ids {
         m.cfg.limits.check_ids("file id", ids)?;
     }

@@ -15,10 +15,13 @@
 pub mod admin;
 pub mod chat;
 pub mod cloud;
+pub mod cloud_more;
 pub mod control;
+pub mod extras;
 pub mod kv;
 pub mod openapi;
 pub mod product;
+pub mod scheduler;
 pub mod sql;
 
 use std::sync::Arc;
@@ -288,6 +291,8 @@ pub fn app(m: Arc<Memos>) -> Router {
     let limit = m.cfg.limits.max_body_bytes;
     let protected = Router::new()
         .merge(product::routes())
+        .merge(extras::routes())
+        .merge(scheduler::routes())
         .merge(control::routes())
         .merge(chat::routes())
         .merge(kv::routes())

@@ -54,7 +54,8 @@ pub(crate) fn bucket_types(name: &str) -> Vec<MemoryType> {
     responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope),
         (status = 403, body = crate::api::Envelope), (status = 413, body = crate::api::Envelope)),
     security(("token" = [])))]
-pub async fn add(State(m): State<AppState>, Extension(p): P, Body(req): Body<AddRequest>) -> R {
+pub async fn add(State(m): State<AppState>, Extension(p): P, Body(mut req): Body<AddRequest>) -> R {
+    m.fetch_documents(&mut req.messages).await?;
     let events = m.add_events(&req, &p)?;
     let user = req.user_id.clone().unwrap_or_default();
     let what = if req.is_feedback {
@@ -112,14 +113,23 @@ pub async fn feedback(
     let events = m.feedback_events(&req, &p)?;
     let user = req.user_id.clone().unwrap_or_default();
     let cubes: Vec<String> = events.iter().map(|e| e.cube_id.clone()).collect();
+    let sync = req.async_mode.as_deref() == Some("sync");
+    if req.corrected_answer {
+        m.can_correct_answers(sync)?;
+    }
     match req.async_mode.as_deref() {
         Some("sync") => {
             let id = events.first().map(|e| e.id()).unwrap_or_default();
             m.add_sync(events).await?;
             let record = m.feedback_outcome(cubes.clone(), id).await?;
+            let answer = if req.corrected_answer {
+                m.corrected_answer(&req).await?
+            } else {
+                String::new()
+            };
             Ok(ok(
                 "Feedback processed",
-                json!([{"answer": "", "record": record, "status": "processed", "cube_ids": cubes}]),
+                json!([{"answer": answer, "record": record, "status": "processed", "cube_ids": cubes}]),
             ))
         }
         None | Some("async") => {
@@ -314,14 +324,16 @@ pub async fn get_all(
     let cubes = cube_list(&req.mem_cube_ids, &None, &req.user_id)?;
     m.cfg.limits.check_cubes(&cubes)?;
     p.check(Access::Read, &cubes, req.user_id.as_deref())?;
-    match req.search_type.as_deref() {
-        None | Some("fulltext") | Some("embedding") => {}
+    // MemOS: fulltext (the default) or embedding; each runs only that retriever.
+    let retrievers = match req.search_type.as_deref() {
+        None | Some("fulltext") => store::search::Retrievers::Lexical,
+        Some("embedding") => store::search::Retrievers::Vector,
         Some(o) => {
             return Err(ServerError::BadRequest(format!(
                 "search_type \"{o}\" is not fulltext or embedding"
             )));
         }
-    }
+    };
     let mut out = Vec::new();
     for cube in &cubes {
         let mut items: Vec<(String, Value)> = Vec::new();
@@ -338,7 +350,7 @@ pub async fn get_all(
                     include_skill_memory: false,
                     ..Default::default()
                 };
-                for b in m.search_hits(&s, &p).await?.buckets {
+                for b in m.search_hits_with(&s, &p, retrievers).await?.buckets {
                     for h in b.hits {
                         items.push((
                             h.record.memory_type.as_str().to_string(),
@@ -423,6 +435,7 @@ pub async fn create_cube(
     Extension(p): P,
     Body(req): Body<CreateCubeRequest>,
 ) -> R {
+    crate::fields::check_create_cube(&req)?;
     let name = req
         .cube_name
         .clone()
@@ -523,14 +536,18 @@ fn summary(m: &Memos, p: &Principal) -> crate::service::TaskSummary {
     crate::service::summary_where(&m.tasks, |t| visible(p, t))
 }
 
-/// Counts of the caller's tasks by status.
+/// Counts of the caller's tasks by status: `scheduler_summary` counts the scheduler's
+/// background jobs (fine extraction), `all_tasks_summary` every task (async adds too).
 #[utoipa::path(get, path = "/product/scheduler/allstatus", tag = "scheduler",
     responses((status = 200, body = crate::api::Envelope)), security(("token" = [])))]
 pub async fn scheduler_allstatus(State(m): State<AppState>, Extension(p): P) -> R {
-    let s = summary(&m, &p);
+    let all = summary(&m, &p);
+    let scheduler = crate::service::summary_where(&m.tasks, |t| {
+        visible(&p, t) && t.task_id.starts_with("fine:")
+    });
     Ok(ok(
         "Scheduler status summary retrieved successfully",
-        json!({"scheduler_summary": s, "all_tasks_summary": s}),
+        json!({"scheduler_summary": scheduler, "all_tasks_summary": all}),
     ))
 }
 
