@@ -1,10 +1,13 @@
-//! Documents: text extraction (plain text, Markdown, HTML, PDF) and structure-aware chunking.
+//! Documents: text extraction (plain text, Markdown, HTML, PDF; office and data files in
+//! [`office`]) and structure-aware chunking.
 //!
 //! A document becomes sections (a heading path and its text): Markdown by its `#` headings,
 //! HTML by `<h1>`…`<h6>` (rendered to text with `html2text`, which marks headings with `#`),
 //! PDF by page text (`pdf-extract`), plain text as one section. Each section is cut into chunks
 //! of at most `chunk_chars` characters on paragraph/sentence boundaries with `chunk_overlap`
 //! characters carried over; a chunk starts with its heading path so it is found by it.
+
+pub mod office;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -83,7 +86,7 @@ pub fn detect(mime: Option<&str>, filename: &str, bytes: &[u8]) -> Format {
     } else if mime.contains("markdown") || ext(&[".md", ".markdown"]) {
         Format::Markdown
     } else {
-        match crate::office::zip_kind(bytes) {
+        match office::zip_kind(bytes) {
             Some("docx") => return Format::Docx,
             Some("pptx") => return Format::Pptx,
             Some(_) => return Format::Spreadsheet,
@@ -398,16 +401,16 @@ pub fn sections(format: Format, bytes: &[u8]) -> Result<Vec<Section>> {
             text: utf8()?,
         }],
         Format::Markdown => markdown_sections(&utf8()?),
-        Format::Docx => markdown_sections(&crate::office::docx_text(bytes)?),
-        Format::Pptx => crate::office::pptx_sections(bytes)?,
-        Format::Spreadsheet => crate::office::spreadsheet_sections(bytes)?,
+        Format::Docx => markdown_sections(&office::docx_text(bytes)?),
+        Format::Pptx => office::pptx_sections(bytes)?,
+        Format::Spreadsheet => office::spreadsheet_sections(bytes)?,
         Format::Csv => vec![Section {
             path: vec![],
-            text: crate::office::csv_text(bytes)?,
+            text: office::csv_text(bytes)?,
         }],
         Format::Json => vec![Section {
             path: vec![],
-            text: crate::office::json_text(bytes)?,
+            text: office::json_text(bytes)?,
         }],
         Format::Html => {
             let text = html2text::from_read(bytes, 10_000)

@@ -17,7 +17,6 @@ pub mod event;
 pub mod extract;
 pub mod feedback;
 pub mod llm;
-pub mod office;
 pub mod skill;
 pub mod window;
 

@@ -108,6 +108,27 @@ impl Default for ChatRequest {
     }
 }
 
+fn chat_refuse(field: &str, why: &str) -> ServerError {
+    ServerError::BadRequest(format!("{field}: {why}"))
+}
+
+/// MemOS chat fields memos does not act on, refused by name (as `fields.rs` does for the rest).
+fn check_chat(req: &ChatRequest, internet: bool) -> Result<(), ServerError> {
+    if req.internet_search && !internet {
+        return Err(chat_refuse(
+            "internet_search",
+            "no internet search endpoint is configured ([search.internet])",
+        ));
+    }
+    if req.moscube {
+        return Err(chat_refuse(
+            "moscube",
+            "MemOS's shared MOS cube is not supported; name the cubes in readable_cube_ids",
+        ));
+    }
+    Ok(())
+}
+
 /// What a chat sends to the model, prepared.
 pub struct ChatPlan {
     client: Option<Arc<LlmClient>>,
@@ -399,7 +420,7 @@ impl Memos {
         req: &ChatRequest,
         p: &Principal,
     ) -> Result<ChatPlan, ServerError> {
-        crate::fields::check_chat(req, !self.cfg.search.internet.url.is_empty())?;
+        check_chat(req, !self.cfg.search.internet.url.is_empty())?;
         let (local, client) = self.chat_answerer(req)?;
         let user = req
             .user_id

@@ -98,10 +98,10 @@ pub struct SearchConfig {
     pub exact_scan_below: usize,
     /// An HTTP reranker for `rerank` (none by default).
     #[serde(default)]
-    pub rerank: crate::rerank::RerankConfig,
+    pub rerank: RerankConfig,
     /// SearXNG for `internet_search` (none by default).
     #[serde(default)]
-    pub internet: crate::rerank::InternetConfig,
+    pub internet: InternetConfig,
 }
 
 /// Files the server reads for a request: `doc_path`, and documents by URL.
@@ -354,4 +354,33 @@ mod tests {
         assert!(c.kafka.enabled() && c.nats.enabled());
         assert_eq!(c.auth.keys[0].cubes, vec!["team-a-*".to_string()]);
     }
+}
+
+/// `[search.rerank]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RerankConfig {
+    /// The rerank endpoint (e.g. `http://127.0.0.1:8080/rerank`); empty: no HTTP reranker.
+    pub url: String,
+    /// `cohere` (also Jina, vLLM: `documents`, `results[].relevance_score`) or `tei`
+    /// (`texts`, `[{index, score}]`).
+    pub api: String,
+    /// Model name sent with the request (Cohere/Jina/vLLM).
+    pub model: String,
+    /// Bearer token, if the endpoint wants one.
+    pub api_key: String,
+    /// Request time limit.
+    pub timeout_ms: u64,
+}
+
+/// `[search.internet]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternetConfig {
+    /// A SearXNG base URL (its JSON format enabled); empty: `internet_search` is refused.
+    pub url: String,
+    /// Results taken (MemOS fetches 2 × top_k; this caps it).
+    pub max_results: usize,
+    /// Request time limit.
+    pub timeout_ms: u64,
 }

@@ -7,7 +7,6 @@
 use serde_json::Value;
 
 use crate::api::{AddRequest, CloudAddRequest, CreateCubeRequest, DeleteRequest, SearchRequest};
-use crate::chat::ChatRequest;
 use crate::error::ServerError;
 
 fn refuse(field: &str, why: &str) -> ServerError {
@@ -129,23 +128,6 @@ pub(crate) fn check_delete(req: &DeleteRequest) -> Result<(), ServerError> {
         return Err(refuse(
             "auto_cleanup_working",
             "applies to deletes by memory_ids only",
-        ));
-    }
-    Ok(())
-}
-
-/// `POST /product/chat/complete` and `/product/chat/stream`.
-pub(crate) fn check_chat(req: &ChatRequest, internet: bool) -> Result<(), ServerError> {
-    if req.internet_search && !internet {
-        return Err(refuse(
-            "internet_search",
-            "no internet search endpoint is configured ([search.internet])",
-        ));
-    }
-    if req.moscube {
-        return Err(refuse(
-            "moscube",
-            "MemOS's shared MOS cube is not supported; name the cubes in readable_cube_ids",
         ));
     }
     Ok(())

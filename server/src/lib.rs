@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod rerank;
 pub mod service;
 pub mod sqlapi;
+pub mod web;
 
 pub use config::Config;
 pub use error::ServerError;

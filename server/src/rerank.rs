@@ -12,39 +12,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::config::{InternetConfig, RerankConfig};
+
 use crate::error::ServerError;
-
-/// `[search.rerank]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct RerankConfig {
-    /// The rerank endpoint (e.g. `http://127.0.0.1:8080/rerank`); empty: no HTTP reranker.
-    pub url: String,
-    /// `cohere` (also Jina, vLLM: `documents`, `results[].relevance_score`) or `tei`
-    /// (`texts`, `[{index, score}]`).
-    pub api: String,
-    /// Model name sent with the request (Cohere/Jina/vLLM).
-    pub model: String,
-    /// Bearer token, if the endpoint wants one.
-    pub api_key: String,
-    /// Request time limit.
-    pub timeout_ms: u64,
-}
-
-/// `[search.internet]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct InternetConfig {
-    /// A SearXNG base URL (its JSON format enabled); empty: `internet_search` is refused.
-    pub url: String,
-    /// Results taken (MemOS fetches 2 × top_k; this caps it).
-    pub max_results: usize,
-    /// Request time limit.
-    pub timeout_ms: u64,
-}
 
 /// An HTTP rerank endpoint.
 pub struct HttpReranker {
@@ -212,68 +184,6 @@ pub async fn rerank_buckets(
         b.hits.sort_by(|x, y| y.score.total_cmp(&x.score));
     }
     Ok(())
-}
-
-impl crate::service::Memos {
-    /// MemOS internet recall: up to 2 × top_k web results (capped by
-    /// `search.internet.max_results`) as `OuterMemory` items at the end of the first cube's
-    /// text bucket, scored below the memories (0.5 down) unless a reranker rescores them.
-    pub async fn add_web_results(
-        &self,
-        req: &crate::api::SearchRequest,
-        hits: &mut crate::service::SearchHits,
-    ) -> Result<(), ServerError> {
-        let web = internet_search(&self.cfg.search.internet, &req.query, req.top_k * 2).await?;
-        let Some(bucket) = hits
-            .buckets
-            .iter_mut()
-            .find(|b| b.name == store::Bucket::Text.name())
-        else {
-            return Ok(());
-        };
-        let now = store::time::now_micros();
-        let user = req.user_id.clone().unwrap_or_default();
-        for (i, w) in web.into_iter().enumerate() {
-            let record = store::MemoryRecord {
-                id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, w.url.as_bytes()).to_string(),
-                memory: format!("{}: {}", w.title, w.content),
-                cube_id: bucket.cube.clone(),
-                user_id: user.clone(),
-                session_id: String::new(),
-                agent_id: None,
-                app_id: None,
-                memory_type: store::MemoryType::OuterMemory,
-                status: store::Status::Activated,
-                key: Some(w.title.clone()),
-                tags: vec!["internet".into()],
-                info: [
-                    ("url".to_string(), json!(w.url)),
-                    ("title".to_string(), json!(w.title)),
-                ]
-                .into_iter()
-                .collect(),
-                source: Some("web".into()),
-                sources: vec![],
-                confidence: 0.5,
-                created_at: now,
-                updated_at: now,
-                event_time: None,
-                version: 1,
-                history: vec![],
-                event_id: String::new(),
-                file_ids: vec![],
-                embedding: vec![],
-            };
-            bucket.hits.push(store::search::Hit {
-                id: u32::MAX - i as u32,
-                record,
-                score: 0.5 / (1.0 + i as f32),
-                vector_score: None,
-                lexical_score: None,
-            });
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

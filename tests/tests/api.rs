@@ -539,6 +539,8 @@ async fn deletes_and_routes(s: &tests::Server, osaka: &str, osaka_type: &str) {
         "messages": [{"type": "text", "text": "Quarterly report attached."},
                      {"type": "file", "file": {"file_id": "f-42", "filename": "q3.txt", "file_data": "Revenue grew 12 percent in Q3."}}]})).await;
     assert_eq!(st, 200, "{b}");
+    // doc_path reads a server file only under documents.doc_root (off here): refused by name,
+    // never stored as a reference (tests/tests/doc_formats.rs reads one under a root).
     let (st, b) = s
         .post(
             "/product/add",
@@ -546,8 +548,11 @@ async fn deletes_and_routes(s: &tests::Server, osaka: &str, osaka_type: &str) {
         "doc_path": "/srv/docs/handbook.pdf"}),
         )
         .await;
-    assert_eq!(st, 200, "{b}");
-    assert!(b["data"].to_string().contains("handbook.pdf"), "{b}");
+    assert_eq!(st, 400, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().starts_with("doc_path"),
+        "{b}"
+    );
     let rev = json!({"query": "How much did revenue grow?", "user_id": "alice", "readable_cube_ids": ["a2"], "top_k": 1});
     let (_, b) = s.post("/product/search", rev.clone()).await;
     assert!(

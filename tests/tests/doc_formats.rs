@@ -175,8 +175,12 @@ async fn office_and_data_files_by_base64_url_and_path() {
         .await;
     assert_eq!(st, 200, "{b}");
     assert!(texts(&s, "path").await.contains("watered on Fridays"));
+    refusals(&s, &files).await;
+    s.stop().await;
+}
 
-    // Refusals, each naming the file; nothing is stored for them.
+/// Refusals, each naming the file; nothing is stored for them.
+async fn refusals(s: &tests::Server, files: &str) {
     let refused: Vec<(Value, &str)> = vec![
         (
             json!({"user_id": "dora", "writable_cube_ids": ["bad"], "async_mode": "sync", "doc_path": "../../etc/passwd"}),
@@ -217,7 +221,6 @@ async fn office_and_data_files_by_base64_url_and_path() {
             .is_empty(),
         "{b}"
     );
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

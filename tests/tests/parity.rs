@@ -209,9 +209,14 @@ async fn dashboard_register_user_names_and_playground() {
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["data"][&id], "pat");
     assert_eq!(b["data"]["missing"], Value::Null);
+    playground(&s).await;
+    s.stop().await;
+}
 
+/// The playground stream's extra events around the chat's own.
+async fn playground(s: &tests::Server) {
     let (st, events) = sse(
-        &s,
+        s,
         "POST",
         "/product/chat/stream/playground",
         Some(
@@ -253,7 +258,6 @@ async fn dashboard_register_user_names_and_playground() {
     assert_eq!(answer.trim(), "Oolong, as you said.");
     let refs = &events[at("reference")]["data"];
     assert!(refs.to_string().contains("oolong"), "{refs}");
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

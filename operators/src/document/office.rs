@@ -10,7 +10,7 @@ use std::io::{Cursor, Read};
 
 use quick_xml::events::Event;
 
-use crate::document::Section;
+use super::Section;
 use crate::error::{OperatorError, Result};
 
 fn bad(what: &str, e: impl std::fmt::Display) -> OperatorError {
