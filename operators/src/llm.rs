@@ -60,7 +60,7 @@ impl Default for ModelConfig {
 }
 
 /// The `[llm]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
     /// Model used for chat when a request names none (empty: the first model).
@@ -69,16 +69,6 @@ pub struct LlmConfig {
     pub extract: String,
     /// The models; none = no LLM (chat answers 503, fine mode behaves as fast).
     pub models: Vec<ModelConfig>,
-}
-
-impl Default for LlmConfig {
-    fn default() -> Self {
-        LlmConfig {
-            chat: String::new(),
-            extract: String::new(),
-            models: Vec::new(),
-        }
-    }
 }
 
 /// Token and request accounting, reported after each request.
