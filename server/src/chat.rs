@@ -108,20 +108,16 @@ impl Default for ChatRequest {
     }
 }
 
-fn chat_refuse(field: &str, why: &str) -> ServerError {
-    ServerError::BadRequest(format!("{field}: {why}"))
-}
-
 /// MemOS chat fields memos does not act on, refused by name (as `fields.rs` does for the rest).
 fn check_chat(req: &ChatRequest, internet: bool) -> Result<(), ServerError> {
     if req.internet_search && !internet {
-        return Err(chat_refuse(
+        return Err(crate::fields::refuse(
             "internet_search",
             "no internet search endpoint is configured ([search.internet])",
         ));
     }
     if req.moscube {
-        return Err(chat_refuse(
+        return Err(crate::fields::refuse(
             "moscube",
             "MemOS's shared MOS cube is not supported; name the cubes in readable_cube_ids",
         ));

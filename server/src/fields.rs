@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::api::{AddRequest, CloudAddRequest, CreateCubeRequest, DeleteRequest, SearchRequest};
 use crate::error::ServerError;
 
-fn refuse(field: &str, why: &str) -> ServerError {
+/// A 400 naming `field` and why it is refused.
+pub(crate) fn refuse(field: &str, why: &str) -> ServerError {
     ServerError::BadRequest(format!("{field}: {why}"))
 }
 

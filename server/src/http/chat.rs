@@ -220,7 +220,7 @@ pub struct CloudChatRequest {
 impl CloudChatRequest {
     /// The SDK sends every field; those memos does not act on are refused by name when set.
     fn check(&self) -> Result<(), ServerError> {
-        let refuse = |f: &str, why: &str| Err(ServerError::BadRequest(format!("{f}: {why}")));
+        let refuse = |f: &str, why: &str| Err(crate::fields::refuse(f, why));
         if self.use_mem_os_cube == Some(true) {
             return refuse(
                 "use_mem_os_cube",

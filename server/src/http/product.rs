@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{Filter, MemoryType};
 
+use super::scheduler::{active_tasks, visible, wait_bounds};
 use super::{AppState, Body, Q, ok};
 use crate::api::cube_list;
 use crate::api::{
@@ -489,10 +490,6 @@ pub async fn exist_mem_cube_id(
     Ok(ok("Cube checked", Value::Object(data)))
 }
 
-fn visible(p: &Principal, t: &TaskStatus) -> bool {
-    p.allows_user(&t.user_id) && t.cubes.iter().all(|c| p.allows_cube(c))
-}
-
 /// `scheduler/status` query.
 #[derive(Deserialize)]
 pub struct StatusQuery {
@@ -570,26 +567,8 @@ pub struct WaitQuery {
     responses((status = 200, body = crate::api::Envelope), (status = 400, body = crate::api::Envelope)),
     security(("token" = [])))]
 pub async fn scheduler_wait(State(m): State<AppState>, Extension(p): P, Q(q): Q<WaitQuery>) -> R {
-    let timeout = q.timeout_seconds.unwrap_or(120.0);
-    let poll = q.poll_interval.unwrap_or(0.5);
-    if !(0.0..=3600.0).contains(&timeout) || !(0.01..=60.0).contains(&poll) {
-        return Err(ServerError::BadRequest(
-            "timeout_seconds must be 0..=3600 and poll_interval 0.01..=60".into(),
-        ));
-    }
-    let who = q.user_name.clone();
-    let running = |m: &Memos| {
-        m.tasks
-            .list(None)
-            .iter()
-            .filter(|t| t.status == "waiting" || t.status == "in_progress")
-            .filter(|t| visible(&p, t))
-            .filter(|t| {
-                who.as_deref()
-                    .is_none_or(|u| t.user_id == u || t.cubes.iter().any(|c| c == u))
-            })
-            .count()
-    };
+    let (timeout, poll) = wait_bounds(q.timeout_seconds, q.poll_interval)?;
+    let running = |m: &Memos| active_tasks(m, &p, q.user_name.as_deref());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(timeout);
     let mut n = running(&m);

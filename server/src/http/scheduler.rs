@@ -18,6 +18,7 @@ use super::{AppState, Q, ok};
 use crate::auth::{Access, Principal};
 use crate::error::ServerError;
 use crate::service::Memos;
+use pipelines::tasks::TaskStatus;
 
 type P = Extension<Arc<Principal>>;
 
@@ -113,15 +114,36 @@ pub struct WaitStreamQuery {
     pub poll_interval: Option<f64>,
 }
 
-/// Tasks of `who` (a user or a cube) the key sees that are still waiting or running.
+/// Whether the key sees a task: its user and all its cubes.
+pub(super) fn visible(p: &Principal, t: &TaskStatus) -> bool {
+    p.allows_user(&t.user_id) && t.cubes.iter().all(|c| p.allows_cube(c))
+}
+
+/// Tasks of `who` (a user or a cube) the key sees that are still waiting or running (what
+/// `scheduler/wait` and `wait/stream` wait for).
 pub(super) fn active_tasks(m: &Memos, p: &Principal, who: Option<&str>) -> usize {
     m.tasks
         .list(None)
         .iter()
         .filter(|t| t.status == "waiting" || t.status == "in_progress")
-        .filter(|t| p.allows_user(&t.user_id) && t.cubes.iter().all(|c| p.allows_cube(c)))
+        .filter(|t| visible(p, t))
         .filter(|t| who.is_none_or(|u| t.user_id == u || t.cubes.iter().any(|c| c == u)))
         .count()
+}
+
+/// The waits' `timeout_seconds` (default 120, at most 3600) and `poll_interval` (default
+/// 0.5, 0.01..=60).
+pub(super) fn wait_bounds(
+    timeout: Option<f64>,
+    poll: Option<f64>,
+) -> Result<(f64, f64), ServerError> {
+    let (timeout, poll) = (timeout.unwrap_or(120.0), poll.unwrap_or(0.5));
+    if !(0.0..=3600.0).contains(&timeout) || !(0.01..=60.0).contains(&poll) {
+        return Err(ServerError::BadRequest(
+            "timeout_seconds must be 0..=3600 and poll_interval 0.01..=60".into(),
+        ));
+    }
+    Ok((timeout, poll))
 }
 
 /// The wait as server-sent events: every `poll_interval` one
@@ -138,13 +160,7 @@ pub async fn wait_stream(
     Extension(p): P,
     Q(q): Q<WaitStreamQuery>,
 ) -> Result<Response, ServerError> {
-    let timeout = q.timeout_seconds.unwrap_or(120.0);
-    let poll = q.poll_interval.unwrap_or(0.5);
-    if !(0.0..=3600.0).contains(&timeout) || !(0.01..=60.0).contains(&poll) {
-        return Err(ServerError::BadRequest(
-            "timeout_seconds must be 0..=3600 and poll_interval 0.01..=60".into(),
-        ));
-    }
+    let (timeout, poll) = wait_bounds(q.timeout_seconds, q.poll_interval)?;
     if let Some(u) = &q.user_name {
         p.check(Access::Read, &[], Some(u))?;
     }
